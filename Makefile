@@ -1,0 +1,74 @@
+# The front door: `make run` starts the service, `make test` proves it. Everything else is here too.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml clients/pyproject.toml | cksum | cut -d' ' -f1)
+
+PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+# Where googleapis-common-protos and grpcio-tools keep the .proto files our imports name.
+PROTO_INCLUDES = -I protos -I $$($(BIN)/python -c 'import google.api.annotations_pb2 as a, pathlib; print(pathlib.Path(a.__file__).parent.parent.parent)') -I $$($(BIN)/python -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
+
+.PHONY: help run migrate test check lint format typecheck lint-proto breaking generate check-generated bench clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e clients -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP) ## Create .venv with every dependency (done by the other targets when needed).
+
+run: $(STAMP) ## Start the service (embedded PostgreSQL unless DATABASE_URL is set).
+	$(BIN)/python -m pluct_server serve
+
+migrate: $(STAMP) ## Apply pending database migrations and exit.
+	$(BIN)/python -m pluct_server migrate
+
+test: $(STAMP) ## Run the whole test suite against a real PostgreSQL and real servers.
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: lint typecheck lint-proto check-generated ## Every static check CI runs.
+
+lint: $(STAMP) ## ruff lint and format check.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## Apply ruff's formatting and safe fixes.
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP) ## mypy on hand-written code.
+	$(BIN)/mypy pluct_server tests clients/pluct_client
+
+build/pluct.binpb: $(PROTO_FILES) $(STAMP)
+	@mkdir -p build
+	$(BIN)/python -m grpc_tools.protoc $(PROTO_INCLUDES) --include_imports --include_source_info -o $@ $(PROTO_FILES)
+
+lint-proto: build/pluct.binpb ## buf lint on protos/.
+	$(BIN)/buf lint $< --path pluct --config buf.yaml
+
+breaking: build/pluct.binpb ## buf breaking against main (BASE=<git ref> to pick another).
+	@rm -rf build/base && mkdir -p build/base && git archive $${BASE:-main} protos | tar -x -C build/base
+	$(BIN)/python -m grpc_tools.protoc $(subst -I protos,-I build/base/protos,$(PROTO_INCLUDES)) --include_imports --include_source_info -o build/base.binpb $$(cd build/base && find protos -name '*.proto' | sort)
+	$(BIN)/buf breaking $< --against build/base.binpb --path pluct --config buf.yaml
+
+generate: $(STAMP) ## Regenerate the stubs under clients/ from protos/.
+	$(BIN)/python clients/generate.py clients
+
+check-generated: $(STAMP) ## Fail when clients/ is not what protos/ generates.
+	@rm -rf build/generated && mkdir -p build/generated
+	$(BIN)/python clients/generate.py build/generated
+	@diff -r --exclude=__pycache__ build/generated/pluct clients/pluct \
+		|| (echo "clients/ is stale: run 'make generate' and commit the result" && exit 1)
+
+bench: $(STAMP) ## Measure latency and throughput; writes bench/REPORT.md.
+	$(BIN)/python -m bench
+
+clean: ## Remove the virtualenv and build output (keeps .data, the dev database).
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

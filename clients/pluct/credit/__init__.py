@@ -1,0 +1,1 @@
+"""Generated from protos/ by clients/generate.py; do not edit."""

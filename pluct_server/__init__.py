@@ -1,0 +1,1 @@
+"""Pluct Business Engine: credits in, signed tokens out."""

@@ -1,0 +1,86 @@
+"""Domain errors, each knowing the gRPC status code it is reported with."""
+
+from __future__ import annotations
+
+import grpc
+
+ERROR_DOMAIN = "pluct.engine"
+
+
+class DomainError(Exception):
+    """A failure the caller should hear about, with a message safe to show them."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str = "UNKNOWN"
+
+    def __init__(self, message: str, *, reason: str | None = None, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata = metadata
+
+
+class InvalidArgument(DomainError):
+    """A request field is missing, malformed or out of range."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, field=field)
+        self.field = field
+
+
+class RequestIdReused(DomainError):
+    """A request_id came back with parameters other than those it was first used with."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "request_id was already used for a different request; use a new request_id",
+            field="request_id",
+        )
+
+
+class Unauthenticated(DomainError):
+    """The caller did not present the secret this call needs."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class MalformedCredentials(DomainError):
+    """The caller presented credentials in a shape we cannot read."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "MALFORMED_CREDENTIALS"
+
+
+class AlreadyExists(DomainError):
+    """The thing to create exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class InsufficientCredits(DomainError):
+    """The user's balance cannot pay for the request."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "INSUFFICIENT_CREDITS"
+
+    def __init__(self) -> None:
+        super().__init__("Insufficient credits")
+
+
+class Unavailable(DomainError):
+    """The database cannot be reached; the call may succeed if retried later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "DATABASE_UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable; retry later")

@@ -1,0 +1,60 @@
+"""Plain data the domain and the store hand each other."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+
+class EntryType(enum.Enum):
+    """Kinds of ledger entries; the values are what the ledger stores."""
+
+    USER_CREATION = "user_creation"
+    ADD_WEBHOOK = "add_webhook"
+    ADMIN_ADD = "admin_add"
+    SPEND = "spend"
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One ledger entry."""
+
+    id: int
+    user_id: str
+    type: EntryType
+    amount: int
+    balance_after: int
+    reason: str | None
+    timestamp: datetime
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    """One user's account as admins see it."""
+
+    user_id: str
+    balance: int
+    transaction_count: int
+    total_spent: int
+    last_activity_time: datetime
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """The claims of a vended token that the ledger keeps, so a retry re-issues the same token."""
+
+    user_id: str
+    token_id: UUID
+    issued_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Spend:
+    """The outcome of spending one credit on a token."""
+
+    claims: TokenClaims
+    balance_after: int

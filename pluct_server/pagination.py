@@ -1,0 +1,47 @@
+"""Page sizes and opaque page tokens for list RPCs (AIP-158)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from pluct_server.errors import InvalidArgument
+
+_MAX_TOKEN_CHARS = 512
+
+
+def clamp_page_size(requested: int, default: int, maximum: int) -> int:
+    """Apply AIP-158: 0 means the default, above the maximum means the maximum, negative is invalid."""
+    if requested < 0:
+        raise InvalidArgument("page_size", "page_size must not be negative")
+    if requested == 0:
+        return default
+    return min(requested, maximum)
+
+
+def encode_page_token(listing: str, scope: str | None, position: list[Any]) -> str:
+    """Make an opaque token that resumes `listing` (filtered by `scope`) after `position`."""
+    payload = json.dumps({"l": listing, "s": scope, "p": position}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, listing: str, scope: str | None) -> list[Any] | None:
+    """Return the position a token resumes from, or None for an empty token (the first page)."""
+    if not token:
+        return None
+    invalid = InvalidArgument("page_token", "page_token is not a token this list returned")
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise invalid
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise invalid from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("p"), list):
+        raise invalid
+    if payload.get("l") != listing or payload.get("s") != scope:
+        # AIP-158: a token only continues the very listing, with the same filter, that issued it.
+        raise InvalidArgument("page_token", "page_token belongs to a different request")
+    return payload["p"]

@@ -1,0 +1,1 @@
+"""Persistence: the asyncpg pool, SQL and migrations."""

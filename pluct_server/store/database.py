@@ -1,0 +1,120 @@
+"""The asyncpg pool, and the one place where driver exceptions become domain errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from pluct_server.errors import Unavailable
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Errors that mean "the server is not there right now", as opposed to a bug in our SQL.
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+class UniqueViolation(Exception):
+    """A unique constraint refused a row; `constraint` names which one."""
+
+    def __init__(self, constraint: str) -> None:
+        super().__init__(constraint)
+        self.constraint = constraint
+
+
+class CheckViolation(Exception):
+    """A CHECK constraint refused a row; `constraint` names which one."""
+
+    def __init__(self, constraint: str) -> None:
+        super().__init__(constraint)
+        self.constraint = constraint
+
+
+class Database:
+    """Owns the connection pool for the life of the server."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_size: int = 20,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._max_size = max_size
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        """Create the pool; connections are made lazily so a down database does not block start-up."""
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=self._max_size,
+            timeout=self._connect_timeout,
+            command_timeout=self._command_timeout,
+            # A connection idle this long is closed, so a restarted server is rediscovered quickly.
+            max_inactive_connection_lifetime=60.0,
+        )
+
+    async def close(self) -> None:
+        """Close every connection, waiting for queries in flight."""
+        if self._pool is not None:
+            await asyncio.wait_for(self._pool.close(), timeout=self._command_timeout)
+            self._pool = None
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """Lend a pooled connection, translating driver failures into domain errors."""
+        if self._pool is None:
+            raise RuntimeError("Database.open() was not called")
+        try:
+            async with self._pool.acquire(timeout=self._connect_timeout) as conn:
+                yield conn
+        except asyncpg.UniqueViolationError as exc:
+            raise UniqueViolation(exc.constraint_name or "") from exc
+        except asyncpg.CheckViolationError as exc:
+            raise CheckViolation(exc.constraint_name or "") from exc
+        except _UNAVAILABLE_ERRORS as exc:
+            _LOGGER.warning("database unavailable: %s", type(exc).__name__)
+            raise Unavailable() from exc
+
+    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `work` on a pooled connection."""
+        async with self.connection() as conn:
+            return await work(conn)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        """Run one statement and return its first row."""
+        async with self.connection() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """Run one statement and return all its rows."""
+        async with self.connection() as conn:
+            return await conn.fetch(query, *args)
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """Tell whether the database answers a trivial query within `timeout` seconds."""
+        try:
+            async with self.connection() as conn:
+                await conn.fetchval("SELECT 1", timeout=timeout)
+        except Unavailable:
+            return False
+        return True
