@@ -14,7 +14,7 @@ _CREATE_USER = """
 WITH created AS (
     INSERT INTO users (user_id, balance, initial_credits, transaction_count,
                        request_id, request_fingerprint)
-    VALUES ($1, $2, $2, CASE WHEN $2 > 0 THEN 1 ELSE 0 END, $3, $4)
+    VALUES ($1, $2::bigint, $2::bigint, CASE WHEN $2::bigint > 0 THEN 1 ELSE 0 END, $3, $4)
     RETURNING user_id, balance
 ), granted AS (
     INSERT INTO ledger (user_id, type, amount, balance_after, reason)
@@ -48,7 +48,7 @@ RETURNING balance_after
 _CREDIT = """
 WITH credited AS (
     INSERT INTO users AS u (user_id, balance, transaction_count)
-    VALUES ($1, $2, 1)
+    VALUES ($1, $2::bigint, 1)
     ON CONFLICT (user_id) DO UPDATE
        SET balance = u.balance + EXCLUDED.balance,
            transaction_count = u.transaction_count + 1,
@@ -56,7 +56,7 @@ WITH credited AS (
     RETURNING user_id, balance
 )
 INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, request_fingerprint)
-SELECT user_id, $3, $2, balance, $4, $5, $6 FROM credited
+SELECT user_id, $3, $2::bigint, balance, $4, $5, $6 FROM credited
 RETURNING balance_after
 """
 
@@ -171,15 +171,15 @@ class LedgerStore:
         except UniqueViolation as exc:
             if request_id is None:
                 raise
-            prior = await self._prior_entry(request_id, fingerprint, exc)
-            first_claims = TokenClaims(
-                user_id=prior["user_id"],
-                token_id=prior["token_id"],
-                issued_at=prior["token_issued_at"],
-                expires_at=prior["token_expires_at"],
-            )
-            return Spend(claims=first_claims, balance_after=int(prior["balance_after"]))
+            return _replayed_spend(await self._prior_entry(request_id, fingerprint, exc))
         if row is None:
+            # A retry of a vend that took the last credit must still get its token back.
+            if request_id is not None:
+                prior = await self._db.fetchrow(_ENTRY_BY_REQUEST, request_id)
+                if prior is not None:
+                    if prior["request_fingerprint"] != fingerprint:
+                        raise RequestIdReused()
+                    return _replayed_spend(prior)
             raise InsufficientCredits()
         return Spend(claims=claims, balance_after=int(row["balance_after"]))
 
@@ -232,6 +232,16 @@ class LedgerStore:
             )
             for row in rows
         ]
+
+
+def _replayed_spend(prior: asyncpg.Record) -> Spend:
+    claims = TokenClaims(
+        user_id=prior["user_id"],
+        token_id=prior["token_id"],
+        issued_at=prior["token_issued_at"],
+        expires_at=prior["token_expires_at"],
+    )
+    return Spend(claims=claims, balance_after=int(prior["balance_after"]))
 
 
 def _transaction(row: asyncpg.Record) -> Transaction:

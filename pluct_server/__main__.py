@@ -1,0 +1,97 @@
+"""Command line: `serve` runs the service, `migrate` applies the schema and exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+
+from pluct_server.config import ConfigError, Settings, load_settings, read_environment
+from pluct_server.config import with_dev_secrets
+from pluct_server.server import PluctServer, wait_and_migrate
+from pluct_server.store.database import Database
+from pluct_server.store.embedded import EmbeddedPostgres
+
+_LOGGER = logging.getLogger("pluct_server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, load settings and run the chosen command."""
+    parser = argparse.ArgumentParser(prog="python -m pluct_server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the gRPC server and the HTTP shim until stopped")
+    commands.add_parser("migrate", help="apply pending database migrations and exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(read_environment())
+    except ConfigError as error:
+        print(f"pluct: configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        with database_dsn(settings) as dsn:
+            if args.command == "migrate":
+                asyncio.run(_migrate(dsn))
+            else:
+                if not settings.production:
+                    settings, note = with_dev_secrets(settings)
+                    if note:
+                        print(note, flush=True)
+                asyncio.run(_serve(settings, dsn))
+    except RuntimeError as error:
+        _LOGGER.error("%s", error)
+        return 1
+    return 0
+
+
+@contextlib.contextmanager
+def database_dsn(settings: Settings) -> Iterator[str]:
+    """Yield DATABASE_URL, or the DSN of the project's embedded server, stopped on the way out."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir / "postgres")
+    dsn = embedded.start()
+    _LOGGER.info("embedded PostgreSQL running on %s", settings.data_dir / "postgres")
+    try:
+        yield dsn
+    finally:
+        # Another `make run` on the same folder may be using a server it found running.
+        if embedded.started_by_us:
+            embedded.stop()
+            _LOGGER.info("embedded PostgreSQL stopped")
+
+
+async def _migrate(dsn: str) -> None:
+    database = Database(dsn, max_size=1)
+    await database.open()
+    try:
+        await wait_and_migrate(database)
+    finally:
+        await database.close()
+
+
+async def _serve(settings: Settings, dsn: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = PluctServer(settings, dsn)
+    await server.start()
+    _LOGGER.info("ready; stop with Ctrl-C or SIGTERM")
+    await stop.wait()
+    _LOGGER.info("shutting down: draining calls in flight")
+    await server.stop()
+    _LOGGER.info("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Keeps gRPC health in step with the database: SERVING only while it answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
+
+from pluct_server.store.database import Database
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthMonitor:
+    """Pings the database on an interval and publishes the result for "" and every service."""
+
+    def __init__(
+        self,
+        database: Database,
+        service_names: Sequence[str],
+        interval_seconds: float,
+    ) -> None:
+        self.servicer = health_aio.HealthServicer()
+        self._database = database
+        self._names = ("", *service_names)
+        self._interval = interval_seconds
+        self._serving: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def serving(self) -> bool:
+        """Tell whether the last ping succeeded."""
+        return bool(self._serving)
+
+    async def start(self) -> None:
+        """Publish NOT_SERVING, check once, then keep checking in the background."""
+        for name in self._names:
+            await self.servicer.set(name, NOT_SERVING)
+        await self.check_now()
+        self._task = asyncio.create_task(self._run(), name="health-monitor")
+
+    async def check_now(self) -> bool:
+        """Ping the database now and publish the result; return it."""
+        ok = await self._database.ping(timeout=min(self._interval, 2.0))
+        if not self._stopping:
+            await self._publish(ok)
+        return ok
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING for good (so balancers drain us) and stop pinging."""
+        self._stopping = True
+        await self.servicer.enter_graceful_shutdown()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.check_now()
+            except Exception:
+                _LOGGER.exception("health check failed unexpectedly")
+
+    async def _publish(self, ok: bool) -> None:
+        if ok == self._serving:
+            return
+        if self._serving is not None:
+            _LOGGER.warning("database %s", "reachable again" if ok else "unreachable")
+        self._serving = ok
+        for name in self._names:
+            await self.servicer.set(name, SERVING if ok else NOT_SERVING)

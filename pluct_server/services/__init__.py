@@ -1,0 +1,1 @@
+"""gRPC servicers: each translates its protos to and from the domain, nothing else."""

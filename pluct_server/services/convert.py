@@ -1,0 +1,39 @@
+"""Conversions between domain values and the protobuf messages they travel in."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from pluct.credit.v1 import ledger_pb2
+
+from pluct_server.models import EntryType, Transaction
+
+_TRANSACTION_TYPES = {
+    EntryType.USER_CREATION: ledger_pb2.TRANSACTION_TYPE_USER_CREATION,
+    EntryType.ADD_WEBHOOK: ledger_pb2.TRANSACTION_TYPE_ADD_WEBHOOK,
+    EntryType.ADMIN_ADD: ledger_pb2.TRANSACTION_TYPE_ADMIN_ADD,
+    EntryType.SPEND: ledger_pb2.TRANSACTION_TYPE_SPEND,
+}
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    """Return `moment` as a protobuf Timestamp."""
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def transaction_message(entry: Transaction) -> ledger_pb2.Transaction:
+    """Return a ledger entry as its protobuf message."""
+    message = ledger_pb2.Transaction(
+        id=entry.id,
+        user_id=entry.user_id,
+        type=_TRANSACTION_TYPES[entry.type],
+        amount=entry.amount,
+        timestamp=timestamp(entry.timestamp),
+        balance_after=entry.balance_after,
+    )
+    if entry.reason is not None:
+        message.reason = entry.reason
+    return message

@@ -1,0 +1,65 @@
+"""CreditService: sign-up, balances, history and the payment webhook."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+from pluct.credit.v1 import credit_service_pb2 as pb
+from pluct.credit.v1 import credit_service_pb2_grpc
+
+from pluct_server.auth import Authenticator
+from pluct_server.ledger import Ledger
+from pluct_server.services.convert import timestamp, transaction_message
+
+
+class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ignore[misc]
+    """Serves pluct.credit.v1.CreditService from the ledger."""
+
+    def __init__(self, ledger: Ledger, authenticator: Authenticator) -> None:
+        self._ledger = ledger
+        self._authenticator = authenticator
+
+    async def CreateUser(  # noqa: N802 - gRPC method names are the proto's
+        self, request: pb.CreateUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateUserResponse:
+        """Create a user with its initial credits."""
+        is_admin = self._authenticator.is_admin(context.invocation_metadata() or ())
+        balance = await self._ledger.create_user(
+            request.user_id,
+            request.initial_credits,
+            request.request_id,
+            caller_is_admin=is_admin,
+        )
+        return pb.CreateUserResponse(user_id=request.user_id, initial_balance=balance)
+
+    async def GetBalance(  # noqa: N802
+        self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetBalanceResponse:
+        """Return a user's balance (0 for an unknown user)."""
+        balance = await self._ledger.balance(request.user_id)
+        return pb.GetBalanceResponse(
+            user_id=request.user_id, balance=balance, timestamp=timestamp(datetime.now(UTC))
+        )
+
+    async def ListTransactions(  # noqa: N802
+        self, request: pb.ListTransactionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTransactionsResponse:
+        """Return one page of a user's ledger, newest first."""
+        page = await self._ledger.transactions(
+            request.user_id, request.page_size, request.page_token
+        )
+        return pb.ListTransactionsResponse(
+            user_id=request.user_id,
+            transactions=[transaction_message(entry) for entry in page.transactions],
+            next_page_token=page.next_page_token,
+        )
+
+    async def AddCredits(  # noqa: N802
+        self, request: pb.AddCreditsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AddCreditsResponse:
+        """Credit a payment reported by the payment provider."""
+        balance = await self._ledger.add_payment(
+            request.user_id, request.amount, request.request_id
+        )
+        return pb.AddCreditsResponse(user_id=request.user_id, new_balance=balance)
