@@ -252,7 +252,7 @@ class EmbeddedPostgres:
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"pg_ctl start timed out on {self._data_dir}:\n{_tail(self._log)}") from None
         if code != 0:
-            raise RuntimeError(f"pg_ctl start failed on {self._data_dir}:\n{output}\n{_tail(self._log)}")
+            raise RuntimeError(f"pg_ctl start failed (exit {code}) on {self._data_dir}:\n{output}\n{_tail(self._log)}")
 
     def _pg_ctl(self, args: list[str]) -> list[str]:
         """Return a pg_ctl command line for the data folder."""

@@ -1,0 +1,96 @@
+"""Fixtures: one real PostgreSQL and one real server for the session, fresh ids per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from pluct.admin.v1 import admin_service_pb2_grpc
+from pluct.credit.v1 import credit_service_pb2_grpc
+from pluct.token.v1 import token_service_pb2_grpc
+
+from pluct_server.server import PluctServer
+from pluct_server.store.embedded import EmbeddedPostgres
+from tests.support import (
+    external_database_url,
+    ledger_mismatches,
+    new_user_id,
+    running_server,
+    scratch_database,
+    settings_for_test,
+)
+
+
+@pytest.fixture(scope="session")
+def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """An embedded PostgreSQL of the suite's own, in a temporary folder."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def database_dsn(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh, empty database: on DATABASE_URL's server if set, else on the embedded one."""
+    server_url = external_database_url()
+    if server_url is None:
+        server_url = request.getfixturevalue("embedded_postgres").dsn
+    async with scratch_database(server_url) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder for the server under test."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+async def server(database_dsn: str, data_dir: Path) -> AsyncIterator[PluctServer]:
+    """The service, serving gRPC (and HTTP) on free ports, shared by the session."""
+    async with running_server(settings_for_test(data_dir), database_dsn) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+async def channel(server: PluctServer) -> AsyncIterator[grpc.aio.Channel]:
+    """A gRPC channel to the server under test."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as open_channel:
+        yield open_channel
+
+
+@pytest.fixture(scope="session")
+def credit(channel: grpc.aio.Channel) -> credit_service_pb2_grpc.CreditServiceStub:
+    """CreditService stub."""
+    return credit_service_pb2_grpc.CreditServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def token(channel: grpc.aio.Channel) -> token_service_pb2_grpc.TokenServiceStub:
+    """TokenService stub."""
+    return token_service_pb2_grpc.TokenServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def admin(channel: grpc.aio.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
+    """AdminService stub."""
+    return admin_service_pb2_grpc.AdminServiceStub(channel)
+
+
+@pytest.fixture
+def user_id() -> str:
+    """A user id no other test uses."""
+    return new_user_id()
+
+
+@pytest.fixture(autouse=True)
+async def ledger_invariant(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """After every test that used the shared database: balance = sum of ledger, per user."""
+    yield
+    if "database_dsn" not in request.fixturenames:
+        return
+    dsn = request.getfixturevalue("database_dsn")
+    assert await ledger_mismatches(dsn) == []

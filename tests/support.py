@@ -1,0 +1,124 @@
+"""Shared test plumbing: databases, servers and the ledger invariant."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from pluct_server.config import Settings
+from pluct_server.server import PluctServer
+
+ADMIN_SECRET = "test-admin-" + "a1b2c3d4e5f6g7h8i9j0" * 2
+WEBHOOK_SECRET = "test-webhook-" + "k1l2m3n4o5p6q7r8s9t0" * 2
+JWT_SECRET = "test-jwt-" + "u1v2w3x4y5z6A7B8C9D0" * 2
+
+ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_SECRET}"),)
+WEBHOOK_METADATA = (("x-webhook-secret", WEBHOOK_SECRET),)
+
+
+def settings_for_test(data_dir: Path, **overrides: object) -> Settings:
+    """Settings for a server under test: free ports, fixed secrets, a fast health check."""
+    base = Settings(
+        database_url=None,
+        admin_secret=ADMIN_SECRET,
+        jwt_secret=JWT_SECRET,
+        webhook_secret=WEBHOOK_SECRET,
+        grpc_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        data_dir=data_dir,
+        health_interval_seconds=0.2,
+        shutdown_grace_seconds=5.0,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def new_user_id(prefix: str = "user") -> str:
+    """Return a user id no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def new_request_id() -> str:
+    """Return a fresh request id."""
+    return secrets.token_hex(8)
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str) -> AsyncIterator[str]:
+    """Create an empty database on the server at `server_url`, yield its DSN, then drop it."""
+    name = f"pluct_test_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    parts = urlsplit(server_url)
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def external_database_url() -> str | None:
+    """Return DATABASE_URL when the suite should run against that server instead of embedded."""
+    return os.environ.get("DATABASE_URL", "").strip() or None
+
+
+@asynccontextmanager
+async def running_server(settings: Settings, dsn: str) -> AsyncIterator[PluctServer]:
+    """Start a PluctServer and stop it on the way out."""
+    server = PluctServer(settings, dsn)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace=1.0)
+
+
+LEDGER_MISMATCHES = """
+SELECT u.user_id, u.balance, u.transaction_count, u.total_spent,
+       COALESCE(SUM(CASE WHEN l.type = 'spend' THEN -l.amount ELSE l.amount END), 0) AS ledger_sum,
+       COUNT(l.id) AS ledger_rows,
+       COALESCE(SUM(l.amount) FILTER (WHERE l.type = 'spend'), 0) AS ledger_spent
+  FROM users u LEFT JOIN ledger l ON l.user_id = u.user_id
+ GROUP BY u.user_id
+HAVING u.balance <> COALESCE(SUM(CASE WHEN l.type = 'spend' THEN -l.amount ELSE l.amount END), 0)
+    OR u.transaction_count <> COUNT(l.id)
+    OR u.total_spent <> COALESCE(SUM(l.amount) FILTER (WHERE l.type = 'spend'), 0)
+"""
+
+
+async def ledger_mismatches(dsn: str) -> list[dict[str, object]]:
+    """Return every user whose balance, count or spend total disagrees with its ledger."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [dict(row) for row in await conn.fetch(LEDGER_MISMATCHES)]
+    finally:
+        await conn.close()
+
+
+def error_reason(error: BaseException) -> tuple[str, dict[str, str]]:
+    """Return the google.rpc.ErrorInfo reason and metadata a failed call carried."""
+    import grpc
+    from google.rpc import error_details_pb2, status_pb2
+
+    assert isinstance(error, grpc.aio.AioRpcError)
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info.reason, dict(info.metadata)
+    raise AssertionError("the error carried no ErrorInfo")

@@ -1,0 +1,106 @@
+"""The database going away and coming back: UNAVAILABLE and NOT_SERVING, then recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pluct.credit.v1 import credit_service_pb2 as credit_pb
+from pluct.credit.v1 import credit_service_pb2_grpc
+
+from pluct_server.server import SERVICE_NAMES
+from pluct_server.store.embedded import EmbeddedPostgres
+from tests.support import WEBHOOK_METADATA, error_reason, running_server, settings_for_test
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# A hang guard, not a timing claim: a call that hangs fails with DEADLINE_EXCEEDED, not UNAVAILABLE.
+CALL_DEADLINE_SECONDS = 15
+
+
+@pytest.fixture
+async def own_postgres(tmp_path) -> AsyncIterator[EmbeddedPostgres]:
+    """An embedded PostgreSQL this test alone may stop and start."""
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    postgres.start()
+    yield postgres
+    postgres.stop()
+
+
+async def health_of(channel: grpc.aio.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return int(response.status)
+
+
+async def wait_for_health(channel: grpc.aio.Channel, wanted: int) -> None:
+    """Watch the whole-server health until it reports `wanted` (the test timeout bounds this)."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    async for update in stub.Watch(health_pb2.HealthCheckRequest(service="")):
+        if update.status == wanted:
+            return
+
+
+async def test_outage_gives_unavailable_and_not_serving_then_recovers(own_postgres, tmp_path):
+    async with (
+        running_server(settings_for_test(tmp_path), own_postgres.dsn) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
+        credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+        user_id = "outage-user"
+        await credit.AddCredits(
+            credit_pb.AddCreditsRequest(user_id=user_id, amount=5), metadata=WEBHOOK_METADATA
+        )
+        for service in ("", *SERVICE_NAMES):
+            assert await health_of(channel, service) == SERVING
+
+        await asyncio.to_thread(own_postgres.stop)
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await credit.GetBalance(
+                credit_pb.GetBalanceRequest(user_id=user_id), timeout=CALL_DEADLINE_SECONDS
+            )
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(raised.value)[0] == "DATABASE_UNAVAILABLE"
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await credit.AddCredits(
+                credit_pb.AddCreditsRequest(user_id=user_id, amount=5),
+                metadata=WEBHOOK_METADATA,
+                timeout=CALL_DEADLINE_SECONDS,
+            )
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        await wait_for_health(channel, NOT_SERVING)
+        for service in ("", *SERVICE_NAMES):
+            assert await health_of(channel, service) == NOT_SERVING
+
+        await asyncio.to_thread(own_postgres.start)
+
+        await wait_for_health(channel, SERVING)
+        for service in ("", *SERVICE_NAMES):
+            assert await health_of(channel, service) == SERVING
+        balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
+        assert balance.balance == 5  # the failed credit during the outage left nothing behind
+        added = await credit.AddCredits(
+            credit_pb.AddCreditsRequest(user_id=user_id, amount=1), metadata=WEBHOOK_METADATA
+        )
+        assert added.new_balance == 6
+
+
+async def test_start_gives_up_with_unavailable_when_database_stays_down(
+    own_postgres, tmp_path
+):
+    """Start-up waits for the database a while, then fails instead of serving without a schema."""
+    from pluct_server.errors import Unavailable
+    from pluct_server.server import PluctServer, wait_and_migrate
+
+    await asyncio.to_thread(own_postgres.stop)
+    server = PluctServer(settings_for_test(tmp_path), own_postgres.dsn)
+    await server.database.open()
+    try:
+        with pytest.raises(Unavailable):
+            await wait_and_migrate(server.database, wait_seconds=0.5)
+    finally:
+        await server.database.close()

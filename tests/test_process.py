@@ -1,0 +1,226 @@
+"""The service as a process: `serve` from the command line, dev mode, SIGTERM drain, bad config."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pluct.credit.v1 import credit_service_pb2 as credit_pb
+from pluct.credit.v1 import credit_service_pb2_grpc
+from pluct.token.v1 import token_service_pb2 as token_pb
+from pluct.token.v1 import token_service_pb2_grpc
+
+from tests.support import (
+    ADMIN_SECRET,
+    JWT_SECRET,
+    WEBHOOK_SECRET,
+    external_database_url,
+    new_user_id,
+    scratch_database,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    """A clean environment for the service: nothing inherited that could configure it."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    env.update(
+        PLUCT_GRPC_LISTEN=f"127.0.0.1:{free_port()}",
+        PLUCT_HTTP_LISTEN=f"127.0.0.1:{free_port()}",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """`python -m pluct_server serve` in a child process, its output collected in a file."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.log_path = workdir / f"service-{free_port()}.log"
+        log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pluct_server", "serve"],
+            cwd=workdir,
+            env={**env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'clients'}"},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.grpc_target = env["PLUCT_GRPC_LISTEN"]
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    async def wait_serving(self) -> None:
+        """Poll health until the service reports SERVING (the test timeout bounds this)."""
+        async with grpc.aio.insecure_channel(self.grpc_target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                assert self.process.poll() is None, self.output
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    async def exit_code(self) -> int:
+        return await asyncio.to_thread(self.process.wait, 60)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+async def production_dsn(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """An empty database for a production-mode process."""
+    server_url = external_database_url() or request.getfixturevalue("embedded_postgres").dsn
+    async with scratch_database(server_url) as dsn:
+        yield dsn
+
+
+async def test_sigterm_drains_a_call_in_flight_then_exits_zero(production_dsn, tmp_path):
+    env = service_env(
+        DATABASE_URL=production_dsn,
+        ADMIN_SECRET=ADMIN_SECRET,
+        JWT_SECRET=JWT_SECRET,
+        WEBHOOK_SECRET=WEBHOOK_SECRET,
+    )
+    service = ServiceProcess(env, tmp_path)
+    try:
+        await service.wait_serving()
+        user_id = new_user_id()
+        async with grpc.aio.insecure_channel(service.grpc_target) as channel:
+            credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+            token = token_service_pb2_grpc.TokenServiceStub(channel)
+            await credit.CreateUser(credit_pb.CreateUserRequest(user_id=user_id, initial_credits=2))
+
+            blocker = await asyncpg.connect(production_dsn)
+            try:
+                # Hold the user's row so the vend below is provably in flight when SIGTERM lands.
+                transaction = blocker.transaction()
+                await transaction.start()
+                await blocker.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
+                vend = asyncio.ensure_future(
+                    token.VendToken(token_pb.VendTokenRequest(user_id=user_id))
+                )
+                while not await blocker.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                ):
+                    await asyncio.sleep(0.05)
+
+                service.process.send_signal(signal.SIGTERM)
+                while "draining" not in service.output:
+                    await asyncio.sleep(0.05)
+                await transaction.rollback()
+            finally:
+                await blocker.close()
+
+            vended = await vend
+        assert vended.balance_after == 1
+        assert await service.exit_code() == 0
+        assert "stopped" in service.output
+    finally:
+        service.kill()
+
+
+async def test_dev_mode_runs_embedded_postgres_keeps_data_and_prints_secrets_once(tmp_path):
+    data_dir = tmp_path / "data"
+    user_id = new_user_id()
+    first = ServiceProcess(service_env(PLUCT_DATA_DIR=str(data_dir)), tmp_path)
+    try:
+        await first.wait_serving()
+        async with grpc.aio.insecure_channel(first.grpc_target) as channel:
+            credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+            await credit.CreateUser(credit_pb.CreateUserRequest(user_id=user_id, initial_credits=4))
+        first.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert await first.exit_code() == 0
+    finally:
+        first.kill()
+    secrets_file = data_dir / "dev-secrets.env"
+    stored = dict(
+        line.split("=", 1) for line in secrets_file.read_text().splitlines() if "=" in line
+    )
+    assert set(stored) == {"ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET"}
+    assert secrets_file.stat().st_mode & 0o077 == 0
+    assert stored["JWT_SECRET"] in first.output
+    assert "embedded PostgreSQL stopped" in first.output
+
+    second = ServiceProcess(service_env(PLUCT_DATA_DIR=str(data_dir)), tmp_path)
+    try:
+        await second.wait_serving()
+        async with grpc.aio.insecure_channel(second.grpc_target) as channel:
+            credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+            balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
+        second.process.send_signal(signal.SIGTERM)
+        assert await second.exit_code() == 0
+    finally:
+        second.kill()
+    assert balance.balance == 4
+    for secret in stored.values():
+        assert secret not in second.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "variable"),
+    [
+        ({"JWT_SECRET": "short-secret"}, "JWT_SECRET"),
+        ({"JWT_SECRET": "a" * 64}, "JWT_SECRET"),
+        ({"ADMIN_SECRET": ""}, "ADMIN_SECRET"),
+        ({"PLUCT_GRPC_LISTEN": "nonsense"}, "PLUCT_GRPC_LISTEN"),
+        ({"PLUCT_TOKEN_TTL_SECONDS": "-5"}, "PLUCT_TOKEN_TTL_SECONDS"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+    ],
+)
+def test_bad_configuration_refuses_to_start_with_one_line_naming_the_variable(
+    tmp_path, extra, variable
+):
+    env = service_env(
+        DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+        ADMIN_SECRET=ADMIN_SECRET,
+        JWT_SECRET=JWT_SECRET,
+        WEBHOOK_SECRET=WEBHOOK_SECRET,
+    )
+    env.update(extra)
+    result = subprocess.run(
+        [sys.executable, "-m", "pluct_server", "serve"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'clients'}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert variable in lines[0]
+    for name in ("JWT_SECRET", "ADMIN_SECRET"):
+        if extra.get(name):
+            assert extra[name] not in lines[0]
