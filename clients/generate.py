@@ -5,15 +5,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from google.api import annotations_pb2
 import grpc_tools
+from google.api import annotations_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 INCLUDES = [
     PROTOS,
-    Path(annotations_pb2.__file__).parent.parent.parent,  # google/api/*.proto from googleapis-common-protos
+    Path(
+        annotations_pb2.__file__
+    ).parent.parent.parent,  # google/api/*.proto from googleapis-common-protos
     Path(grpc_tools.__file__).parent / "_proto",  # google/protobuf/*.proto from grpcio-tools
 ]
 PACKAGE_DOC = '"""Generated from protos/ by clients/generate.py; do not edit."""\n'
@@ -31,7 +33,9 @@ def generate(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _protoc(f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}")
     # Comments travel in source info; the JSON shim reads them to describe its routes.
-    _protoc("--include_source_info", f"--descriptor_set_out={out / 'pluct' / 'descriptor_set.binpb'}")
+    _protoc(
+        "--include_source_info", f"--descriptor_set_out={out / 'pluct' / 'descriptor_set.binpb'}"
+    )
     package = out / "pluct"
     for directory in [package, *sorted(p for p in package.rglob("*") if p.is_dir())]:
         if directory.name != "__pycache__":

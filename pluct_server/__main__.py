@@ -10,8 +10,13 @@ import signal
 import sys
 from collections.abc import Iterator
 
-from pluct_server.config import ConfigError, Settings, load_settings, read_environment
-from pluct_server.config import with_dev_secrets
+from pluct_server.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    read_environment,
+    with_dev_secrets,
+)
 from pluct_server.server import PluctServer, wait_and_migrate
 from pluct_server.store.database import Database
 from pluct_server.store.embedded import EmbeddedPostgres

@@ -141,7 +141,9 @@ class Ledger:
 
     async def add_payment(self, user_id: str, amount: int, request_id: str) -> int:
         """Credit a payment reported by the payment provider; return the new balance."""
-        return await self._credit(user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, request_id)
+        return await self._credit(
+            user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, request_id
+        )
 
     async def add_admin_grant(
         self, user_id: str, amount: int, reason: str | None, request_id: str

@@ -13,7 +13,7 @@ _MAX_TOKEN_CHARS = 512
 
 
 def clamp_page_size(requested: int, default: int, maximum: int) -> int:
-    """Apply AIP-158: 0 means the default, above the maximum means the maximum, negative is invalid."""
+    """Apply AIP-158: 0 means the default, above the maximum the maximum, negative is invalid."""
     if requested < 0:
         raise InvalidArgument("page_size", "page_size must not be negative")
     if requested == 0:
@@ -44,4 +44,5 @@ def decode_page_token(token: str, listing: str, scope: str | None) -> list[Any] 
     if payload.get("l") != listing or payload.get("s") != scope:
         # AIP-158: a token only continues the very listing, with the same filter, that issued it.
         raise InvalidArgument("page_token", "page_token belongs to a different request")
-    return payload["p"]
+    position: list[object] = payload["p"]
+    return position

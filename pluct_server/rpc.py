@@ -30,7 +30,7 @@ def status_details(error: DomainError) -> bytes:
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
-    return status.SerializeToString()
+    return bytes(status.SerializeToString())
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -40,7 +40,9 @@ SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 _DATABASE_WAIT_SECONDS = 30.0
 
 
-async def wait_and_migrate(database: Database, wait_seconds: float = _DATABASE_WAIT_SECONDS) -> None:
+async def wait_and_migrate(
+    database: Database, wait_seconds: float = _DATABASE_WAIT_SECONDS
+) -> None:
     """Apply pending migrations, retrying while the database is not reachable yet."""
     deadline = time.monotonic() + wait_seconds
     delay = 0.2
@@ -65,9 +67,7 @@ class PluctServer:
     def __init__(self, settings: Settings, dsn: str) -> None:
         self.settings = settings
         self.database = Database(dsn, max_size=settings.db_pool_size)
-        self.health = HealthMonitor(
-            self.database, SERVICE_NAMES, settings.health_interval_seconds
-        )
+        self.health = HealthMonitor(self.database, SERVICE_NAMES, settings.health_interval_seconds)
         self.grpc_port = 0
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
@@ -97,8 +97,11 @@ class PluctServer:
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(ledger), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         self.grpc_port = server.add_insecure_port(settings.grpc_listen)

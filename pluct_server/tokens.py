@@ -73,4 +73,3 @@ class TokenSigner:
             user_id=subject,
             expires_at=datetime.fromtimestamp(int(claims["exp"]), tz=UTC),
         )
-

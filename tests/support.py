@@ -18,7 +18,7 @@ from pluct_server.server import PluctServer
 
 ADMIN_SECRET = "test-admin-" + "a1b2c3d4e5f6g7h8i9j0" * 2
 WEBHOOK_SECRET = "test-webhook-" + "k1l2m3n4o5p6q7r8s9t0" * 2
-JWT_SECRET = "test-jwt-" + "u1v2w3x4y5z6A7B8C9D0" * 2
+JWT_SECRET = "test-jwt-" + "u1v2w3x4y5z6A7B8C9D0" * 3  # long enough for HS512 probes
 
 ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_SECRET}"),)
 WEBHOOK_METADATA = (("x-webhook-secret", WEBHOOK_SECRET),)

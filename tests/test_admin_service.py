@@ -79,9 +79,7 @@ async def test_admin_grant_retry_counts_once(admin, credit, user_id):
     assert balance.balance == 9
 
 
-async def test_request_id_used_by_webhook_cannot_be_replayed_as_admin_grant(
-    admin, credit, user_id
-):
+async def test_request_id_used_by_webhook_cannot_be_replayed_as_admin_grant(admin, credit, user_id):
     request_id = new_request_id()
     await credit.AddCredits(
         credit_pb.AddCreditsRequest(user_id=user_id, amount=9, request_id=request_id),

@@ -16,12 +16,12 @@ from pluct.token.v1 import token_service_pb2 as token_pb
 from tests.support import ADMIN_METADATA, JWT_SECRET, WEBHOOK_METADATA, new_request_id
 
 
-async def outcome(call) -> str | object:
+async def outcome(call) -> object:
     """Await a call and return its response, or the status code name it failed with."""
     try:
         return await call
     except grpc.aio.AioRpcError as error:
-        return error.code().name
+        return str(error.code().name)
 
 
 async def ledger_rows(dsn: str, user_id: str) -> Counter[str]:
@@ -139,8 +139,9 @@ async def test_concurrent_creates_of_one_user_make_exactly_one(credit, database_
 async def test_vends_across_two_servers_on_one_database_never_overdraw(
     credit, database_dsn, data_dir, user_id, attempts
 ):
-    from tests.support import running_server, settings_for_test
     from pluct.token.v1 import token_service_pb2_grpc
+
+    from tests.support import running_server, settings_for_test
 
     await credit.CreateUser(credit_pb.CreateUserRequest(user_id=user_id, initial_credits=10))
     async with (

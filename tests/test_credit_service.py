@@ -161,9 +161,7 @@ async def test_webhook_credit_creates_an_unknown_user(credit, user_id):
 )
 async def test_webhook_refuses_callers_without_the_secret(credit, user_id, metadata, reason):
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await credit.AddCredits(
-            pb.AddCreditsRequest(user_id=user_id, amount=5), metadata=metadata
-        )
+        await credit.AddCredits(pb.AddCreditsRequest(user_id=user_id, amount=5), metadata=metadata)
 
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert raised.value.details() == "Unauthorized"
@@ -265,9 +263,7 @@ async def test_transactions_page_size_above_maximum_is_clamped(credit, user_id):
 async def test_transactions_reject_bad_paging(credit, user_id, page_size, page_token, field):
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await credit.ListTransactions(
-            pb.ListTransactionsRequest(
-                user_id=user_id, page_size=page_size, page_token=page_token
-            )
+            pb.ListTransactionsRequest(user_id=user_id, page_size=page_size, page_token=page_token)
         )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(raised.value) == ("INVALID_ARGUMENT", {"field": field})
@@ -278,9 +274,7 @@ async def test_page_token_of_another_user_is_refused(credit, user_id):
         await credit.AddCredits(
             pb.AddCreditsRequest(user_id=user_id, amount=1), metadata=WEBHOOK_METADATA
         )
-    page = await credit.ListTransactions(
-        pb.ListTransactionsRequest(user_id=user_id, page_size=1)
-    )
+    page = await credit.ListTransactions(pb.ListTransactionsRequest(user_id=user_id, page_size=1))
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await credit.ListTransactions(

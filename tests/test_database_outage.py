@@ -89,9 +89,7 @@ async def test_outage_gives_unavailable_and_not_serving_then_recovers(own_postgr
         assert added.new_balance == 6
 
 
-async def test_start_gives_up_with_unavailable_when_database_stays_down(
-    own_postgres, tmp_path
-):
+async def test_start_gives_up_with_unavailable_when_database_stays_down(own_postgres, tmp_path):
     """Start-up waits for the database a while, then fails instead of serving without a schema."""
     from pluct_server.errors import Unavailable
     from pluct_server.server import PluctServer, wait_and_migrate

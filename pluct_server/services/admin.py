@@ -16,7 +16,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    async def ListUsers(  # noqa: N802 - gRPC method names are the proto's
+    async def ListUsers(
         self, request: pb.ListUsersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsersResponse:
         """Return one page of users, most recently active first."""
@@ -34,7 +34,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
         ]
         return pb.ListUsersResponse(users=users, next_page_token=page.next_page_token)
 
-    async def ListTransactions(  # noqa: N802
+    async def ListTransactions(
         self, request: pb.ListTransactionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTransactionsResponse:
         """Return one page of everyone's (or one user's) ledger, newest first."""
@@ -47,7 +47,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             next_page_token=page.next_page_token,
         )
 
-    async def AddCredits(  # noqa: N802
+    async def AddCredits(
         self, request: pb.AddCreditsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddCreditsResponse:
         """Grant credits by hand, with an optional reason for the ledger."""

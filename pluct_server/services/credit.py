@@ -20,7 +20,7 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
         self._ledger = ledger
         self._authenticator = authenticator
 
-    async def CreateUser(  # noqa: N802 - gRPC method names are the proto's
+    async def CreateUser(
         self, request: pb.CreateUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateUserResponse:
         """Create a user with its initial credits."""
@@ -33,7 +33,7 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
         )
         return pb.CreateUserResponse(user_id=request.user_id, initial_balance=balance)
 
-    async def GetBalance(  # noqa: N802
+    async def GetBalance(
         self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetBalanceResponse:
         """Return a user's balance (0 for an unknown user)."""
@@ -42,7 +42,7 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
             user_id=request.user_id, balance=balance, timestamp=timestamp(datetime.now(UTC))
         )
 
-    async def ListTransactions(  # noqa: N802
+    async def ListTransactions(
         self, request: pb.ListTransactionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTransactionsResponse:
         """Return one page of a user's ledger, newest first."""
@@ -55,7 +55,7 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
             next_page_token=page.next_page_token,
         )
 
-    async def AddCredits(  # noqa: N802
+    async def AddCredits(
         self, request: pb.AddCreditsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddCreditsResponse:
         """Credit a payment reported by the payment provider."""

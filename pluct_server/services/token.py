@@ -18,7 +18,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignor
         self._vendor = vendor
         self._signer = signer
 
-    async def VendToken(  # noqa: N802 - gRPC method names are the proto's
+    async def VendToken(
         self, request: pb.VendTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.VendTokenResponse:
         """Spend one credit and return the signed token it bought."""
@@ -30,7 +30,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignor
             token_id=str(vended.claims.token_id),
         )
 
-    async def ValidateToken(  # noqa: N802
+    async def ValidateToken(
         self, request: pb.ValidateTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.ValidateTokenResponse:
         """Tell whether a token is ours and still valid, and why not if it is not."""

@@ -62,7 +62,7 @@ class Database:
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
-        """Create the pool; connections are made lazily so a down database does not block start-up."""
+        """Create the pool; connections open lazily, so a down database does not block start-up."""
         self._pool = await asyncpg.create_pool(
             self._dsn,
             min_size=0,
@@ -108,9 +108,10 @@ class Database:
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """Run one statement and return all its rows."""
         async with self.connection() as conn:
-            return await conn.fetch(query, *args)
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+            return rows
 
-    async def ping(self, timeout: float = 2.0) -> bool:
+    async def ping(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109 - a query timeout
         """Tell whether the database answers a trivial query within `timeout` seconds."""
         try:
             async with self.connection() as conn:

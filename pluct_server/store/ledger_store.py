@@ -67,6 +67,8 @@ SELECT user_id, balance_after, request_fingerprint, token_id, token_issued_at, t
 
 _BALANCE = "SELECT balance FROM users WHERE user_id = $1"
 
+# The f-strings below only splice in fixed column lists; values always travel as $n parameters.
+# ruff: noqa: S608
 _TRANSACTION_COLUMNS = "id, user_id, type, amount, balance_after, reason, created_at"
 
 _USER_TRANSACTIONS_FIRST = f"""
@@ -82,9 +84,7 @@ _ALL_TRANSACTIONS_AFTER = f"""
 SELECT {_TRANSACTION_COLUMNS} FROM ledger WHERE id < $2 ORDER BY id DESC LIMIT $1
 """
 
-_USER_COLUMNS = (
-    "user_id, balance, transaction_count, total_spent, last_activity_at, created_at"
-)
+_USER_COLUMNS = "user_id, balance, transaction_count, total_spent, last_activity_at, created_at"
 _USERS_FIRST = f"""
 SELECT {_USER_COLUMNS} FROM users ORDER BY last_activity_at DESC, user_id DESC LIMIT $1
 """
@@ -201,7 +201,7 @@ class LedgerStore:
     async def transactions(
         self, user_id: str | None, limit: int, before_id: int | None
     ) -> list[Transaction]:
-        """Return up to `limit` entries older than `before_id`, newest first, for one user or all."""
+        """Return up to `limit` entries older than `before_id`, newest first (one user or all)."""
         if user_id is None:
             if before_id is None:
                 rows = await self._db.fetch(_ALL_TRANSACTIONS_FIRST, limit)
@@ -213,9 +213,7 @@ class LedgerStore:
             rows = await self._db.fetch(_USER_TRANSACTIONS_AFTER, user_id, limit, before_id)
         return [_transaction(row) for row in rows]
 
-    async def users(
-        self, limit: int, after: tuple[datetime, str] | None
-    ) -> list[UserSummary]:
+    async def users(self, limit: int, after: tuple[datetime, str] | None) -> list[UserSummary]:
         """Return up to `limit` users after the cursor, most recently active first."""
         if after is None:
             rows = await self._db.fetch(_USERS_FIRST, limit)
@@ -254,4 +252,3 @@ def _transaction(row: asyncpg.Record) -> Transaction:
         reason=row["reason"],
         timestamp=row["created_at"],
     )
-

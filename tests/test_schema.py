@@ -1,0 +1,66 @@
+"""The database itself guards the money: no negative balance, no edited history, safe migrations."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from pluct_server.store.database import Database
+from pluct_server.store.migrate import load_migrations, migrate
+from tests.support import external_database_url, new_user_id, scratch_database
+
+
+@pytest.fixture
+async def conn(database_dsn, server):
+    connection = await asyncpg.connect(database_dsn)
+    yield connection
+    await connection.close()
+
+
+async def test_postgres_refuses_a_negative_balance(conn):
+    user_id = new_user_id()
+    await conn.execute("INSERT INTO users (user_id) VALUES ($1)", user_id)
+
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("UPDATE users SET balance = -1 WHERE user_id = $1", user_id)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE ledger SET amount = amount + 1", "DELETE FROM ledger", "TRUNCATE ledger CASCADE"],
+)
+async def test_the_ledger_is_append_only(conn, statement):
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await conn.execute(statement)
+
+
+async def test_replicas_migrating_at_once_apply_each_migration_once(request):
+    server_url = external_database_url() or request.getfixturevalue("embedded_postgres").dsn
+    async with scratch_database(server_url) as dsn:
+        databases = [Database(dsn, max_size=1) for _ in range(5)]
+        for database in databases:
+            await database.open()
+        try:
+            applied = await asyncio.gather(*(migrate(database) for database in databases))
+        finally:
+            for database in databases:
+                await database.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        finally:
+            await conn.close()
+
+    every_version = [migration.version for migration in load_migrations()]
+    assert sorted(v for batch in applied for v in batch) == every_version
+    assert [row["version"] for row in versions] == every_version
+
+
+def test_migration_files_must_be_numbered_without_gaps(tmp_path):
+    (tmp_path / "0001_first.sql").write_text("SELECT 1;")
+    (tmp_path / "0003_third.sql").write_text("SELECT 1;")
+
+    with pytest.raises(ValueError, match="0002"):
+        load_migrations(tmp_path)
