@@ -1,4 +1,4 @@
-"""Command line: `serve` runs the service, `migrate` applies the schema and exits."""
+"""Command line: `serve` runs the service, `migrate` applies the schema, `healthcheck` probes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pluct_server.config import (
     ConfigError,
@@ -30,12 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the gRPC server and the HTTP shim until stopped")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    commands.add_parser("healthcheck", help="exit 0 if the running server reports SERVING")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(read_environment())
     except ConfigError as error:
         print(f"pluct: configuration error: {error}", file=sys.stderr)
         return 2
+    if args.command == "healthcheck":
+        return asyncio.run(check_health(settings.grpc_listen))
     logging.basicConfig(
         level=settings.log_level,
         stream=sys.stdout,
@@ -73,6 +79,24 @@ def database_dsn(settings: Settings) -> Iterator[str]:
         if embedded.started_by_us:
             embedded.stop()
             _LOGGER.info("embedded PostgreSQL stopped")
+
+
+async def check_health(listen: str) -> int:
+    """Ask the server on `listen` for its overall health; 0 when SERVING, 1 otherwise."""
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::"):  # noqa: S104 - a wildcard listener is reached locally
+        host = "127.0.0.1"
+    async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=3
+            )
+        except grpc.aio.AioRpcError as error:
+            print(f"unhealthy: {error.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 async def _migrate(dsn: str) -> None:

@@ -95,6 +95,20 @@ class ServiceProcess:
             self.process.wait()
 
 
+def healthcheck(env: dict[str, str], workdir: Path) -> tuple[int, str]:
+    """Run the container's health probe, `python -m pluct_server healthcheck`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pluct_server", "healthcheck"],
+        cwd=workdir,
+        env={**env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'clients'}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stdout.strip()
+
+
 @pytest.fixture
 async def production_dsn(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """An empty database for a production-mode process."""
@@ -113,6 +127,7 @@ async def test_sigterm_drains_a_call_in_flight_then_exits_zero(production_dsn, t
     service = ServiceProcess(env, tmp_path)
     try:
         await service.wait_serving()
+        assert healthcheck(env, tmp_path) == (0, "SERVING")
         user_id = new_user_id()
         async with grpc.aio.insecure_channel(service.grpc_target) as channel:
             credit = credit_service_pb2_grpc.CreditServiceStub(channel)
@@ -145,6 +160,7 @@ async def test_sigterm_drains_a_call_in_flight_then_exits_zero(production_dsn, t
         assert vended.balance_after == 1
         assert await service.exit_code() == 0
         assert "stopped" in service.output
+        assert healthcheck(env, tmp_path)[0] == 1
     finally:
         service.kill()
 
