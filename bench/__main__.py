@@ -1,0 +1,195 @@
+"""Run every benchmark against a service process and write bench/REPORT.md."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import grpc
+from pluct.admin.v1 import admin_service_pb2 as admin_pb
+from pluct.admin.v1 import admin_service_pb2_grpc
+from pluct.credit.v1 import credit_service_pb2 as credit_pb
+from pluct.credit.v1 import credit_service_pb2_grpc
+from pluct.token.v1 import token_service_pb2 as token_pb
+from pluct.token.v1 import token_service_pb2_grpc
+
+from bench.harness import (
+    SECRETS,
+    LoadResult,
+    Service,
+    closed_loop,
+    postgres_server,
+    running_service,
+)
+
+REPORT = Path(__file__).parent / "REPORT.md"
+ADMIN = (("authorization", f"Bearer {SECRETS['ADMIN_SECRET']}"),)
+WEBHOOK = (("x-webhook-secret", SECRETS["WEBHOOK_SECRET"]),)
+SPREAD_USERS = 100
+# Backends report statistics when idle for a while; wait that long before reading them.
+STATS_FLUSH_SECONDS = 11
+
+
+async def fund(admin: admin_service_pb2_grpc.AdminServiceStub, user_id: str, credits: int) -> None:
+    """Give a user `credits` credits in grants of at most 10000."""
+    while credits > 0:
+        amount = min(credits, 10_000)
+        await admin.AddCredits(
+            admin_pb.AddCreditsRequest(user_id=user_id, amount=amount), metadata=ADMIN
+        )
+        credits -= amount
+
+
+async def transactions_committed(dsn: str) -> int:
+    """Return the database's committed-transaction counter."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def round_trips(service: Service, name: str, call, calls: int = 500) -> tuple[str, float]:
+    """Committed transactions per call: each single-statement call is exactly one."""
+    await asyncio.sleep(STATS_FLUSH_SECONDS)
+    before = await transactions_committed(service.dsn)
+    for index in range(calls):
+        await call(index)
+    await asyncio.sleep(STATS_FLUSH_SECONDS)
+    after = await transactions_committed(service.dsn)
+    # The two counter reads are transactions of their own; the first is counted in `after`.
+    return name, (after - before - 1) / calls
+
+
+async def run(quick: bool) -> str:
+    """Benchmark a fresh service and return the report as Markdown."""
+    scale = 5 if quick else 1
+    results: list[LoadResult] = []
+    trips: list[tuple[str, float]] = []
+    async with postgres_server() as server_url, running_service(server_url) as service:
+        conn = await asyncpg.connect(service.dsn)
+        pg_version = await conn.fetchval("SHOW server_version")
+        await conn.close()
+        async with grpc.aio.insecure_channel(service.grpc_target) as channel:
+            credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+            tokens = token_service_pb2_grpc.TokenServiceStub(channel)
+            admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+            rss_idle = service.rss_mib()
+
+            await fund(admin, "bench-hot", 60_000 // scale)
+            for n in range(SPREAD_USERS):
+                await fund(admin, f"bench-{n}", 300 // scale)
+            vended = await tokens.VendToken(token_pb.VendTokenRequest(user_id="bench-hot"))
+
+            def balance(_: int):
+                return credit.GetBalance(credit_pb.GetBalanceRequest(user_id="bench-hot"))
+
+            def vend_hot(_: int):
+                return tokens.VendToken(token_pb.VendTokenRequest(user_id="bench-hot"))
+
+            def vend_spread(i: int):
+                return tokens.VendToken(
+                    token_pb.VendTokenRequest(user_id=f"bench-{i % SPREAD_USERS}")
+                )
+
+            def validate(_: int):
+                return tokens.ValidateToken(token_pb.ValidateTokenRequest(token=vended.token))
+
+            def webhook(i: int):
+                return credit.AddCredits(
+                    credit_pb.AddCreditsRequest(user_id=f"bench-pay-{i % 50}", amount=1),
+                    metadata=WEBHOOK,
+                )
+
+            await closed_loop("warm-up", balance, concurrency=8, total=500)
+            plan = [
+                ("GetBalance", balance, 1, 2000),
+                ("GetBalance", balance, 32, 20000),
+                ("ValidateToken (no database)", validate, 32, 20000),
+                ("VendToken, one user", vend_hot, 1, 2000),
+                ("VendToken, one user", vend_hot, 32, 20000),
+                ("VendToken, 100 users", vend_spread, 32, 20000),
+                ("AddCredits (webhook), 50 users", webhook, 32, 20000),
+            ]
+            for name, call, concurrency, total in plan:
+                results.append(
+                    await closed_loop(name, call, concurrency=concurrency, total=total // scale)
+                )
+            rss_loaded = service.rss_mib()
+
+            if not quick:
+                trips.append(await round_trips(service, "GetBalance", balance))
+                trips.append(await round_trips(service, "VendToken", vend_hot))
+                trips.append(await round_trips(service, "AddCredits (webhook)", webhook))
+    return render(results, trips, rss_idle, rss_loaded, str(pg_version), quick)
+
+
+def render(
+    results: list[LoadResult],
+    trips: list[tuple[str, float]],
+    rss_idle: float,
+    rss_loaded: float,
+    pg_version: str,
+    quick: bool,
+) -> str:
+    """Format the measurements as a Markdown report."""
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench`"
+        + (" (quick run: a fifth of the calls)" if quick else "")
+        + f" on {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"PostgreSQL {pg_version}. The service runs in its own process; the load generator "
+        "(Python grpc.aio, closed loop: each worker sends its next call when the last returns) "
+        "shares the same two cores, so throughput figures are a floor, not a ceiling.",
+        "",
+        "| Scenario | Concurrency | Calls | Errors | Calls/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.concurrency} | {r.calls} | {r.errors} | {r.throughput:,.0f} | "
+            f"{r.percentile(50):.2f} | {r.percentile(95):.2f} | {r.percentile(99):.2f} |"
+        )
+    lines += [
+        "",
+        f"Service memory (RSS): {rss_idle:.0f} MiB idle after start, "
+        f"{rss_loaded:.0f} MiB after all the runs above.",
+    ]
+    if trips:
+        lines += [
+            "",
+            "Database transactions committed per call (from `pg_stat_database.xact_commit`, "
+            "500 sequential calls each; every statement the service runs outside an explicit "
+            "transaction is one round trip and one transaction):",
+            "",
+            "| Call | Transactions per call |",
+            "|---|---:|",
+            *(f"| {name} | {per_call:.2f} |" for name, per_call in trips),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    """Run the benchmarks and write the report."""
+    quick = "--quick" in sys.argv
+    started = time.monotonic()
+    report = asyncio.run(run(quick))
+    REPORT.write_text(report)
+    print(report)
+    print(f"(wrote {REPORT} in {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""A service process on a scratch database, and a closed-loop load generator for it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pluct_server.store.embedded import EmbeddedPostgres
+from tests.support import scratch_database
+
+REPO = Path(__file__).resolve().parent.parent
+SECRETS = {name: secrets.token_hex(32) for name in ("ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET")}
+
+
+def free_port() -> int:
+    """Return a TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """A running `python -m pluct_server serve` and where to reach it."""
+
+    process: subprocess.Popen[bytes]
+    grpc_target: str
+    http_base: str
+    dsn: str
+
+    def rss_mib(self) -> float:
+        """Resident memory of the service process, in MiB."""
+        return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+
+@asynccontextmanager
+async def postgres_server() -> AsyncIterator[str]:
+    """Yield a PostgreSQL server URL: DATABASE_URL's if set, else a temporary embedded one."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="pluct-bench-") as folder:
+        embedded = EmbeddedPostgres(Path(folder) / "pg")
+        dsn = await asyncio.to_thread(embedded.start)
+        try:
+            yield dsn
+        finally:
+            await asyncio.to_thread(embedded.stop)
+
+
+@asynccontextmanager
+async def running_service(server_url: str) -> AsyncIterator[Service]:
+    """Start the service on a scratch database in its own process; stop it on the way out."""
+    async with scratch_database(server_url) as dsn:
+        grpc_port, http_port = free_port(), free_port()
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "DATABASE_URL": dsn,
+            "PLUCT_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
+            "PLUCT_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+            # Health pings would add transactions to the round-trip count; one an hour is none.
+            "PLUCT_HEALTH_INTERVAL_SECONDS": "3600",
+            "PLUCT_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'clients'}",
+            **SECRETS,
+        }
+        process = subprocess.Popen(  # noqa: ASYNC220 - start-up only, not on a hot path
+            [sys.executable, "-m", "pluct_server", "serve"], env=env, stdin=subprocess.DEVNULL
+        )
+        service = Service(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", dsn)
+        try:
+            await _wait_serving(service)
+            yield service
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(process.wait, 30)
+
+
+async def _wait_serving(service: Service) -> None:
+    async with grpc.aio.insecure_channel(service.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                raise RuntimeError("the service exited during start-up")
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the service did not report SERVING within 60 s")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a closed-loop run measured."""
+
+    name: str
+    concurrency: int
+    calls: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def throughput(self) -> float:
+        """Completed calls per second."""
+        return self.calls / self.seconds
+
+    def percentile(self, p: float) -> float:
+        """Latency percentile in milliseconds."""
+        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[int(p) - 1]
+
+
+async def closed_loop(
+    name: str, call: Callable[[int], Awaitable[object]], *, concurrency: int, total: int
+) -> LoadResult:
+    """Run `total` calls with `concurrency` workers, each sending its next call on completion."""
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        nonlocal errors
+        for index in counter:
+            started = time.perf_counter()
+            try:
+                await call(index)
+            except Exception:
+                errors += 1
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return LoadResult(name, concurrency, total, errors, seconds, latencies)
