@@ -95,10 +95,12 @@ class ServiceProcess:
             self.process.wait()
 
 
-def healthcheck(env: dict[str, str], workdir: Path) -> tuple[int, str]:
-    """Run the container's health probe, `python -m pluct_server healthcheck`."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pluct_server", "healthcheck"],
+def run_command(
+    command: str, env: dict[str, str], workdir: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pluct_server <command>` to completion and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "pluct_server", command],
         cwd=workdir,
         env={**env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'clients'}"},
         capture_output=True,
@@ -106,6 +108,11 @@ def healthcheck(env: dict[str, str], workdir: Path) -> tuple[int, str]:
         timeout=60,
         check=False,
     )
+
+
+def healthcheck(env: dict[str, str], workdir: Path) -> tuple[int, str]:
+    """Run the container's health probe, `python -m pluct_server healthcheck`."""
+    result = run_command("healthcheck", env, workdir)
     return result.returncode, result.stdout.strip()
 
 
@@ -223,15 +230,7 @@ def test_bad_configuration_refuses_to_start_with_one_line_naming_the_variable(
         WEBHOOK_SECRET=WEBHOOK_SECRET,
     )
     env.update(extra)
-    result = subprocess.run(
-        [sys.executable, "-m", "pluct_server", "serve"],
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'clients'}"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_command("serve", env, tmp_path)
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -28,6 +28,16 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Return a connection to the pool as it is.
+
+    The default reset (RESET ALL, UNLISTEN, advisory unlock) costs a second round trip on every
+    call. Nothing here changes session state that outlives a call: no SET, LISTEN or cursors,
+    and the migration lock is released before its connection goes back. An open transaction is
+    still rolled back by asyncpg before this runs.
+    """
+
+
 class UniqueViolation(Exception):
     """A unique constraint refused a row; `constraint` names which one."""
 
@@ -71,6 +81,7 @@ class Database:
             command_timeout=self._command_timeout,
             # A connection idle this long is closed, so a restarted server is rediscovered quickly.
             max_inactive_connection_lifetime=60.0,
+            reset=_keep_session,
         )
 
     async def close(self) -> None:
