@@ -44,7 +44,7 @@ format: $(STAMP) ## Apply ruff's formatting and safe fixes.
 	$(BIN)/ruff format .
 
 typecheck: $(STAMP) ## mypy on hand-written code.
-	$(BIN)/mypy pluct_server tests
+	$(BIN)/mypy pluct_server tests clients/pluct_client
 
 build/pluct.binpb: $(PROTO_FILES) $(STAMP)
 	@mkdir -p build

@@ -1,0 +1,161 @@
+"""PluctClient: one channel, the three services, secrets attached where each call needs them."""
+
+from __future__ import annotations
+
+import uuid
+from types import TracebackType
+
+import grpc
+from pluct.admin.v1 import admin_service_pb2 as admin_pb
+from pluct.admin.v1 import admin_service_pb2_grpc
+from pluct.credit.v1 import credit_service_pb2 as credit_pb
+from pluct.credit.v1 import credit_service_pb2_grpc
+from pluct.token.v1 import token_service_pb2 as token_pb
+from pluct.token.v1 import token_service_pb2_grpc
+
+Metadata = tuple[tuple[str, str], ...]
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+class RetryableError(Exception):
+    """The service could not be reached or its database was down; retry with the same request id."""
+
+
+def new_request_id() -> str:
+    """Return a fresh request id for a mutation (keep it to retry the same mutation safely)."""
+    return uuid.uuid4().hex
+
+
+class PluctClient:
+    """Async client; use as `async with PluctClient("127.0.0.1:50051") as client:`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        admin_secret: str | None = None,
+        webhook_secret: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._credit = credit_service_pb2_grpc.CreditServiceStub(self._channel)
+        self._token = token_service_pb2_grpc.TokenServiceStub(self._channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        self._admin_md: Metadata = (
+            (("authorization", f"Bearer {admin_secret}"),) if admin_secret else ()
+        )
+        self._webhook_md: Metadata = (
+            (("x-webhook-secret", webhook_secret),) if webhook_secret else ()
+        )
+        self._timeout = timeout
+
+    async def __aenter__(self) -> PluctClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def create_user(
+        self, user_id: str, initial_credits: int = 0, request_id: str = ""
+    ) -> credit_pb.CreateUserResponse:
+        """Create a user; above the signup allowance the admin secret is sent along."""
+        request = credit_pb.CreateUserRequest(
+            user_id=user_id, initial_credits=initial_credits, request_id=request_id
+        )
+        reply: credit_pb.CreateUserResponse = await self._call(
+            self._credit.CreateUser, request, self._admin_md
+        )
+        return reply
+
+    async def balance(self, user_id: str) -> int:
+        """Return a user's balance (0 for an unknown user)."""
+        reply = await self._call(
+            self._credit.GetBalance, credit_pb.GetBalanceRequest(user_id=user_id)
+        )
+        return int(reply.balance)
+
+    async def transactions(
+        self, user_id: str, page_size: int = 0, page_token: str = ""
+    ) -> credit_pb.ListTransactionsResponse:
+        """Return one page of a user's ledger, newest first."""
+        request = credit_pb.ListTransactionsRequest(
+            user_id=user_id, page_size=page_size, page_token=page_token
+        )
+        reply: credit_pb.ListTransactionsResponse = await self._call(
+            self._credit.ListTransactions, request
+        )
+        return reply
+
+    async def add_payment(
+        self, user_id: str, amount: int, request_id: str = ""
+    ) -> credit_pb.AddCreditsResponse:
+        """Credit a payment, as the payment webhook (needs the webhook secret)."""
+        request = credit_pb.AddCreditsRequest(user_id=user_id, amount=amount, request_id=request_id)
+        reply: credit_pb.AddCreditsResponse = await self._call(
+            self._credit.AddCredits, request, self._webhook_md
+        )
+        return reply
+
+    async def vend_token(self, user_id: str, request_id: str = "") -> token_pb.VendTokenResponse:
+        """Spend one credit and return the token it bought."""
+        request = token_pb.VendTokenRequest(user_id=user_id, request_id=request_id)
+        reply: token_pb.VendTokenResponse = await self._call(self._token.VendToken, request)
+        return reply
+
+    async def validate_token(self, token: str) -> token_pb.ValidateTokenResponse:
+        """Tell whether a token is valid, and why not if it is not."""
+        reply: token_pb.ValidateTokenResponse = await self._call(
+            self._token.ValidateToken, token_pb.ValidateTokenRequest(token=token)
+        )
+        return reply
+
+    async def list_users(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> admin_pb.ListUsersResponse:
+        """Return one page of users, most recently active first (needs the admin secret)."""
+        request = admin_pb.ListUsersRequest(page_size=page_size, page_token=page_token)
+        reply: admin_pb.ListUsersResponse = await self._call(
+            self._admin.ListUsers, request, self._admin_md
+        )
+        return reply
+
+    async def all_transactions(
+        self, page_size: int = 0, page_token: str = "", user_id: str | None = None
+    ) -> admin_pb.ListTransactionsResponse:
+        """Return one page of everyone's ledger, or one user's (needs the admin secret)."""
+        request = admin_pb.ListTransactionsRequest(page_size=page_size, page_token=page_token)
+        if user_id is not None:
+            request.user_id = user_id
+        reply: admin_pb.ListTransactionsResponse = await self._call(
+            self._admin.ListTransactions, request, self._admin_md
+        )
+        return reply
+
+    async def grant(
+        self, user_id: str, amount: int, reason: str | None = None, request_id: str = ""
+    ) -> admin_pb.AddCreditsResponse:
+        """Grant credits by hand (needs the admin secret)."""
+        request = admin_pb.AddCreditsRequest(user_id=user_id, amount=amount, request_id=request_id)
+        if reason is not None:
+            request.reason = reason
+        reply: admin_pb.AddCreditsResponse = await self._call(
+            self._admin.AddCredits, request, self._admin_md
+        )
+        return reply
+
+    async def _call(self, method, request, metadata: Metadata = ()):  # type: ignore[no-untyped-def]
+        try:
+            return await method(request, metadata=metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise RetryableError(error.details() or error.code().name) from error
+            raise
