@@ -9,7 +9,7 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 # Where googleapis-common-protos and grpcio-tools keep the .proto files our imports name.
 PROTO_INCLUDES = -I protos -I $$($(BIN)/python -c 'import google.api.annotations_pb2 as a, pathlib; print(pathlib.Path(a.__file__).parent.parent.parent)') -I $$($(BIN)/python -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
 
-.PHONY: help run migrate test check lint format typecheck lint-proto breaking generate check-generated bench clean
+.PHONY: help run migrate test check lint format typecheck lint-proto breaking generate check-generated bench fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ check-generated: $(STAMP) ## Fail when clients/ is not what protos/ generates.
 	$(BIN)/python clients/generate.py build/generated
 	@diff -r --exclude=__pycache__ build/generated/pluct clients/pluct \
 		|| (echo "clients/ is stale: run 'make generate' and commit the result" && exit 1)
+
+fuzz: $(STAMP) ## Fuzz the JSON shim from its own OpenAPI document, longer than `make test` does.
+	PLUCT_FUZZ_EXAMPLES=$${PLUCT_FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest -s tests/test_http_fuzz.py $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Measure latency and throughput; writes bench/REPORT.md.
 	$(BIN)/python -m bench

@@ -16,6 +16,7 @@ from pluct.token.v1 import token_service_pb2, token_service_pb2_grpc
 from pluct_server.auth import Authenticator, caller_auth_by_method
 from pluct_server.config import Settings
 from pluct_server.errors import Unavailable
+from pluct_server.gateway import Gateway, HttpLimits
 from pluct_server.health import HealthMonitor
 from pluct_server.ledger import Ledger
 from pluct_server.rpc import ServiceInterceptor
@@ -71,7 +72,7 @@ class PluctServer:
         self.grpc_port = 0
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
-        self._gateway: object | None = None
+        self._gateway: Gateway | None = None
 
     async def start(self) -> None:
         """Open the pool, migrate, and start serving gRPC (and HTTP)."""
@@ -105,14 +106,31 @@ class PluctServer:
             server,
         )
         self.grpc_port = server.add_insecure_port(settings.grpc_listen)
+        gateway = Gateway(
+            SERVICES,
+            authenticator,
+            probe=self.health.check_now,
+            limits=HttpLimits(max_body_bytes=settings.http_max_body_bytes),
+        )
+        server.add_insecure_port(gateway.grpc_target)  # the shim's private way in
         await server.start()
         self._server = server
+        self._gateway = gateway
         await self.health.start()
         _LOGGER.info("gRPC listening on %s", _with_port(settings.grpc_listen, self.grpc_port))
+        try:
+            self.http_port = await gateway.start(settings.http_listen)
+        except BaseException:
+            await self.stop(0)  # half a service is worse than none
+            raise
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within `grace`, then close the pool."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self._gateway is not None:
+            # HTTP first: its requests in flight still need the gRPC server to answer them.
+            await self._gateway.stop(grace)
+            self._gateway = None
         await self.health.stop()
         if self._server is not None:
             await self._server.stop(grace)

@@ -94,3 +94,12 @@ async def ledger_invariant(request: pytest.FixtureRequest) -> AsyncIterator[None
         return
     dsn = request.getfixturevalue("database_dsn")
     assert await ledger_mismatches(dsn) == []
+
+
+@pytest.fixture(scope="session")
+async def http(server: PluctServer) -> AsyncIterator[object]:
+    """An HTTP client (aiohttp) for the JSON shim of the server under test."""
+    from tests.http_support import http_client
+
+    async with http_client(server.http_port) as session:
+        yield session

@@ -1,0 +1,120 @@
+"""The shim's lifecycle: its private way into the gRPC server, the channel and the HTTP listener."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from google.protobuf.descriptor import ServiceDescriptor
+
+from pluct_server.auth import Authenticator
+from pluct_server.gateway.app import HttpLimits, Probe, ShimHandler
+from pluct_server.gateway.comments import Comments
+from pluct_server.gateway.describe import BUILTIN_ROUTES, ServiceInfo
+from pluct_server.gateway.legacy import LEGACY, LegacyProfile
+from pluct_server.gateway.openapi import openapi_document
+from pluct_server.gateway.proxy import RpcProxy
+from pluct_server.gateway.render import Renderer
+from pluct_server.gateway.routes import Route, Router, rpc_routes
+
+_LOGGER = logging.getLogger(__name__)
+_LINGER_SECONDS = 1.0
+
+
+class Gateway:
+    """The JSON shim: an aiohttp server whose every route is a call to the gRPC server."""
+
+    def __init__(
+        self,
+        services: Iterable[ServiceDescriptor],
+        authenticator: Authenticator,
+        *,
+        probe: Probe,
+        limits: HttpLimits | None = None,
+        grpc_target: str | None = None,
+        profile: LegacyProfile = LEGACY,
+    ) -> None:
+        self.limits = limits or HttpLimits()
+        self.routes: tuple[Route, ...] = (*BUILTIN_ROUTES, *rpc_routes(services, Comments.load()))
+        self.router = Router(self.routes)  # refuses clashing routes at start
+        renderer = Renderer(profile)
+        renderer.check(list(self.routes))  # and a profile that names unknown fields
+        self.info = ServiceInfo.installed()
+        self.openapi = openapi_document(self.routes, profile, renderer, self.info)
+        self._authenticator = authenticator
+        self._probe = probe
+        self._profile = profile
+        self._socket_dir: Path | None = None
+        if grpc_target is None:
+            # A unix socket of our own: the shim reaches the gRPC server whatever grpc_listen is,
+            # and the folder (mode 0700) keeps other local users off that door.
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="pluct-shim-"))
+            grpc_target = f"unix:{self._socket_dir / 'grpc.sock'}"
+        self.grpc_target = grpc_target
+        self.port = 0
+        self._channel: grpc.aio.Channel | None = None
+        self._runner: web.ServerRunner | None = None
+        self._handler: ShimHandler | None = None
+
+    async def start(self, listen: str) -> int:
+        """Open the channel and listen on `listen` (host:port, 0 picks a port); return the port."""
+        host, _, port = listen.rpartition(":")
+        self._channel = grpc.aio.insecure_channel(self.grpc_target)
+        self._handler = ShimHandler(
+            router=self.router,
+            proxy=RpcProxy(self._channel, self.routes, self.limits.rpc_seconds),
+            authenticator=self._authenticator,
+            profile=self._profile,
+            limits=self.limits,
+            info=self.info,
+            probe=self._probe,
+            openapi=self.openapi,
+        )
+        # The low-level server: every request reaches our handler (no router that could answer
+        # in plain text), and we read bodies ourselves, under our own limits.
+        server = web.Server(
+            self._handler,
+            keepalive_timeout=self.limits.idle_seconds,
+            # A client gone mid-request cancels its handler (and so its gRPC call).
+            handler_cancellation=True,
+            # After refusing a body, drain what is in flight only briefly (aiohttp waits 10 s),
+            # so a client that keeps dripping cannot keep the connection.
+            lingering_time=_LINGER_SECONDS,
+        )
+        self._runner = web.ServerRunner(server, handle_signals=False)
+        try:
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+            await site.start()
+        except BaseException as error:
+            await self.stop(0)
+            if isinstance(error, OSError):
+                # As gRPC reports a port it cannot bind: one line, no stack trace, exit 1.
+                raise RuntimeError(f"cannot listen for HTTP on {listen}: {error}") from error
+            raise
+        self.port = int(self._runner.addresses[0][1])
+        _LOGGER.info("HTTP shim listening on %s:%d", host, self.port)
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new connections, give requests in flight `grace` seconds, then close."""
+        if self._handler is not None:
+            self._handler.draining = True
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+            if self._runner.server is not None:
+                await self._runner.server.shutdown(grace)
+            await self._runner.cleanup()
+            self._runner = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
