@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import grpc
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
@@ -27,6 +29,7 @@ from bench.harness import (
     postgres_server,
     running_service,
 )
+from bench.shim_overhead import measure
 
 REPORT = Path(__file__).parent / "REPORT.md"
 ADMIN = (("authorization", f"Bearer {SECRETS['ADMIN_SECRET']}"),)
@@ -80,7 +83,12 @@ async def run(quick: bool) -> str:
         conn = await asyncpg.connect(service.dsn)
         pg_version = await conn.fetchval("SHOW server_version")
         await conn.close()
-        async with grpc.aio.insecure_channel(service.grpc_target) as channel:
+        async with (
+            grpc.aio.insecure_channel(service.grpc_target) as channel,
+            aiohttp.ClientSession(
+                service.http_base, connector=aiohttp.TCPConnector(limit=64)
+            ) as http,
+        ):
             credit = credit_service_pb2_grpc.CreditServiceStub(channel)
             tokens = token_service_pb2_grpc.TokenServiceStub(channel)
             admin = admin_service_pb2_grpc.AdminServiceStub(channel)
@@ -88,7 +96,7 @@ async def run(quick: bool) -> str:
 
             await fund(admin, "bench-hot", 60_000 // scale)
             for n in range(SPREAD_USERS):
-                await fund(admin, f"bench-{n}", 300 // scale)
+                await fund(admin, f"bench-{n}", 500 // scale)
             vended = await tokens.VendToken(token_pb.VendTokenRequest(user_id="bench-hot"))
 
             def balance(_: int):
@@ -101,6 +109,12 @@ async def run(quick: bool) -> str:
                 return tokens.VendToken(
                     token_pb.VendTokenRequest(user_id=f"bench-{i % SPREAD_USERS}")
                 )
+
+            async def vend_http(i: int) -> None:
+                body = {"userId": f"bench-{i % SPREAD_USERS}"}
+                async with http.post("/vend-token", json=body) as response:
+                    response.raise_for_status()
+                    await response.read()
 
             def validate(_: int):
                 return tokens.ValidateToken(token_pb.ValidateTokenRequest(token=vended.token))
@@ -119,6 +133,7 @@ async def run(quick: bool) -> str:
                 ("VendToken, one user", vend_hot, 1, 2000),
                 ("VendToken, one user", vend_hot, 32, 20000),
                 ("VendToken, 100 users", vend_spread, 32, 20000),
+                ("POST /vend-token (HTTP shim), 100 users", vend_http, 32, 20000),
                 ("AddCredits (webhook), 50 users", webhook, 32, 20000),
             ]
             for name, call, concurrency, total in plan:
@@ -127,16 +142,20 @@ async def run(quick: bool) -> str:
                 )
             rss_loaded = service.rss_mib()
 
+            grpc_ms, http_ms = await measure(service, 2000 // scale)
+            shim = (statistics.median(grpc_ms), statistics.median(http_ms))
+
             if not quick:
                 trips.append(await round_trips(service, "GetBalance", balance))
                 trips.append(await round_trips(service, "VendToken", vend_hot))
                 trips.append(await round_trips(service, "AddCredits (webhook)", webhook))
-    return render(results, trips, rss_idle, rss_loaded, str(pg_version), quick)
+    return render(results, trips, shim, rss_idle, rss_loaded, str(pg_version), quick)
 
 
 def render(
     results: list[LoadResult],
     trips: list[tuple[str, float]],
+    shim: tuple[float, float],
     rss_idle: float,
     rss_loaded: float,
     pg_version: str,
@@ -161,7 +180,12 @@ def render(
             f"| {r.name} | {r.concurrency} | {r.calls} | {r.errors} | {r.throughput:,.0f} | "
             f"{r.percentile(50):.2f} | {r.percentile(95):.2f} | {r.percentile(99):.2f} |"
         )
+    grpc_median, http_median = shim
     lines += [
+        "",
+        f"JSON shim overhead (`bench/shim_overhead.py`, sequential GetBalance, the two ways "
+        f"interleaved): median {grpc_median:.3f} ms by direct gRPC, {http_median:.3f} ms through "
+        f"the HTTP shim, {http_median - grpc_median:+.3f} ms per call.",
         "",
         f"Service memory (RSS): {rss_idle:.0f} MiB idle after start, "
         f"{rss_loaded:.0f} MiB after all the runs above.",

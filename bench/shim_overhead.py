@@ -15,7 +15,7 @@ import grpc
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from bench.harness import postgres_server, running_service
+from bench.harness import Service, postgres_server, running_service
 
 WARM_UP = 200
 ROUNDS = 4  # the two ways alternate in rounds, so drift over the run hits both alike
@@ -41,11 +41,9 @@ def describe(name: str, latencies: list[float]) -> str:
     )
 
 
-async def main(calls: int) -> None:
-    """Start a service, measure both ways and print the figures."""
+async def measure(service: Service, calls: int) -> tuple[list[float], list[float]]:
+    """Time `calls` sequential GetBalance calls each way; return (gRPC ms, HTTP ms)."""
     async with (
-        postgres_server() as url,
-        running_service(url) as service,
         grpc.aio.insecure_channel(service.grpc_target) as channel,
         aiohttp.ClientSession(service.http_base) as http,
     ):
@@ -69,7 +67,13 @@ async def main(calls: int) -> None:
         for _ in range(ROUNDS):
             grpc_ms += await timed(via_grpc, calls // ROUNDS)
             http_ms += await timed(via_http, calls // ROUNDS)
+    return grpc_ms, http_ms
 
+
+async def main(calls: int) -> None:
+    """Start a service, measure both ways and print the figures."""
+    async with postgres_server() as url, running_service(url) as service:
+        grpc_ms, http_ms = await measure(service, calls)
     print("GetBalance, sequential calls, one service process, keep-alive connections")
     print(describe("direct gRPC", grpc_ms))
     print(describe("HTTP shim", http_ms))
