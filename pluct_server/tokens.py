@@ -66,10 +66,21 @@ class TokenSigner:
         except jwt.InvalidTokenError:
             return Verdict(valid=False, reason=INVALID_SIGNATURE)
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject:
+        if not isinstance(subject, str) or not subject or not _numeric_dates(claims):
             return Verdict(valid=False, reason=INVALID_SIGNATURE)
         return Verdict(
             valid=True,
             user_id=subject,
             expires_at=datetime.fromtimestamp(int(claims["exp"]), tz=UTC),
         )
+
+
+def _numeric_dates(claims: dict[str, object]) -> bool:
+    """Tell whether exp (and iat, nbf if present) are JSON numbers, as RFC 7519 requires."""
+    # PyJWT would take "exp": "1700000000" as a number; a token we or the legacy engine
+    # signed never carries a string there, so such a token is malformed.
+    return all(
+        isinstance(claims[name], int | float) and not isinstance(claims[name], bool)
+        for name in ("exp", "iat", "nbf")
+        if name in claims
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -979,3 +980,42 @@ async def test_idempotency_key_reused_for_another_request_is_400(http, user_id):
 
     expect_error(reply, 400)
     assert reply.body["reason"] == "REQUEST_ID_REUSED"
+
+
+async def test_whole_numbers_written_as_floats_are_accepted(http, user_id):
+    # Clients whose numbers are doubles send 10 as 10.0; JSON does not tell them apart.
+    created = await call(
+        http, "POST", "/user/create", json_body={"userId": user_id, "initialCredits": 10.0}
+    )
+    credited = await call(
+        http,
+        "POST",
+        "/add-credits",
+        json_body={"userId": user_id, "amount": 5.0},
+        headers=WEBHOOK_HEADERS,
+    )
+
+    assert (created.status, created.body["initialBalance"]) == (200, 10)
+    assert (credited.status, credited.body["newBalance"]) == (200, 15)
+
+
+async def test_a_body_with_a_byte_order_mark_is_read(http, user_id):
+    body = b"\xef\xbb\xbf" + json.dumps({"userId": user_id, "initialCredits": 1}).encode()
+
+    reply = await call(
+        http, "POST", "/user/create", data=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert (reply.status, reply.body["initialBalance"]) == (200, 1)
+
+
+async def test_idempotency_key_makes_a_retried_vend_return_the_same_token(http, user_id):
+    await create(http, user_id, 3)
+    headers = {"Idempotency-Key": f"vend-{user_id}"}
+
+    first = await call(http, "POST", "/vend-token", json_body={"userId": user_id}, headers=headers)
+    again = await call(http, "POST", "/vend-token", json_body={"userId": user_id}, headers=headers)
+
+    assert first.status == again.status == 200
+    assert first.body["token"] == again.body["token"]
+    assert await balance(http, user_id) == 2

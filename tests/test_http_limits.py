@@ -157,3 +157,29 @@ async def test_the_body_limit_is_the_servers_setting(server):
 
     assert reply.status == 413
     assert server.settings.http_max_body_bytes == LIMIT
+
+
+@pytest.mark.parametrize(
+    "raw_request",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"x" * 9000 + b"\r\n\r\n",
+        b"POST /vend-token HTTP/1.1\r\nHost: t\r\nContent-Length: nope\r\n\r\n",
+        b"GET /user/\xff/balance HTTP/1.1\r\nHost: t\r\n\r\n",
+    ],
+    ids=["not-http", "header-too-long", "bad-content-length", "raw-byte-in-path"],
+)
+async def test_requests_the_http_parser_refuses_get_json_and_no_stack_trace(
+    server, raw_request, caplog
+):
+    async with raw_connection(server.http_port) as (reader, writer):
+        writer.write(raw_request)
+        await writer.drain()
+        reply = await asyncio.wait_for(read_reply(reader), HANG_GUARD_SECONDS)
+
+    assert 400 <= reply.status < 500
+    assert reply.headers["content-type"].startswith("application/json")
+    body = json.loads(reply.body)
+    assert body["code"] == reply.status
+    assert body["error"].startswith("Malformed HTTP request")
+    assert not [record for record in caplog.records if record.exc_info]

@@ -218,3 +218,13 @@ async def test_validate_rejects_missing_or_oversized_token(token, bad_token):
         await token.ValidateToken(pb.ValidateTokenRequest(token=bad_token))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(raised.value) == ("INVALID_ARGUMENT", {"field": "token"})
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+async def test_validate_refuses_a_date_claim_that_is_not_a_number(token, claim):
+    payload: dict[str, object] = {"sub": "a", "exp": int(time.time()) + 60}
+    payload[claim] = str(int(time.time()) + 60)
+
+    verdict = await token.ValidateToken(pb.ValidateTokenRequest(token=legacy_token(payload)))
+
+    assert (verdict.valid, verdict.reason) == (False, "Invalid token signature")

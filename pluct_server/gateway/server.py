@@ -18,6 +18,7 @@ from pluct_server.gateway.comments import Comments
 from pluct_server.gateway.describe import BUILTIN_ROUTES, ServiceInfo
 from pluct_server.gateway.legacy import LEGACY, LegacyProfile
 from pluct_server.gateway.openapi import openapi_document
+from pluct_server.gateway.protocol import JsonErrorServer
 from pluct_server.gateway.proxy import RpcProxy
 from pluct_server.gateway.render import Renderer
 from pluct_server.gateway.routes import Route, Router, rpc_routes
@@ -77,7 +78,7 @@ class Gateway:
         )
         # The low-level server: every request reaches our handler (no router that could answer
         # in plain text), and we read bodies ourselves, under our own limits.
-        server = web.Server(
+        server = JsonErrorServer(
             self._handler,
             keepalive_timeout=self.limits.idle_seconds,
             # A client gone mid-request cancels its handler (and so its gRPC call).

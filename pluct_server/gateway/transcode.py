@@ -56,7 +56,8 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+        # utf-8-sig: a leading byte-order mark is dropped, as the legacy engine's parser did.
+        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise CallError.invalid("Request body is not valid JSON") from None
     if not isinstance(value, dict):
@@ -231,9 +232,11 @@ def _set_from_json(message: Message, field: FieldDescriptor, value: Any, shown: 
     if field.is_repeated and not is_map:
         if not isinstance(value, list):
             raise CallError.invalid(f"{shown} must be a list", field.name)
+        value = [_whole_float_as_int(field, item) for item in value]
         for item in value:
             _check_scalar(field, item, shown)
     elif not is_map:
+        value = _whole_float_as_int(field, value)
         _check_scalar(field, value, shown)
     try:
         # The shape is checked; protobuf's own parser does ranges, enums and nested messages.
@@ -242,9 +245,17 @@ def _set_from_json(message: Message, field: FieldDescriptor, value: Any, shown: 
         raise _wrong(field, shown) from None
 
 
+def _whole_float_as_int(field: FieldDescriptor, value: Any) -> Any:
+    # JSON has one number type: clients whose numbers are doubles send 5 as 5.0, and the legacy
+    # engine (JavaScript) read it as 5. 5.5 stays a float and is refused below.
+    if field.type in _INT_RANGES and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _check_scalar(field: FieldDescriptor, value: Any, shown: str) -> None:
     if field.type in _INT_RANGES:
-        # Whole numbers only: no "5", no 5.0, no true (which Python counts as 1).
+        # Whole numbers only: no "5", no 5.5, no true (which Python counts as 1).
         ok = isinstance(value, int) and not isinstance(value, bool)
         low, high = _INT_RANGES[field.type]
         if ok and not low <= value <= high:
