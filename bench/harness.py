@@ -17,12 +17,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pluct_server.store.embedded import EmbeddedPostgres
-from tests.support import scratch_database
+from tests.support import scratch_database, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
 SECRETS = {name: secrets.token_hex(32) for name in ("ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET")}
@@ -86,28 +84,11 @@ async def running_service(server_url: str) -> AsyncIterator[Service]:
         )
         service = Service(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", dsn)
         try:
-            await _wait_serving(service)
+            await wait_until_serving(service.grpc_target, process, deadline_seconds=60)
             yield service
         finally:
             process.send_signal(signal.SIGTERM)
             await asyncio.to_thread(process.wait, 30)
-
-
-async def _wait_serving(service: Service) -> None:
-    async with grpc.aio.insecure_channel(service.grpc_target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if service.process.poll() is not None:
-                raise RuntimeError("the service exited during start-up")
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the service did not report SERVING within 60 s")
 
 
 @dataclass(frozen=True)

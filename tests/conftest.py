@@ -81,6 +81,15 @@ def admin(channel: grpc.aio.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
 
 
 @pytest.fixture
+async def own_postgres(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
+    """An embedded PostgreSQL this test alone may stop and start."""
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    postgres.start()
+    yield postgres
+    postgres.stop()
+
+
+@pytest.fixture
 def user_id() -> str:
     """A user id no other test uses."""
     return new_user_id()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -122,3 +123,29 @@ def error_reason(error: BaseException) -> tuple[str, dict[str, str]]:
                 if detail.Unpack(info):
                     return info.reason, dict(info.metadata)
     raise AssertionError("the error carried no ErrorInfo")
+
+
+async def wait_until_serving(
+    grpc_target: str, process: subprocess.Popen[bytes], deadline_seconds: float = 120
+) -> None:
+    """Poll a service process's gRPC health until SERVING; fail if it exits or never gets there."""
+    import asyncio
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + deadline_seconds
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the service exited during start-up ({process.returncode})")
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the service did not report SERVING within {deadline_seconds} s")

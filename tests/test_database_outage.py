@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -12,22 +11,12 @@ from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
 from pluct_server.server import SERVICE_NAMES
-from pluct_server.store.embedded import EmbeddedPostgres
 from tests.support import WEBHOOK_METADATA, error_reason, running_server, settings_for_test
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # A hang guard, not a timing claim: a call that hangs fails with DEADLINE_EXCEEDED, not UNAVAILABLE.
 CALL_DEADLINE_SECONDS = 15
-
-
-@pytest.fixture
-async def own_postgres(tmp_path) -> AsyncIterator[EmbeddedPostgres]:
-    """An embedded PostgreSQL this test alone may stop and start."""
-    postgres = EmbeddedPostgres(tmp_path / "pg")
-    postgres.start()
-    yield postgres
-    postgres.stop()
 
 
 async def health_of(channel: grpc.aio.Channel, service: str) -> int:

@@ -6,13 +6,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import jwt
 import pytest
 
 from pluct_server.config import Settings, load_settings
-from pluct_server.store.embedded import EmbeddedPostgres
 from tests.http_support import (
     ADMIN_HEADERS,
     ISO_UTC,
@@ -329,15 +327,6 @@ async def test_health_is_200_healthy_while_the_service_can_serve(http):
     assert ISO_UTC.match(reply.body["timestamp"])
     assert reply.body["version"]
     assert set(reply.body["endpoints"]) == CONTRACT_ROUTES
-
-
-@pytest.fixture
-async def own_postgres(tmp_path) -> AsyncIterator[EmbeddedPostgres]:
-    """An embedded PostgreSQL this test alone may stop and start."""
-    postgres = EmbeddedPostgres(tmp_path / "pg")
-    postgres.start()
-    yield postgres
-    postgres.stop()
 
 
 async def test_health_is_503_unhealthy_while_the_database_is_down(own_postgres, tmp_path):

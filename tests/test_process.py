@@ -14,7 +14,6 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as token_pb
@@ -27,6 +26,7 @@ from tests.support import (
     external_database_url,
     new_user_id,
     scratch_database,
+    wait_until_serving,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,18 +73,11 @@ class ServiceProcess:
         return self.log_path.read_text()
 
     async def wait_serving(self) -> None:
-        """Poll health until the service reports SERVING (the test timeout bounds this)."""
-        async with grpc.aio.insecure_channel(self.grpc_target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                assert self.process.poll() is None, self.output
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.1)
+        """Wait until the service reports SERVING, showing its output if it does not."""
+        try:
+            await wait_until_serving(self.grpc_target, self.process)
+        except RuntimeError as error:
+            raise AssertionError(f"{error}\n{self.output}") from None
 
     async def exit_code(self) -> int:
         return await asyncio.to_thread(self.process.wait, 60)
