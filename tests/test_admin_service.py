@@ -250,3 +250,44 @@ async def test_page_token_from_one_list_is_refused_by_another(admin, credit, use
             metadata=ADMIN_METADATA,
         )
     assert error_reason(raised.value) == ("INVALID_ARGUMENT", {"field": "page_token"})
+
+
+@pytest.mark.parametrize("first", ["create", "vend"])
+async def test_a_request_id_belongs_to_the_first_call_of_any_kind(
+    admin, credit, token, user_id, first
+):
+    request_id = new_request_id()
+    await credit.CreateUser(
+        credit_pb.CreateUserRequest(
+            user_id=user_id, initial_credits=3, request_id=request_id if first == "create" else ""
+        )
+    )
+    if first == "vend":
+        await token.VendToken(token_pb.VendTokenRequest(user_id=user_id, request_id=request_id))
+
+    attempts = [
+        credit.AddCredits(
+            credit_pb.AddCreditsRequest(user_id=user_id, amount=1, request_id=request_id),
+            metadata=WEBHOOK_METADATA,
+        ),
+        admin.AddCredits(
+            pb.AddCreditsRequest(user_id=user_id, amount=1, request_id=request_id),
+            metadata=ADMIN_METADATA,
+        ),
+        credit.CreateUser(
+            credit_pb.CreateUserRequest(user_id=user_id + "-2", request_id=request_id)
+        ),
+    ]
+    if first == "create":
+        attempts.append(
+            token.VendToken(token_pb.VendTokenRequest(user_id=user_id, request_id=request_id))
+        )
+    for attempt in attempts:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await attempt
+        assert error_reason(raised.value)[0] == "REQUEST_ID_REUSED"
+
+    balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
+    assert balance.balance == (3 if first == "create" else 2)
+    unmade = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id + "-2"))
+    assert unmade.balance == 0

@@ -19,6 +19,9 @@ WITH created AS (
 ), granted AS (
     INSERT INTO ledger (user_id, type, amount, balance_after, reason)
     SELECT user_id, 'user_creation', balance, balance, $5 FROM created WHERE balance > 0
+), claimed AS (
+    INSERT INTO request_ids (request_id, fingerprint)
+    SELECT $3, $4 FROM created WHERE $3::text IS NOT NULL
 )
 SELECT balance FROM created
 """
@@ -38,6 +41,9 @@ WITH spent AS (
            last_activity_at = now()
      WHERE user_id = $1 AND balance >= 1
  RETURNING user_id, balance
+), claimed AS (
+    INSERT INTO request_ids (request_id, fingerprint)
+    SELECT $2, $3 FROM spent WHERE $2::text IS NOT NULL
 )
 INSERT INTO ledger (user_id, type, amount, balance_after, request_id, request_fingerprint,
                     token_id, token_issued_at, token_expires_at)
@@ -54,6 +60,9 @@ WITH credited AS (
            transaction_count = u.transaction_count + 1,
            last_activity_at = now()
     RETURNING user_id, balance
+), claimed AS (
+    INSERT INTO request_ids (request_id, fingerprint)
+    SELECT $5, $6 FROM credited WHERE $5::text IS NOT NULL
 )
 INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, request_fingerprint)
 SELECT user_id, $3, $2::bigint, balance, $4, $5, $6 FROM credited
@@ -66,6 +75,9 @@ SELECT user_id, balance_after, request_fingerprint, token_id, token_issued_at, t
 """
 
 _BALANCE = "SELECT balance FROM users WHERE user_id = $1"
+
+# The constraint a CreateUser of an existing user_id violates.
+_USER_EXISTS = "users_pkey"
 
 # The f-strings below only splice in fixed column lists; values always travel as $n parameters.
 # ruff: noqa: S608
@@ -115,22 +127,14 @@ class LedgerStore:
                 _CREATE_USER, user_id, initial_credits, request_id, fingerprint, reason
             )
         except UniqueViolation as exc:
-            if request_id is None:
+            prior = await self._replay(_USER_CREATED_BY_REQUEST, request_id, fingerprint)
+            if prior is not None:
+                return int(prior["initial_credits"])
+            if exc.constraint == _USER_EXISTS:
                 raise AlreadyExists("User already exists") from exc
-            return await self._replay_create_user(user_id, request_id, fingerprint)
+            raise RequestIdReused() from exc  # the id belongs to another kind of call
         assert row is not None
         return int(row["balance"])
-
-    async def _replay_create_user(
-        self, user_id: str, request_id: str, fingerprint: str | None
-    ) -> int:
-        row = await self._db.fetchrow(_USER_CREATED_BY_REQUEST, request_id)
-        if row is None:
-            # The id is fresh, so the conflict was on user_id: someone else made this user.
-            raise AlreadyExists("User already exists")
-        if row["request_fingerprint"] != fingerprint:
-            raise RequestIdReused()
-        return int(row["initial_credits"])
 
     async def credit(
         self,
@@ -146,10 +150,10 @@ class LedgerStore:
             row = await self._db.fetchrow(
                 _CREDIT, user_id, amount, entry_type.value, reason, request_id, fingerprint
             )
-        except UniqueViolation as exc:
+        except UniqueViolation:
             if request_id is None:
                 raise
-            prior = await self._prior_entry(request_id, fingerprint, exc)
+            prior = await self._replay_or_refuse(_ENTRY_BY_REQUEST, request_id, fingerprint)
             return int(prior["balance_after"])
         assert row is not None
         return int(row["balance_after"])
@@ -168,30 +172,38 @@ class LedgerStore:
                 claims.issued_at,
                 claims.expires_at,
             )
-        except UniqueViolation as exc:
+        except UniqueViolation:
             if request_id is None:
                 raise
-            return _replayed_spend(await self._prior_entry(request_id, fingerprint, exc))
+            prior = await self._replay_or_refuse(_ENTRY_BY_REQUEST, request_id, fingerprint)
+            return _replayed_spend(prior)
         if row is None:
             # A retry of a vend that took the last credit must still get its token back.
-            if request_id is not None:
-                prior = await self._db.fetchrow(_ENTRY_BY_REQUEST, request_id)
-                if prior is not None:
-                    if prior["request_fingerprint"] != fingerprint:
-                        raise RequestIdReused()
-                    return _replayed_spend(prior)
-            raise InsufficientCredits()
+            prior = await self._replay(_ENTRY_BY_REQUEST, request_id, fingerprint)
+            if prior is None:
+                raise InsufficientCredits()
+            return _replayed_spend(prior)
         return Spend(claims=claims, balance_after=int(row["balance_after"]))
 
-    async def _prior_entry(
-        self, request_id: str, fingerprint: str | None, conflict: UniqueViolation
-    ) -> asyncpg.Record:
-        row = await self._db.fetchrow(_ENTRY_BY_REQUEST, request_id)
-        if row is None:
-            raise conflict
-        if row["request_fingerprint"] != fingerprint:
+    async def _replay(
+        self, lookup: str, request_id: str | None, fingerprint: str | None
+    ) -> asyncpg.Record | None:
+        """Return the first answer to this request id, None if it has none, or refuse reuse."""
+        if request_id is None:
+            return None
+        prior = await self._db.fetchrow(lookup, request_id)
+        if prior is not None and prior["request_fingerprint"] != fingerprint:
             raise RequestIdReused()
-        return row
+        return prior
+
+    async def _replay_or_refuse(
+        self, lookup: str, request_id: str, fingerprint: str | None
+    ) -> asyncpg.Record:
+        """Return the first answer to this request id; an id another kind of call owns is reuse."""
+        prior = await self._replay(lookup, request_id, fingerprint)
+        if prior is None:
+            raise RequestIdReused()
+        return prior
 
     async def balance(self, user_id: str) -> int:
         """Return a user's balance; 0 for a user that does not exist."""
