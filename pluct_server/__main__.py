@@ -20,6 +20,7 @@ from pluct_server.config import (
     read_environment,
     with_dev_secrets,
 )
+from pluct_server.errors import Unavailable
 from pluct_server.server import PluctServer, wait_and_migrate
 from pluct_server.store.database import Database
 from pluct_server.store.embedded import EmbeddedPostgres
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(_serve(settings, dsn))
     except RuntimeError as error:
         _LOGGER.error("%s", error)
+        return 1
+    except Unavailable:
+        _LOGGER.error("the database could not be reached; nothing was started")
         return 1
     return 0
 

@@ -32,12 +32,8 @@ class HealthMonitor:
         self._interval = interval_seconds
         self._serving: bool | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ping: asyncio.Future[bool] | None = None
         self._stopping = False
-
-    @property
-    def serving(self) -> bool:
-        """Tell whether the last ping succeeded."""
-        return bool(self._serving)
 
     async def start(self) -> None:
         """Publish NOT_SERVING, check once, then keep checking in the background."""
@@ -47,7 +43,16 @@ class HealthMonitor:
         self._task = asyncio.create_task(self._run(), name="health-monitor")
 
     async def check_now(self) -> bool:
-        """Ping the database now and publish the result; return it."""
+        """Ping the database now and publish the result; return it.
+
+        Callers arriving while a ping is in flight share it, so a flood of HTTP /health probes
+        takes one pooled connection at most, not the pool.
+        """
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(self._ping_and_publish())
+        return await asyncio.shield(self._ping)
+
+    async def _ping_and_publish(self) -> bool:
         ok = await self._database.ping(timeout=min(self._interval, 2.0))
         if not self._stopping:
             await self._publish(ok)

@@ -78,7 +78,11 @@ class PluctServer:
         """Open the pool, migrate, and start serving gRPC (and HTTP)."""
         settings = self.settings
         await self.database.open()
-        await wait_and_migrate(self.database)
+        try:
+            await wait_and_migrate(self.database)
+        except BaseException:
+            await self.database.close()
+            raise
 
         authenticator = Authenticator(settings.admin_secret, settings.webhook_secret)
         signer = TokenSigner(settings.jwt_secret)
@@ -136,11 +140,6 @@ class PluctServer:
             await self._server.stop(grace)
             self._server = None
         await self.database.close()
-
-    async def wait_for_termination(self) -> None:
-        """Block until the gRPC server stops."""
-        if self._server is not None:
-            await self._server.wait_for_termination()
 
 
 def _with_port(listen: str, port: int) -> str:

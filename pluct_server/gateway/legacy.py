@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pluct_server.ledger import CREDIT_AMOUNT_MAX, CREDIT_AMOUNT_MIN
+
 
 @dataclass(frozen=True)
 class MessageShape:
@@ -139,7 +141,9 @@ LEGACY = LegacyProfile(
     query_aliases=(QueryAlias("limit", "page_size", minimum=1, cap=2**31 - 1),),
     error_messages={
         ("INVALID_ARGUMENT", "user_id"): "Valid user ID is required",
-        ("INVALID_ARGUMENT", "amount"): "Valid amount between 1 and 10000 is required",
+        ("INVALID_ARGUMENT", "amount"): (
+            f"Valid amount between {CREDIT_AMOUNT_MIN} and {CREDIT_AMOUNT_MAX} is required"
+        ),
         ("INVALID_ARGUMENT", "token"): "Valid token is required",
         ("ALREADY_EXISTS", None): "User already exists",
         ("INSUFFICIENT_CREDITS", None): "Insufficient credits",

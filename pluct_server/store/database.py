@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from pluct_server.errors import Unavailable
 
 _LOGGER = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Errors that mean "the server is not there right now", as opposed to a bug in our SQL.
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -40,14 +38,6 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 class UniqueViolation(Exception):
     """A unique constraint refused a row; `constraint` names which one."""
-
-    def __init__(self, constraint: str) -> None:
-        super().__init__(constraint)
-        self.constraint = constraint
-
-
-class CheckViolation(Exception):
-    """A CHECK constraint refused a row; `constraint` names which one."""
 
     def __init__(self, constraint: str) -> None:
         super().__init__(constraint)
@@ -100,16 +90,9 @@ class Database:
                 yield conn
         except asyncpg.UniqueViolationError as exc:
             raise UniqueViolation(exc.constraint_name or "") from exc
-        except asyncpg.CheckViolationError as exc:
-            raise CheckViolation(exc.constraint_name or "") from exc
         except _UNAVAILABLE_ERRORS as exc:
             _LOGGER.warning("database unavailable: %s", type(exc).__name__)
             raise Unavailable() from exc
-
-    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `work` on a pooled connection."""
-        async with self.connection() as conn:
-            return await work(conn)
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         """Run one statement and return its first row."""

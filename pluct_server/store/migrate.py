@@ -16,6 +16,9 @@ _LOGGER = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any fixed number works; it only has to be the same for every replica of this service.
 _ADVISORY_LOCK_KEY = 0x706C756374  # "pluct"
+# Waiting for another replica's migration, or running a long one, is not an outage: these
+# statements get this long instead of the pool's short per-query timeout.
+_MIGRATION_TIMEOUT_SECONDS = 600.0
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -46,7 +49,9 @@ async def migrate(database: Database) -> list[int]:
     """Apply every pending migration, each in its own transaction; return the versions applied."""
     async with database.connection() as conn:
         # Replicas starting together queue here; the first applies, the rest find nothing to do.
-        await conn.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
+        await conn.execute(
+            "SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY, timeout=_MIGRATION_TIMEOUT_SECONDS
+        )
         try:
             return await _apply_pending(conn, load_migrations())
         finally:
@@ -69,7 +74,7 @@ async def _apply_pending(conn: asyncpg.Connection, migrations: list[Migration]) 
         if migration.version in applied:
             continue
         async with conn.transaction():
-            await conn.execute(migration.sql)
+            await conn.execute(migration.sql, timeout=_MIGRATION_TIMEOUT_SECONDS)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                 migration.version,
