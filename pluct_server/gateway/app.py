@@ -120,9 +120,10 @@ class ShimHandler:
             route, variables = self._router.resolve(request.method, parts)
             if route.rpc is None:
                 return await self._builtins[route.name]()
-            bearer = bearer or route.rpc.caller_auth == auth_pb2.CALLER_AUTH_ADMIN
-            # The secret is checked before the body is read, so strangers cannot make us read.
-            self._require(route.rpc.caller_auth, metadata)
+            if not bearer:
+                # The secret is checked before the body is read, so strangers cannot make us read.
+                self._require(route.rpc.caller_auth, metadata)
+                bearer = route.rpc.caller_auth == auth_pb2.CALLER_AUTH_ADMIN
             body = None
             if route.rpc.body:
                 body = parse_json_body(await self._read_body(request))

@@ -58,6 +58,7 @@ class Renderer:
 
     def __init__(self, profile: LegacyProfile) -> None:
         self._profile = profile
+        self._enum_prefixes: dict[str, str] = {}
 
     def check(self, routes: list[Route]) -> None:
         """Fail at start, not per request, when the profile names a field the protos lack."""
@@ -95,9 +96,10 @@ class Renderer:
             out["count"] = len(own[shape.count_of])
         if shape.timestamp:
             out["timestamp"] = format_timestamp(now, self._profile.timestamp_fraction_digits)
-        fields = {f.name: getattr(request, f.name) for f in request.DESCRIPTOR.fields}
-        for key, value in shape.after.items():
-            out[key] = value.format_map(fields) if isinstance(value, str) else value
+        if shape.after:
+            fields = {f.name: getattr(request, f.name) for f in request.DESCRIPTOR.fields}
+            for key, value in shape.after.items():
+                out[key] = value.format_map(fields) if isinstance(value, str) else value
         return out
 
     def message(self, message: Message) -> dict[str, Any]:
@@ -151,7 +153,14 @@ class Renderer:
             return number
         if not self._profile.short_lowercase_enums:
             return value.name
-        return value.name.removeprefix(enum_prefix(enum)).lower()
+        return value.name.removeprefix(self._enum_prefix(enum)).lower()
+
+    def _enum_prefix(self, enum: EnumDescriptor) -> str:
+        # Once per enum, not once per printed row.
+        prefix = self._enum_prefixes.get(enum.full_name)
+        if prefix is None:
+            prefix = self._enum_prefixes[enum.full_name] = enum_prefix(enum)
+        return prefix
 
     # ---- schemas ----------------------------------------------------------------------------
 
