@@ -96,7 +96,7 @@ async def run(quick: bool) -> str:
 
             await fund(admin, "bench-hot", 60_000 // scale)
             for n in range(SPREAD_USERS):
-                await fund(admin, f"bench-{n}", 500 // scale)
+                await fund(admin, f"bench-{n}", 700 // scale)
             vended = await tokens.VendToken(token_pb.VendTokenRequest(user_id="bench-hot"))
 
             def balance(_: int):
@@ -109,6 +109,12 @@ async def run(quick: bool) -> str:
                 return tokens.VendToken(
                     token_pb.VendTokenRequest(user_id=f"bench-{i % SPREAD_USERS}")
                 )
+
+            def vend_idempotent(i: int):
+                request = token_pb.VendTokenRequest(
+                    user_id=f"bench-{i % SPREAD_USERS}", request_id=f"bench-vend-{i}"
+                )
+                return tokens.VendToken(request)
 
             async def vend_http(i: int) -> None:
                 body = {"userId": f"bench-{i % SPREAD_USERS}"}
@@ -133,6 +139,7 @@ async def run(quick: bool) -> str:
                 ("VendToken, one user", vend_hot, 1, 2000),
                 ("VendToken, one user", vend_hot, 32, 20000),
                 ("VendToken, 100 users", vend_spread, 32, 20000),
+                ("VendToken with request_id, 100 users", vend_idempotent, 32, 20000),
                 ("POST /vend-token (HTTP shim), 100 users", vend_http, 32, 20000),
                 ("AddCredits (webhook), 50 users", webhook, 32, 20000),
             ]
@@ -148,6 +155,13 @@ async def run(quick: bool) -> str:
             if not quick:
                 trips.append(await round_trips(service, "GetBalance", balance))
                 trips.append(await round_trips(service, "VendToken", vend_hot))
+                trips.append(
+                    await round_trips(
+                        service,
+                        "VendToken with request_id",
+                        lambda i: vend_idempotent(100_000 + i),
+                    )
+                )
                 trips.append(await round_trips(service, "AddCredits (webhook)", webhook))
     return render(results, trips, shim, rss_idle, rss_loaded, str(pg_version), quick)
 
