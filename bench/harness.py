@@ -6,7 +6,6 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,18 +18,12 @@ from pathlib import Path
 
 import psutil
 
+from pluct_server.config import SECRET_NAMES
 from pluct_server.store.embedded import EmbeddedPostgres
-from tests.support import scratch_database, wait_until_serving
+from tests.support import free_port, scratch_database, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
-SECRETS = {name: secrets.token_hex(32) for name in ("ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET")}
-
-
-def free_port() -> int:
-    """Return a TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+SECRETS = {name: secrets.token_hex(32) for name in SECRET_NAMES}
 
 
 @dataclass

@@ -65,17 +65,37 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         webhook_secret=environ.get("WEBHOOK_SECRET", ""),
         grpc_listen=_listen(environ, "PLUCT_GRPC_LISTEN", Settings.grpc_listen),
         http_listen=_listen(environ, "PLUCT_HTTP_LISTEN", Settings.http_listen),
-        signup_allowance=_integer(environ, "PLUCT_SIGNUP_ALLOWANCE", 10, 0, 10_000),
-        token_ttl=timedelta(seconds=_integer(environ, "PLUCT_TOKEN_TTL_SECONDS", 60, 1, 86_400)),
-        data_dir=Path(environ.get("PLUCT_DATA_DIR", "").strip() or ".data"),
-        db_pool_size=_integer(environ, "PLUCT_DB_POOL_SIZE", 20, 1, 500),
+        signup_allowance=_integer(
+            environ, "PLUCT_SIGNUP_ALLOWANCE", Settings.signup_allowance, 0, 10_000
+        ),
+        token_ttl=timedelta(
+            seconds=_integer(
+                environ, "PLUCT_TOKEN_TTL_SECONDS", Settings.token_ttl.seconds, 1, 86_400
+            )
+        ),
+        data_dir=Path(environ.get("PLUCT_DATA_DIR", "").strip() or Settings.data_dir),
+        db_pool_size=_integer(environ, "PLUCT_DB_POOL_SIZE", Settings.db_pool_size, 1, 500),
         health_interval_seconds=float(
-            _integer(environ, "PLUCT_HEALTH_INTERVAL_SECONDS", 2, 1, 3600)
+            _integer(
+                environ,
+                "PLUCT_HEALTH_INTERVAL_SECONDS",
+                int(Settings.health_interval_seconds),
+                1,
+                3600,
+            )
         ),
         shutdown_grace_seconds=float(
-            _integer(environ, "PLUCT_SHUTDOWN_GRACE_SECONDS", 10, 0, 3600)
+            _integer(
+                environ,
+                "PLUCT_SHUTDOWN_GRACE_SECONDS",
+                int(Settings.shutdown_grace_seconds),
+                0,
+                3600,
+            )
         ),
-        http_max_body_bytes=_integer(environ, "PLUCT_HTTP_MAX_BODY_BYTES", 65_536, 256, 10**7),
+        http_max_body_bytes=_integer(
+            environ, "PLUCT_HTTP_MAX_BODY_BYTES", Settings.http_max_body_bytes, 256, 10**7
+        ),
         log_level=_log_level(environ),
     )
     if settings.production:

@@ -149,3 +149,12 @@ async def wait_until_serving(
                 pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"the service did not report SERVING within {deadline_seconds} s")
+
+
+def free_port() -> int:
+    """Return a TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

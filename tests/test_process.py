@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,18 +23,13 @@ from tests.support import (
     JWT_SECRET,
     WEBHOOK_SECRET,
     external_database_url,
+    free_port,
     new_user_id,
     scratch_database,
     wait_until_serving,
 )
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def service_env(**extra: str) -> dict[str, str]:

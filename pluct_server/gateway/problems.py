@@ -65,8 +65,6 @@ class CallError(Exception):
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
                     return cls(code, status.message, info.reason, dict(info.metadata))
-        if code == grpc.StatusCode.INTERNAL:
-            return cls(code, "internal error")
         return cls(code, _GENERIC_MESSAGES.get(code, "internal error"))
 
 
