@@ -24,6 +24,7 @@ from pluct_server.errors import Unavailable
 from pluct_server.server import PluctServer, wait_and_migrate
 from pluct_server.store.database import Database
 from pluct_server.store.embedded import EmbeddedPostgres
+from pluct_server.tls import grpc_channel_credentials
 
 _LOGGER = logging.getLogger("pluct_server")
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pluct: configuration error: {error}", file=sys.stderr)
         return 2
     if args.command == "healthcheck":
-        return asyncio.run(check_health(settings.grpc_listen))
+        return asyncio.run(check_health(settings))
     logging.basicConfig(
         level=settings.log_level,
         stream=sys.stdout,
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(_migrate(dsn))
             else:
                 if not settings.production:
-                    settings, note = with_dev_secrets(settings)
+                    try:
+                        settings, note = with_dev_secrets(settings)
+                    except ConfigError as error:
+                        print(f"pluct: configuration error: {error}", file=sys.stderr)
+                        return 2
                     if note:
                         print(note, flush=True)
                 asyncio.run(_serve(settings, dsn))
@@ -85,12 +90,17 @@ def database_dsn(settings: Settings) -> Iterator[str]:
             _LOGGER.info("embedded PostgreSQL stopped")
 
 
-async def check_health(listen: str) -> int:
-    """Ask the server on `listen` for its overall health; 0 when SERVING, 1 otherwise."""
-    host, _, port = listen.rpartition(":")
+async def check_health(settings: Settings) -> int:
+    """Ask the server on PLUCT_GRPC_LISTEN for its overall health; 0 when SERVING, 1 otherwise."""
+    host, _, port = settings.grpc_listen.rpartition(":")
     if host in ("0.0.0.0", "[::]", "::"):  # noqa: S104 - a wildcard listener is reached locally
         host = "127.0.0.1"
-    async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+    target = f"{host}:{port}"
+    if settings.tls:
+        channel = grpc.aio.secure_channel(target, grpc_channel_credentials(settings))
+    else:
+        channel = grpc.aio.insecure_channel(target)
+    async with channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=3

@@ -1,43 +1,58 @@
-"""Who may call what: the caller_auth option of each RPC, checked against the configured secrets."""
+"""Who may call what: credentials become a Caller, checked against each RPC's access option."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Sequence
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from google.protobuf.descriptor import ServiceDescriptor
 from pluct.api.v1 import auth_pb2
 
-from pluct_server.errors import MalformedCredentials, Unauthenticated
+from pluct_server.api_keys import ApiKeys
+from pluct_server.callers import (
+    ADMIN,
+    ADMIN_SECRET_ID,
+    ANONYMOUS_ID,
+    PAYMENTS,
+    WEBHOOK_ID,
+    AccessRule,
+    Caller,
+)
+from pluct_server.errors import (
+    DomainError,
+    MalformedCredentials,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+)
+from pluct_server.limits import AUTH_FAILURE, Limiter
 
-Metadata = Sequence[tuple[str, str | bytes]]
-
-PUBLIC = auth_pb2.CALLER_AUTH_PUBLIC
-WEBHOOK = auth_pb2.CALLER_AUTH_WEBHOOK
-ADMIN = auth_pb2.CALLER_AUTH_ADMIN
+_LOGGER = logging.getLogger(__name__)
 
 WEBHOOK_HEADER = "x-webhook-secret"
 AUTHORIZATION_HEADER = "authorization"
+WEBHOOK_SCOPES = frozenset({PAYMENTS})
 
 
-def caller_auth_by_method(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
-    """Map each RPC's full method path to its caller_auth option; refuse an RPC that lacks one."""
-    table = {}
-    for service in services:
-        for method in service.methods:
-            requirement = method.GetOptions().Extensions[auth_pb2.caller_auth]
-            if requirement == auth_pb2.CALLER_AUTH_UNSPECIFIED:
-                # Secure by default: a new RPC without an explicit option never goes out open.
-                raise ValueError(f"{method.full_name} has no (pluct.api.v1.caller_auth) option")
-            table[f"/{service.full_name}/{method.name}"] = requirement
-    return table
+@dataclass(frozen=True)
+class Presented:
+    """The credentials a call carried."""
 
+    authorization: str | None = None
+    webhook_secret: str | None = None
+    # Set by the HTTP shim, and only by it, after it checked a Pluct-Signature.
+    webhook_signature: bool = False
 
-def _header(metadata: Metadata, name: str) -> str | None:
-    for key, value in metadata:
-        if key == name:
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    return None
+    @property
+    def any(self) -> bool:
+        """Tell whether the call carried any credential at all."""
+        return (
+            self.authorization is not None
+            or self.webhook_secret is not None
+            or self.webhook_signature
+        )
 
 
 def _same_secret(presented: str, expected: str) -> bool:
@@ -48,44 +63,146 @@ def _same_secret(presented: str, expected: str) -> bool:
 
 
 class Authenticator:
-    """Checks the secrets callers present; compares in constant time and never echoes them."""
+    """Turns credentials into a Caller and admits it to an RPC, or refuses and counts the try."""
 
-    def __init__(self, admin_secret: str, webhook_secret: str) -> None:
+    def __init__(
+        self,
+        *,
+        admin_secret: str,
+        webhook_secrets: Sequence[str],
+        keys: ApiKeys,
+        limiter: Limiter,
+        open_callers: bool = False,
+        legacy_webhook_secret: bool = True,
+    ) -> None:
         self._admin_secret = admin_secret
-        self._webhook_secret = webhook_secret
+        self._webhook_secrets = tuple(webhook_secrets)
+        self._keys = keys
+        self._limiter = limiter
+        self._open = open_callers
+        self._legacy_webhook_secret = legacy_webhook_secret
+        # Addresses over their failure limit, until when (monotonic): refused before any check.
+        self._blocked: dict[str, float] = {}
 
-    def require(self, requirement: int, metadata: Metadata) -> None:
-        """Raise unless `metadata` satisfies `requirement`."""
-        if requirement == PUBLIC:
-            return
-        if requirement == WEBHOOK:
-            self._require_webhook(metadata)
-        elif requirement == ADMIN:
-            self._require_admin(metadata)
-        else:
-            raise Unauthenticated("Unauthorized")
+    async def admit(
+        self,
+        method: str,
+        rule: AccessRule,
+        presented: Presented,
+        address: str,
+        *,
+        via_http: bool = False,
+    ) -> Caller:
+        """Return who is calling, or raise why they may not call `method`."""
+        if presented.any and self._is_blocked(address):
+            self._log_refusal(method, address, "-", "too many failed authentications")
+            raise RateLimited(self._block_seconds(address))
+        caller = await self._identify(method, rule, presented, address, via_http)
+        if rule.public or caller.may(rule.scope):
+            return caller
+        legacy = via_http or self._open
+        if legacy and rule.legacy == auth_pb2.CALLER_AUTH_PUBLIC:
+            return caller
+        if not _is_api_key(caller):
+            # No credential, or a bootstrap secret of another route: the one this route needs
+            # is missing, as the legacy routes always said.
+            self._log_refusal(method, address, caller.id, "no credentials for this method")
+            raise Unauthenticated("Unauthorized", reason="MISSING_CREDENTIALS")
+        self._log_refusal(method, address, caller.id, f"key lacks scope {rule.scope}")
+        raise PermissionDenied(f"this API key lacks the {rule.scope!r} scope", scope=rule.scope)
 
-    def is_admin(self, metadata: Metadata) -> bool:
-        """Tell whether `metadata` carries the admin token (a missing or bad one is just False)."""
+    def is_admin_secret(self, token: str) -> bool:
+        """Tell whether `token` is the bootstrap ADMIN_SECRET."""
+        return _same_secret(token, self._admin_secret)
+
+    async def _identify(
+        self, method: str, rule: AccessRule, presented: Presented, address: str, via_http: bool
+    ) -> Caller:
+        # The credential the method is about wins: the payment route reads x-webhook-secret
+        # first, as it always did, whatever else a caller (or its HTTP library) sends along.
+        if presented.webhook_secret is not None and (
+            rule.scope == PAYMENTS or presented.authorization is None
+        ):
+            return await self._webhook_caller(method, presented.webhook_secret, address, via_http)
+        if presented.authorization is not None:
+            return await self._bearer_caller(method, presented.authorization, address, via_http)
+        if presented.webhook_signature:
+            return Caller(WEBHOOK_ID, WEBHOOK_SCOPES, address, via_http)
+        return Caller(ANONYMOUS_ID, frozenset(), address, via_http)
+
+    async def _bearer_caller(
+        self, method: str, authorization: str, address: str, via_http: bool
+    ) -> Caller:
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or " " in token:
+            await self._failed(method, address, "malformed authorization header")
+            raise MalformedCredentials("authorization must be 'Bearer <token>'")
+        if self.is_admin_secret(token):
+            return Caller(ADMIN_SECRET_ID, frozenset({ADMIN}), address, via_http)
+        record = await self._keys.identify(token)
+        if record is None:
+            await self._failed(method, address, "unknown or revoked API key")
+            raise Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS")
+        return Caller(record.key_id, record.scopes, address, via_http)
+
+    async def _webhook_caller(
+        self, method: str, secret: str, address: str, via_http: bool
+    ) -> Caller:
+        if not self._legacy_webhook_secret:
+            await self._failed(method, address, "x-webhook-secret is switched off")
+            raise Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS")
+        if not any(_same_secret(secret, expected) for expected in self._webhook_secrets):
+            await self._failed(method, address, "wrong webhook secret")
+            raise Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS")
+        return Caller(WEBHOOK_ID, WEBHOOK_SCOPES, address, via_http)
+
+    async def failed(self, method: str, address: str, why: str) -> DomainError:
+        """Count a failed authentication found elsewhere (a forged webhook signature)."""
         try:
-            self._require_admin(metadata)
-        except (Unauthenticated, MalformedCredentials):
+            await self._failed(method, address, why)
+        except RateLimited as limited:
+            return limited
+        return Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS")
+
+    async def _failed(self, method: str, address: str, why: str) -> None:
+        """Log and count one failed authentication; raise RateLimited once the address is over."""
+        self._log_refusal(method, address, "-", why)
+        charges = self._limiter.charges((AUTH_FAILURE, address))
+        try:
+            await self._limiter.charge(charges)
+        except RateLimited as limited:
+            self._blocked[address] = time.monotonic() + limited.retry_after_seconds
+            raise
+
+    async def forget_old_blocks(self) -> None:
+        """Drop blocks that have run out, so many failing addresses cannot grow memory forever."""
+        now = time.monotonic()
+        self._blocked = {address: until for address, until in self._blocked.items() if until > now}
+
+    def _is_blocked(self, address: str) -> bool:
+        until = self._blocked.get(address)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._blocked[address]
             return False
         return True
 
-    def _require_webhook(self, metadata: Metadata) -> None:
-        presented = _header(metadata, WEBHOOK_HEADER)
-        if presented is None:
-            raise Unauthenticated("Unauthorized", reason="MISSING_CREDENTIALS")
-        if not _same_secret(presented, self._webhook_secret):
-            raise Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS")
+    def _block_seconds(self, address: str) -> int:
+        return max(1, round(self._blocked.get(address, 0.0) - time.monotonic()))
 
-    def _require_admin(self, metadata: Metadata) -> None:
-        header = _header(metadata, AUTHORIZATION_HEADER)
-        if header is None:
-            raise Unauthenticated("Unauthorized", reason="MISSING_CREDENTIALS")
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
-            raise MalformedCredentials("authorization must be 'Bearer <token>'")
-        if not _same_secret(token.strip(), self._admin_secret):
-            raise Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS")
+    @staticmethod
+    def _log_refusal(method: str, address: str, key_id: str, reason: str) -> None:
+        # Never the secret itself: only what lets an operator find and block the caller.
+        _LOGGER.warning(
+            "authentication refused: address=%s method=%s key_id=%s reason=%s",
+            address,
+            method,
+            key_id,
+            reason,
+        )
+
+
+def _is_api_key(caller: Caller) -> bool:
+    return caller.id not in (ANONYMOUS_ID, ADMIN_SECRET_ID, WEBHOOK_ID)

@@ -84,3 +84,42 @@ class Unavailable(DomainError):
 
     def __init__(self) -> None:
         super().__init__("the database is unavailable; retry later")
+
+
+class PermissionDenied(DomainError):
+    """The caller is known, but its key lacks the scope this call needs."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "MISSING_SCOPE"
+
+
+class RateLimited(DomainError):
+    """A configured limit is spent; nothing was changed, and the caller may retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RATE_LIMITED"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__("Too many requests", retry_after=str(retry_after_seconds))
+        self.retry_after_seconds = retry_after_seconds
+
+
+class NotFound(DomainError):
+    """The thing named does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class ReplayedTokenExpired(DomainError):
+    """A vend was retried with its request id after the token it bought had expired."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "REPLAYED_TOKEN_EXPIRED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the token this request_id bought has expired; nothing was charged, "
+            "use a new request_id to buy a new token",
+            field="request_id",
+        )

@@ -4,13 +4,39 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from pluct_server.errors import InvalidArgument, Unauthenticated
-from pluct_server.models import EntryType, Spend, TokenClaims, Transaction, UserSummary
-from pluct_server.pagination import clamp_page_size, decode_page_token, encode_page_token
-from pluct_server.store.ledger_store import LedgerStore
+from pluct_server.callers import Caller
+from pluct_server.errors import (
+    AlreadyExists,
+    InsufficientCredits,
+    InvalidArgument,
+    RateLimited,
+    ReplayedTokenExpired,
+    RequestIdReused,
+    Unauthenticated,
+)
+from pluct_server.limits import Charge, retry_after_seconds
+from pluct_server.models import (
+    EntryType,
+    PriorRequest,
+    RequestKey,
+    Spend,
+    TokenClaims,
+    Transaction,
+    UserSummary,
+)
+from pluct_server.pagination import (
+    clamp_page_size,
+    decode_page_token,
+    encode_page_token,
+    id_position,
+    time_and_name_position,
+)
+from pluct_server.store.database import RateLimitExceeded
+from pluct_server.store.ledger_store import LedgerStore, RequestKeyTaken, UserExists
 
 USER_ID_MAX_CHARS = 100
 CREDIT_AMOUNT_MIN = 1
@@ -47,16 +73,31 @@ def _has_control_characters(text: str, allowed: str = "") -> bool:
     return any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in text)
 
 
+def _is_invisible_or_space(ch: str) -> bool:
+    # Cc control, Cf format (zero-width joiners, bidi overrides), Z* separators, and what
+    # Python calls whitespace: characters that make two ids look alike or a log line lie.
+    return ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+
 def check_user_id(user_id: str) -> str:
-    """Return `user_id` if it is a valid user id, else raise InvalidArgument."""
+    """Return `user_id` if it is a valid user id, else raise InvalidArgument.
+
+    A user id is 1 to 100 characters, already in Unicode NFKC form (so one user cannot hide
+    behind a look-alike spelling, such as full-width letters or a decomposed accent), with no
+    control, format or whitespace characters anywhere.
+    """
     if not user_id.strip():
         raise InvalidArgument("user_id", "user_id is required and must not be blank")
     if len(user_id) > USER_ID_MAX_CHARS:
         raise InvalidArgument(
             "user_id", f"user_id must be at most {USER_ID_MAX_CHARS} characters, got {len(user_id)}"
         )
-    if _has_control_characters(user_id):
-        raise InvalidArgument("user_id", "user_id must not contain control characters")
+    if any(_is_invisible_or_space(ch) for ch in user_id):
+        raise InvalidArgument(
+            "user_id", "user_id must not contain control, format or whitespace characters"
+        )
+    if not unicodedata.is_normalized("NFKC", user_id):
+        raise InvalidArgument("user_id", "user_id must be in Unicode NFKC normal form")
     return user_id
 
 
@@ -93,22 +134,43 @@ def check_reason(reason: str | None, default: str) -> str:
     return reason
 
 
-def _fingerprint(request_id: str | None, *parts: object) -> str | None:
+def _fingerprint(*parts: object) -> str:
     """Digest of what a request asked for, to tell a true retry from a reused request_id."""
-    if request_id is None:
-        return None
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-class Ledger:
-    """Every rule about credits: validation, grants, spends and reading history."""
+# Operations, as request-id scopes name them (stored; never rename).
+CREATE_USER = "create_user"
+PAYMENT = "payment"
+ADMIN_GRANT = "admin_grant"
+VEND = "vend"
 
-    def __init__(self, store: LedgerStore, signup_allowance: int) -> None:
+
+class Ledger:
+    """Every rule about credits: validation, grants, spends, retries and reading history."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        signup_allowance: int,
+        request_id_retention: timedelta = timedelta(hours=24),
+    ) -> None:
         self._store = store
         self._signup_allowance = signup_allowance
+        self._retention = request_id_retention
+
+    def _key(
+        self, caller: Caller, operation: str, request_id: str, *parts: object
+    ) -> RequestKey | None:
+        rid = check_request_id(request_id)
+        if rid is None:
+            return None
+        # Payments are deduplicated by the provider's event id for ever; the rest expire.
+        retention = None if operation == PAYMENT else self._retention
+        return RequestKey(caller.id, operation, rid, _fingerprint(*parts), retention)
 
     async def create_user(
-        self, user_id: str, initial_credits: int, request_id: str, *, caller_is_admin: bool
+        self, user_id: str, initial_credits: int, request_id: str, caller: Caller
     ) -> int:
         """Create a user with an initial grant; return its balance."""
         check_user_id(user_id)
@@ -120,55 +182,138 @@ class Ledger:
             raise InvalidArgument(
                 "initial_credits", f"initial_credits must be at most {CREDIT_AMOUNT_MAX}"
             )
-        if initial_credits > self._signup_allowance and not caller_is_admin:
+        if initial_credits > self._signup_allowance and not caller.is_admin:
             raise Unauthenticated(
                 f"initial_credits above the signup allowance of {self._signup_allowance} "
                 "requires the admin token",
                 reason="ADMIN_TOKEN_REQUIRED",
             )
-        rid = check_request_id(request_id)
-        return await self._store.create_user(
-            user_id,
-            initial_credits,
-            USER_CREATION_REASON,
-            rid,
-            _fingerprint(rid, "create_user", user_id, initial_credits),
-        )
+        # Fingerprints keep the shape they had before ids were scoped, so old ids still match.
+        key = self._key(caller, CREATE_USER, request_id, "create_user", user_id, initial_credits)
+        for _ in range(2):
+            try:
+                return await self._store.create_user(
+                    user_id, initial_credits, USER_CREATION_REASON, caller.id, key
+                )
+            except (UserExists, RequestKeyTaken) as taken:
+                # A retry of a create that went through finds its own user: answer as before.
+                prior = None if key is None else await self._prior(user_id, key)
+                if prior is not None:
+                    return prior.initial_credits
+                if isinstance(taken, UserExists):
+                    raise AlreadyExists("User already exists") from None
+        raise RequestIdReused()
 
     async def balance(self, user_id: str) -> int:
         """Return a user's balance; 0 for an unknown user."""
         return await self._store.balance(check_user_id(user_id))
 
-    async def add_payment(self, user_id: str, amount: int, request_id: str) -> int:
+    async def add_payment(self, user_id: str, amount: int, request_id: str, caller: Caller) -> int:
         """Credit a payment reported by the payment provider; return the new balance."""
         return await self._credit(
-            user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, request_id
+            user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, request_id, caller, PAYMENT
         )
 
     async def add_admin_grant(
-        self, user_id: str, amount: int, reason: str | None, request_id: str
+        self, user_id: str, amount: int, reason: str | None, request_id: str, caller: Caller
     ) -> int:
         """Credit a manual grant by an admin; return the new balance."""
         check_user_id(user_id)
         check_amount(amount)
         note = check_reason(reason, ADMIN_DEFAULT_REASON)
-        return await self._credit(user_id, amount, EntryType.ADMIN_ADD, note, request_id)
+        return await self._credit(
+            user_id, amount, EntryType.ADMIN_ADD, note, request_id, caller, ADMIN_GRANT
+        )
 
     async def _credit(
-        self, user_id: str, amount: int, entry_type: EntryType, reason: str, request_id: str
+        self,
+        user_id: str,
+        amount: int,
+        entry_type: EntryType,
+        reason: str,
+        request_id: str,
+        caller: Caller,
+        operation: str,
     ) -> int:
         check_user_id(user_id)
         check_amount(amount)
-        rid = check_request_id(request_id)
-        fingerprint = _fingerprint(rid, entry_type.value, user_id, amount, reason)
-        return await self._store.credit(user_id, amount, entry_type, reason, rid, fingerprint)
+        key = self._key(caller, operation, request_id, entry_type.value, user_id, amount, reason)
+        for _ in range(2):
+            try:
+                return await self._store.credit(
+                    user_id, amount, entry_type, reason, caller.id, operation, key
+                )
+            except RequestKeyTaken:
+                assert key is not None
+                prior = await self._prior(user_id, key)
+                if prior is not None and prior.balance_after is not None:
+                    return prior.balance_after
+        raise RequestIdReused()
 
-    async def spend_for_token(self, claims: TokenClaims, request_id: str) -> Spend:
-        """Spend one credit for a token; a retry returns the first spend's claims."""
+    async def spend_for_token(
+        self, claims: TokenClaims, request_id: str, caller: Caller, charges: Sequence[Charge] = ()
+    ) -> Spend:
+        """Spend one credit for a token, charging `charges` in the same statement.
+
+        A retry with the same request id returns the first spend's claims and charges nothing.
+        """
         check_user_id(claims.user_id)
-        rid = check_request_id(request_id)
-        fingerprint = _fingerprint(rid, "spend", claims.user_id)
-        return await self._store.spend_one(claims, rid, fingerprint)
+        key = self._key(caller, VEND, request_id, "spend", claims.user_id)
+        for _ in range(2):
+            try:
+                balance = await self._store.spend_one(claims, caller.id, key, charges)
+            except RateLimitExceeded:
+                # A retry of a vend that went through must still get its token back.
+                replayed = await self._replayed_spend(claims.user_id, key)
+                if replayed is not None:
+                    return replayed
+                raise RateLimited(retry_after_seconds(charges)) from None
+            except RequestKeyTaken:
+                replayed = await self._replayed_spend(claims.user_id, key)
+                if replayed is not None:
+                    return replayed
+                continue  # the key had expired and is forgotten now: spend afresh
+            if balance is not None:
+                return Spend(claims=claims, balance_after=balance)
+            # A retry of a vend that took the last credit must still get its token back.
+            replayed = await self._replayed_spend(claims.user_id, key)
+            if replayed is None:
+                raise InsufficientCredits()
+            return replayed
+        raise RequestIdReused()
+
+    async def _replayed_spend(self, user_id: str, key: RequestKey | None) -> Spend | None:
+        """Return the spend an earlier request with this key made, None if there is none."""
+        if key is None:
+            return None
+        prior = await self._prior(user_id, key)
+        if prior is None:
+            return None
+        if prior.claims is None or prior.balance_after is None:
+            raise RequestIdReused()
+        if prior.claims.expires_at <= datetime.now(UTC):
+            # The token cannot be handed out again, and a retry must never buy another one.
+            raise ReplayedTokenExpired()
+        return Spend(claims=prior.claims, balance_after=prior.balance_after)
+
+    async def _prior(self, user_id: str, key: RequestKey) -> PriorRequest | None:
+        """Return the earlier request with this key, None (forgetting it) if it has expired.
+
+        Raises RequestIdReused when the key was used for a different request.
+        """
+        prior = await self._store.prior_request(user_id, key)
+        if prior is None:
+            return None
+        if prior.expired:
+            await self._store.forget_expired_request(user_id, key)
+            return None
+        if prior.fingerprint != key.fingerprint:
+            raise RequestIdReused()
+        return prior
+
+    async def forget_expired_requests(self) -> int:
+        """Forget every request id past its retention; return how many."""
+        return await self._store.purge_expired_requests()
 
     async def transactions(
         self, user_id: str | None, page_size: int, page_token: str, *, admin_view: bool = False
@@ -180,7 +325,7 @@ class Ledger:
         size = clamp_page_size(page_size, default, maximum)
         listing = "admin_transactions" if admin_view else "transactions"
         position = decode_page_token(page_token, listing, user_id)
-        before_id = _int_position(position)
+        before_id = id_position(position)
         rows = await self._store.transactions(user_id, size + 1, before_id)
         token = ""
         if len(rows) > size:
@@ -192,7 +337,7 @@ class Ledger:
         """Return one page of users, most recently active first."""
         size = clamp_page_size(page_size, *USERS_PAGE)
         position = decode_page_token(page_token, "users", None)
-        after = _user_position(position)
+        after = time_and_name_position(position, lambda name: len(name) <= USER_ID_MAX_CHARS)
         rows = await self._store.users(size + 1, after)
         token = ""
         if len(rows) > size:
@@ -202,23 +347,3 @@ class Ledger:
                 "users", None, [last.last_activity_time.isoformat(), last.user_id]
             )
         return UserPage(rows, token)
-
-
-def _int_position(position: list[object] | None) -> int | None:
-    if position is None:
-        return None
-    if len(position) != 1 or not isinstance(position[0], int):
-        raise InvalidArgument("page_token", "page_token is not a token this list returned")
-    return position[0]
-
-
-def _user_position(position: list[object] | None) -> tuple[datetime, str] | None:
-    if position is None:
-        return None
-    invalid = InvalidArgument("page_token", "page_token is not a token this list returned")
-    if len(position) != 2 or not all(isinstance(part, str) for part in position):
-        raise invalid
-    try:
-        return datetime.fromisoformat(str(position[0])), str(position[1])
-    except ValueError as exc:
-        raise invalid from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 
@@ -28,6 +28,7 @@ class Transaction:
     balance_after: int
     reason: str | None
     timestamp: datetime
+    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,40 @@ class Spend:
 
     claims: TokenClaims
     balance_after: int
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """A request id in its scope: from another caller, operation or user it is another request."""
+
+    caller: str
+    operation: str
+    request_id: str
+    # Digest of what the request asked for, to tell a true retry from a reused id.
+    fingerprint: str
+    # How long the id is remembered; None keeps it for ever (payments).
+    retention: timedelta | None
+
+
+@dataclass(frozen=True)
+class PriorRequest:
+    """What the database remembers of an earlier request with the same key."""
+
+    fingerprint: str
+    expired: bool
+    initial_credits: int
+    balance_after: int | None
+    claims: TokenClaims | None
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as stored: its scopes and the hash of its secret, never the secret."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[str]
+    secret_hash: bytes
+    created_by: str
+    create_time: datetime
+    revoke_time: datetime | None

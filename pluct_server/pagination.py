@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from pluct_server.errors import InvalidArgument
@@ -46,3 +48,36 @@ def decode_page_token(token: str, listing: str, scope: str | None) -> list[Any] 
         raise InvalidArgument("page_token", "page_token belongs to a different request")
     position: list[object] = payload["p"]
     return position
+
+
+def _not_ours() -> InvalidArgument:
+    return InvalidArgument("page_token", "page_token is not a token this list returned")
+
+
+def id_position(position: list[Any] | None) -> int | None:
+    """Return the id a token resumes after: a positive bigint, or None for the first page."""
+    if position is None:
+        return None
+    entry_id = position[0] if len(position) == 1 else None
+    # A forged token may carry any JSON number; only a real id (a positive bigint) is one.
+    if not isinstance(entry_id, int) or isinstance(entry_id, bool) or not 0 < entry_id < 2**63:
+        raise _not_ours()
+    return entry_id
+
+
+def time_and_name_position(
+    position: list[Any] | None, name_is_valid: Callable[[str], bool]
+) -> tuple[datetime, str] | None:
+    """Return the (time, name) a token resumes after, or None for the first page."""
+    if position is None:
+        return None
+    if len(position) != 2 or not all(isinstance(part, str) for part in position):
+        raise _not_ours()
+    try:
+        moment = datetime.fromisoformat(position[0])
+    except ValueError:
+        raise _not_ours() from None
+    # Tokens we issue carry an offset and a real name; anything else was made by hand.
+    if moment.tzinfo is None or not name_is_valid(position[1]):
+        raise _not_ours()
+    return moment, position[1]

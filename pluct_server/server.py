@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 
 import grpc
@@ -13,20 +14,29 @@ from pluct.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2, credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2, token_service_pb2_grpc
 
-from pluct_server.auth import Authenticator, caller_auth_by_method
+from pluct_server.api_keys import ApiKeys
+from pluct_server.auth import Authenticator
+from pluct_server.callers import GRANTABLE_SCOPES, access_rules
 from pluct_server.config import Settings
 from pluct_server.errors import Unavailable
-from pluct_server.gateway import Gateway, HttpLimits
+from pluct_server.gateway import Gateway, Guards, HttpLimits
 from pluct_server.health import HealthMonitor
 from pluct_server.ledger import Ledger
+from pluct_server.limits import Limiter
+from pluct_server.maintenance import Maintenance
+from pluct_server.revocations import Revocations
 from pluct_server.rpc import ServiceInterceptor
 from pluct_server.services.admin import AdminServicer
 from pluct_server.services.credit import CreditServicer
 from pluct_server.services.token import TokenServicer
+from pluct_server.store.api_key_store import ApiKeyStore
 from pluct_server.store.database import Database
 from pluct_server.store.ledger_store import LedgerStore
+from pluct_server.store.limit_store import LimitStore
 from pluct_server.store.migrate import migrate
-from pluct_server.tokens import TokenSigner
+from pluct_server.store.revocation_store import RevocationStore
+from pluct_server.tls import grpc_server_credentials, http_ssl_context
+from pluct_server.tokens import TokenKeys
 from pluct_server.vending import TokenVendor
 
 _LOGGER = logging.getLogger(__name__)
@@ -39,6 +49,9 @@ SERVICES = (
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 # How long start-up waits for a database that is still coming up (a fresh container, say).
 _DATABASE_WAIT_SECONDS = 30.0
+# Requests are a few hundred bytes; anything near this is an attack, refused before decoding.
+_MAX_MESSAGE_BYTES = 1024 * 1024
+DEV_KEY_NAME = "dev key (make run)"
 
 
 async def wait_and_migrate(
@@ -62,6 +75,20 @@ async def wait_and_migrate(
         return
 
 
+def token_keys(settings: Settings, revocations: Revocations | None = None) -> TokenKeys:
+    """Return the signing and verifying keys the settings name."""
+    return TokenKeys.load(
+        algorithm=settings.token_algorithm,
+        hs256_secrets=settings.jwt_secrets,
+        keys_dir=settings.token_keys_dir,
+        active_kid=settings.token_active_kid,
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        max_lifetime=settings.token_ttl,
+        is_revoked=None if revocations is None else revocations.is_revoked,
+    )
+
+
 class PluctServer:
     """The gRPC server and the HTTP shim in front of it, sharing one database pool."""
 
@@ -69,10 +96,15 @@ class PluctServer:
         self.settings = settings
         self.database = Database(dsn, max_size=settings.db_pool_size)
         self.health = HealthMonitor(self.database, SERVICE_NAMES, settings.health_interval_seconds)
+        self.api_keys = ApiKeys(ApiKeyStore(self.database))
+        self.revocations = Revocations(RevocationStore(self.database), settings.token_ttl)
         self.grpc_port = 0
         self.http_port = 0
+        # What the shim checks before it calls; set by start(), read by a second shim in tests.
+        self.guards: Guards | None = None
         self._server: grpc.aio.Server | None = None
         self._gateway: Gateway | None = None
+        self._maintenance: Maintenance | None = None
 
     async def start(self) -> None:
         """Open the pool, migrate, and start serving gRPC (and HTTP)."""
@@ -80,50 +112,117 @@ class PluctServer:
         await self.database.open()
         try:
             await wait_and_migrate(self.database)
+            if settings.dev_api_key:
+                await self.api_keys.ensure(settings.dev_api_key, DEV_KEY_NAME, GRANTABLE_SCOPES)
         except BaseException:
             await self.database.close()
             raise
-
-        authenticator = Authenticator(settings.admin_secret, settings.webhook_secret)
-        signer = TokenSigner(settings.jwt_secret)
-        ledger = Ledger(LedgerStore(self.database), settings.signup_allowance)
-        vendor = TokenVendor(ledger, signer, settings.token_ttl)
+        if settings.open_callers:
+            _LOGGER.warning(
+                "PLUCT_CALLER_AUTH=open: gRPC callers without an API key are let in as on the "
+                "legacy HTTP routes; use keys (the default) wherever the network is not trusted"
+            )
+        limiter = Limiter(
+            LimitStore(self.database),
+            vend=settings.vend_rate,
+            http=settings.http_ip_rate,
+            signup=settings.signup_rate,
+            auth_failure=settings.auth_failure_rate,
+        )
+        authenticator = Authenticator(
+            admin_secret=settings.admin_secret,
+            webhook_secrets=settings.webhook_secrets,
+            keys=self.api_keys,
+            limiter=limiter,
+            open_callers=settings.open_callers,
+            legacy_webhook_secret=settings.webhook_legacy_secret,
+        )
+        ledger = Ledger(
+            LedgerStore(self.database), settings.signup_allowance, settings.request_id_retention
+        )
+        maintenance = Maintenance(
+            refreshers=[self.api_keys.refresh, self.revocations.refresh],
+            purgers=[
+                limiter.forget_spent_counters,
+                ledger.forget_expired_requests,
+                self.revocations.purge,
+                authenticator.forget_old_blocks,
+            ],
+            refresh_seconds=settings.cache_refresh_seconds,
+        )
+        await maintenance.refresh_now()
+        signer = token_keys(settings, self.revocations)
+        vendor = TokenVendor(ledger, signer, settings.token_ttl, limiter)
+        rules = access_rules(SERVICES)
+        gateway_token = secrets.token_urlsafe(32)
 
         server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(authenticator, caller_auth_by_method(SERVICES))],
-            options=[("grpc.so_reuseport", 0)],
+            interceptors=[
+                ServiceInterceptor(
+                    authenticator,
+                    rules,
+                    limiter=limiter,
+                    gateway_token=gateway_token,
+                    trusted_proxies=settings.trusted_proxies,
+                )
+            ],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ],
+            # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once.
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
-        credit_service_pb2_grpc.add_CreditServiceServicer_to_server(
-            CreditServicer(ledger, authenticator), server
-        )
+        credit_service_pb2_grpc.add_CreditServiceServicer_to_server(CreditServicer(ledger), server)
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(
             TokenServicer(vendor, signer), server
         )
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(ledger), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(ledger, self.api_keys, self.revocations), server
         )
-        self.grpc_port = server.add_insecure_port(settings.grpc_listen)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (
+                    *SERVICE_NAMES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+        credentials = grpc_server_credentials(settings)
+        if credentials is None:
+            self.grpc_port = server.add_insecure_port(settings.grpc_listen)
+        else:
+            self.grpc_port = server.add_secure_port(settings.grpc_listen, credentials)
+        self.guards = Guards(
+            authenticator=authenticator,
+            limiter=limiter,
+            rules=rules,
+            gateway_token=gateway_token,
+            webhook_secrets=settings.webhook_secrets,
+            trusted_proxies=settings.trusted_proxies,
+        )
         gateway = Gateway(
             SERVICES,
-            authenticator,
+            self.guards,
             probe=self.health.check_now,
-            limits=HttpLimits(max_body_bytes=settings.http_max_body_bytes),
+            limits=HttpLimits(
+                max_body_bytes=settings.http_max_body_bytes,
+                max_concurrent_requests=settings.http_max_concurrent_requests,
+            ),
         )
         server.add_insecure_port(gateway.grpc_target)  # the shim's private way in
         await server.start()
         self._server = server
         self._gateway = gateway
+        self._maintenance = maintenance
+        maintenance.start()
         await self.health.start()
         _LOGGER.info("gRPC listening on %s", _with_port(settings.grpc_listen, self.grpc_port))
         try:
-            self.http_port = await gateway.start(settings.http_listen)
+            self.http_port = await gateway.start(settings.http_listen, http_ssl_context(settings))
         except BaseException:
             await self.stop(0)  # half a service is worse than none
             raise
@@ -139,6 +238,9 @@ class PluctServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._maintenance is not None:
+            await self._maintenance.stop()
+            self._maintenance = None
         await self.database.close()
 
 

@@ -14,6 +14,8 @@ from pluct.token.v1 import token_service_pb2_grpc
 from pluct_server.server import PluctServer
 from pluct_server.store.embedded import EmbeddedPostgres
 from tests.support import (
+    DefaultKey,
+    caller_key,
     external_database_url,
     ledger_mismatches,
     new_user_id,
@@ -57,7 +59,21 @@ async def server(database_dsn: str, data_dir: Path) -> AsyncIterator[PluctServer
 
 @pytest.fixture(scope="session")
 async def channel(server: PluctServer) -> AsyncIterator[grpc.aio.Channel]:
-    """A gRPC channel to the server under test."""
+    """A gRPC channel to the server under test, as an internal caller with an API key.
+
+    The key holds the scopes of the routes that are public over HTTP; calls that send their
+    own credentials (admin or webhook secret) send only those.
+    """
+    secret = await caller_key(server)
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.grpc_port}", interceptors=[DefaultKey(secret)]
+    ) as open_channel:
+        yield open_channel
+
+
+@pytest.fixture(scope="session")
+async def bare_channel(server: PluctServer) -> AsyncIterator[grpc.aio.Channel]:
+    """A gRPC channel that sends no credentials unless a call adds them."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as open_channel:
         yield open_channel
 
@@ -78,6 +94,24 @@ def token(channel: grpc.aio.Channel) -> token_service_pb2_grpc.TokenServiceStub:
 def admin(channel: grpc.aio.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
     """AdminService stub."""
     return admin_service_pb2_grpc.AdminServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def bare_admin(bare_channel: grpc.aio.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
+    """AdminService stub that sends no credentials of its own."""
+    return admin_service_pb2_grpc.AdminServiceStub(bare_channel)
+
+
+@pytest.fixture(scope="session")
+def bare_credit(bare_channel: grpc.aio.Channel) -> credit_service_pb2_grpc.CreditServiceStub:
+    """CreditService stub that sends no credentials of its own."""
+    return credit_service_pb2_grpc.CreditServiceStub(bare_channel)
+
+
+@pytest.fixture(scope="session")
+def bare_token(bare_channel: grpc.aio.Channel) -> token_service_pb2_grpc.TokenServiceStub:
+    """TokenService stub that sends no credentials of its own."""
+    return token_service_pb2_grpc.TokenServiceStub(bare_channel)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 
-from pluct_server.auth import Authenticator
 from pluct_server.gateway import Gateway, HttpLimits
 from pluct_server.server import SERVICES, PluctServer
 from tests.support import ADMIN_SECRET, WEBHOOK_SECRET
@@ -108,9 +107,10 @@ async def raw_connection(
 @asynccontextmanager
 async def strict_gateway(server: PluctServer, **limits: Any) -> AsyncIterator[Gateway]:
     """A second shim in front of `server`'s gRPC port, with tight limits a test can wait out."""
+    assert server.guards is not None
     gateway = Gateway(
         SERVICES,
-        Authenticator(ADMIN_SECRET, WEBHOOK_SECRET),
+        server.guards,
         probe=server.health.check_now,
         limits=HttpLimits(**limits),
         grpc_target=f"127.0.0.1:{server.grpc_port}",

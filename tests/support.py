@@ -13,8 +13,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import grpc
 
-from pluct_server.config import Settings
+from pluct_server.config import RATE_OFF, Settings
 from pluct_server.server import PluctServer
 
 ADMIN_SECRET = "test-admin-" + "a1b2c3d4e5f6g7h8i9j0" * 2
@@ -23,6 +24,9 @@ JWT_SECRET = "test-jwt-" + "u1v2w3x4y5z6A7B8C9D0" * 3  # long enough for HS512 p
 
 ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_SECRET}"),)
 WEBHOOK_METADATA = (("x-webhook-secret", WEBHOOK_SECRET),)
+# What the public legacy routes allow, as the scopes of the key internal callers use in tests.
+CALLER_SCOPES = ("users:create", "credits:read", "tokens:vend", "tokens:validate")
+CREDENTIAL_KEYS = ("authorization", "x-webhook-secret")
 
 
 def settings_for_test(data_dir: Path, **overrides: object) -> Settings:
@@ -37,8 +41,40 @@ def settings_for_test(data_dir: Path, **overrides: object) -> Settings:
         data_dir=data_dir,
         health_interval_seconds=0.2,
         shutdown_grace_seconds=5.0,
+        # Limits are proven by the tests that switch them on; the rest must not trip over them.
+        vend_rate=RATE_OFF,
+        http_ip_rate=RATE_OFF,
+        signup_rate=RATE_OFF,
+        auth_failure_rate=RATE_OFF,
+        cache_refresh_seconds=1.0,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+class DefaultKey(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Sends `authorization: Bearer <key>` on every call that carries no credential of its own."""
+
+    def __init__(self, secret: str) -> None:
+        self._header = ("authorization", f"Bearer {secret}")
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        metadata = tuple(client_call_details.metadata or ())
+        if not any(key in CREDENTIAL_KEYS for key, _ in metadata):
+            metadata = (*metadata, self._header)
+        details = grpc.aio.ClientCallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            metadata,
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)
+
+
+async def caller_key(server: PluctServer, scopes=CALLER_SCOPES, name: str = "tests") -> str:
+    """Make an API key on `server` and return its secret."""
+    secret, _ = await server.api_keys.create(name, scopes, created_by="tests")
+    return secret
 
 
 def new_user_id(prefix: str = "user") -> str:

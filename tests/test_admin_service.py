@@ -79,26 +79,30 @@ async def test_admin_grant_retry_counts_once(admin, credit, user_id):
     assert balance.balance == 9
 
 
-async def test_request_id_used_by_webhook_cannot_be_replayed_as_admin_grant(admin, credit, user_id):
+async def test_a_webhook_request_id_is_another_request_for_an_admin_grant(admin, credit, user_id):
     request_id = new_request_id()
     await credit.AddCredits(
         credit_pb.AddCreditsRequest(user_id=user_id, amount=9, request_id=request_id),
         metadata=WEBHOOK_METADATA,
     )
 
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await admin.AddCredits(
-            pb.AddCreditsRequest(user_id=user_id, amount=9, request_id=request_id),
-            metadata=ADMIN_METADATA,
-        )
+    granted = await admin.AddCredits(
+        pb.AddCreditsRequest(user_id=user_id, amount=9, request_id=request_id),
+        metadata=ADMIN_METADATA,
+    )
 
-    assert error_reason(raised.value)[0] == "REQUEST_ID_REUSED"
+    # Scoped to (caller, operation, user): neither call can squat or replay the other's id.
+    assert granted.new_balance == 18
 
 
 ADMIN_CALLS = [
     ("ListUsers", pb.ListUsersRequest()),
     ("ListTransactions", pb.ListTransactionsRequest()),
     ("AddCredits", pb.AddCreditsRequest(user_id="someone", amount=1)),
+    ("CreateApiKey", pb.CreateApiKeyRequest(name="sneaky", scopes=["admin"])),
+    ("ListApiKeys", pb.ListApiKeysRequest()),
+    ("RevokeApiKey", pb.RevokeApiKeyRequest(key_id="0123456789abcdef")),
+    ("RevokeTokens", pb.RevokeTokensRequest(user_id="someone")),
 ]
 
 
@@ -123,14 +127,17 @@ ADMIN_CALLS = [
             "MALFORMED_CREDENTIALS",
         ),
         (WEBHOOK_METADATA, grpc.StatusCode.UNAUTHENTICATED, "MISSING_CREDENTIALS"),
+        (None, grpc.StatusCode.PERMISSION_DENIED, "MISSING_SCOPE"),
     ],
-    ids=["missing", "wrong", "no-scheme", "basic-scheme", "webhook-secret"],
+    ids=["missing", "wrong", "no-scheme", "basic-scheme", "webhook-secret", "key-without-admin"],
 )
-async def test_every_admin_call_needs_the_admin_token(
-    admin, method, request_message, metadata, code, reason
+async def test_every_admin_call_needs_the_admin_scope(
+    bare_admin, admin, method, request_message, metadata, code, reason
 ):
+    # None: the suite's own API key, which holds every scope but admin's.
+    stub = admin if metadata is None else bare_admin
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await getattr(admin, method)(request_message, metadata=metadata)
+        await getattr(stub, method)(request_message, metadata=metadata or ())
 
     assert raised.value.code() == code
     assert error_reason(raised.value)[0] == reason
@@ -252,42 +259,35 @@ async def test_page_token_from_one_list_is_refused_by_another(admin, credit, use
     assert error_reason(raised.value) == ("INVALID_ARGUMENT", {"field": "page_token"})
 
 
-@pytest.mark.parametrize("first", ["create", "vend"])
-async def test_a_request_id_belongs_to_the_first_call_of_any_kind(
-    admin, credit, token, user_id, first
+async def test_one_request_id_in_each_scope_is_its_own_request_and_replays_itself(
+    admin, credit, token, user_id
 ):
     request_id = new_request_id()
-    await credit.CreateUser(
-        credit_pb.CreateUserRequest(
-            user_id=user_id, initial_credits=3, request_id=request_id if first == "create" else ""
-        )
-    )
-    if first == "vend":
-        await token.VendToken(token_pb.VendTokenRequest(user_id=user_id, request_id=request_id))
 
-    attempts = [
-        credit.AddCredits(
+    async def every_kind() -> tuple[object, ...]:
+        created = await credit.CreateUser(
+            credit_pb.CreateUserRequest(user_id=user_id, initial_credits=3, request_id=request_id)
+        )
+        vended = await token.VendToken(
+            token_pb.VendTokenRequest(user_id=user_id, request_id=request_id)
+        )
+        paid = await credit.AddCredits(
             credit_pb.AddCreditsRequest(user_id=user_id, amount=1, request_id=request_id),
             metadata=WEBHOOK_METADATA,
-        ),
-        admin.AddCredits(
+        )
+        granted = await admin.AddCredits(
             pb.AddCreditsRequest(user_id=user_id, amount=1, request_id=request_id),
             metadata=ADMIN_METADATA,
-        ),
-        credit.CreateUser(
-            credit_pb.CreateUserRequest(user_id=user_id + "-2", request_id=request_id)
-        ),
-    ]
-    if first == "create":
-        attempts.append(
-            token.VendToken(token_pb.VendTokenRequest(user_id=user_id, request_id=request_id))
         )
-    for attempt in attempts:
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await attempt
-        assert error_reason(raised.value)[0] == "REQUEST_ID_REUSED"
+        other = await credit.CreateUser(
+            credit_pb.CreateUserRequest(user_id=user_id + "-2", request_id=request_id)
+        )
+        return created.initial_balance, vended.token, paid.new_balance, granted.new_balance, other
 
+    first = await every_kind()
+    again = await every_kind()
+
+    assert first == again
+    assert first[0] == 3 and first[2:4] == (3, 4)
     balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
-    assert balance.balance == (3 if first == "create" else 2)
-    unmade = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id + "-2"))
-    assert unmade.balance == 0
+    assert balance.balance == 4

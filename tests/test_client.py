@@ -11,7 +11,7 @@ import pytest
 from pluct_client import PluctClient
 from pluct_client.client import new_request_id
 
-from tests.support import ADMIN_SECRET, WEBHOOK_SECRET
+from tests.support import ADMIN_SECRET, WEBHOOK_SECRET, caller_key
 
 pytestmark = pytest.mark.usefixtures("database_dsn")
 
@@ -36,10 +36,12 @@ async def test_client_covers_a_users_life(server, user_id):
     assert users.users[0].user_id == user_id
 
 
-async def cli(server, *args: str) -> tuple[int, str, str]:
+async def cli(server, *args: str, **env_vars: str) -> tuple[int, str, str]:
     """Run `python -m pluct_client` without blocking the server that shares this event loop."""
-    env = {**os.environ, "PLUCT_TARGET": f"127.0.0.1:{server.grpc_port}"}
-    env.pop("ADMIN_SECRET", None)
+    env = {**os.environ, "PLUCT_TARGET": f"127.0.0.1:{server.grpc_port}", **env_vars}
+    for name in ("ADMIN_SECRET", "PLUCT_API_KEY", "WEBHOOK_SECRET"):
+        if name not in env_vars:
+            env.pop(name, None)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -54,13 +56,33 @@ async def cli(server, *args: str) -> tuple[int, str, str]:
 
 
 async def test_command_line_prints_json(server, user_id):
-    _, created, _ = await cli(server, "create-user", user_id, "--credits", "3")
-    _, vended, _ = await cli(server, "vend", user_id)
-    _, balance, _ = await cli(server, "balance", user_id)
-    refused_code, _, refused = await cli(server, "users")
+    key = await caller_key(server)
+    _, created, _ = await cli(server, "create-user", user_id, "--credits", "3", PLUCT_API_KEY=key)
+    _, vended, _ = await cli(server, "vend", user_id, PLUCT_API_KEY=key)
+    _, balance, _ = await cli(server, "balance", user_id, PLUCT_API_KEY=key)
+    refused_code, _, refused = await cli(server, "users", PLUCT_API_KEY=key)
+    stranger_code, _, stranger = await cli(server, "balance", user_id)
 
     assert json.loads(created) == {"user_id": user_id, "initial_balance": "3"}
     assert json.loads(vended)["balance_after"] == "2"
     assert balance.strip() == "2"
-    assert refused_code == 1
-    assert refused.startswith("UNAUTHENTICATED")
+    assert (refused_code, refused.split(":")[0]) == (1, "PERMISSION_DENIED")
+    assert (stranger_code, stranger.split(":")[0]) == (1, "UNAUTHENTICATED")
+
+
+async def test_command_line_manages_keys_with_the_admin_secret(server):
+    _, made, _ = await cli(
+        server, "keys", "create", "cli-made", "--scope", "credits:read", ADMIN_SECRET=ADMIN_SECRET
+    )
+    made = json.loads(made)
+    secret, key_id = made["secret"], made["api_key"]["key_id"]
+    reads, _, _ = await cli(server, "balance", "anyone", PLUCT_API_KEY=secret)
+    _, listed, _ = await cli(server, "keys", "list", ADMIN_SECRET=ADMIN_SECRET)
+    _, revoked, _ = await cli(server, "keys", "revoke", key_id, ADMIN_SECRET=ADMIN_SECRET)
+    after, _, refused = await cli(server, "balance", "anyone", PLUCT_API_KEY=secret)
+
+    assert made["api_key"]["scopes"] == ["credits:read"]
+    assert reads == 0
+    assert key_id in listed and secret not in listed
+    assert json.loads(revoked)["api_key"]["revoke_time"]
+    assert (after, refused.split(":")[0]) == (1, "UNAUTHENTICATED")

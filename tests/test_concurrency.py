@@ -156,7 +156,11 @@ async def test_vends_across_two_servers_on_one_database_never_overdraw(
         ]
         results = await asyncio.gather(
             *(
-                outcome(stubs[i % 2].VendToken(token_pb.VendTokenRequest(user_id=user_id)))
+                outcome(
+                    stubs[i % 2].VendToken(
+                        token_pb.VendTokenRequest(user_id=user_id), metadata=ADMIN_METADATA
+                    )
+                )
                 for i in range(attempts)
             )
         )

@@ -11,7 +11,14 @@ from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
 from pluct_server.server import SERVICE_NAMES
-from tests.support import WEBHOOK_METADATA, error_reason, running_server, settings_for_test
+from tests.support import (
+    WEBHOOK_METADATA,
+    DefaultKey,
+    caller_key,
+    error_reason,
+    running_server,
+    settings_for_test,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -34,48 +41,53 @@ async def wait_for_health(channel: grpc.aio.Channel, wanted: int) -> None:
 
 
 async def test_outage_gives_unavailable_and_not_serving_then_recovers(own_postgres, tmp_path):
-    async with (
-        running_server(settings_for_test(tmp_path), own_postgres.dsn) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
-    ):
-        credit = credit_service_pb2_grpc.CreditServiceStub(channel)
-        user_id = "outage-user"
+    async with running_server(settings_for_test(tmp_path), own_postgres.dsn) as server:
+        # A key made before the outage keeps working from the cache while the database is away.
+        key = DefaultKey(await caller_key(server))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}", interceptors=[key])
+        async with channel:
+            await _outage_and_recovery(own_postgres, channel)
+
+
+async def _outage_and_recovery(own_postgres, channel: grpc.aio.Channel) -> None:
+    credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+    user_id = "outage-user"
+    await credit.AddCredits(
+        credit_pb.AddCreditsRequest(user_id=user_id, amount=5), metadata=WEBHOOK_METADATA
+    )
+    for service in ("", *SERVICE_NAMES):
+        assert await health_of(channel, service) == SERVING
+
+    await asyncio.to_thread(own_postgres.stop)
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await credit.GetBalance(
+            credit_pb.GetBalanceRequest(user_id=user_id), timeout=CALL_DEADLINE_SECONDS
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(raised.value)[0] == "DATABASE_UNAVAILABLE"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
         await credit.AddCredits(
-            credit_pb.AddCreditsRequest(user_id=user_id, amount=5), metadata=WEBHOOK_METADATA
+            credit_pb.AddCreditsRequest(user_id=user_id, amount=5),
+            metadata=WEBHOOK_METADATA,
+            timeout=CALL_DEADLINE_SECONDS,
         )
-        for service in ("", *SERVICE_NAMES):
-            assert await health_of(channel, service) == SERVING
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    await wait_for_health(channel, NOT_SERVING)
+    for service in ("", *SERVICE_NAMES):
+        assert await health_of(channel, service) == NOT_SERVING
 
-        await asyncio.to_thread(own_postgres.stop)
+    await asyncio.to_thread(own_postgres.start)
 
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await credit.GetBalance(
-                credit_pb.GetBalanceRequest(user_id=user_id), timeout=CALL_DEADLINE_SECONDS
-            )
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert error_reason(raised.value)[0] == "DATABASE_UNAVAILABLE"
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await credit.AddCredits(
-                credit_pb.AddCreditsRequest(user_id=user_id, amount=5),
-                metadata=WEBHOOK_METADATA,
-                timeout=CALL_DEADLINE_SECONDS,
-            )
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        await wait_for_health(channel, NOT_SERVING)
-        for service in ("", *SERVICE_NAMES):
-            assert await health_of(channel, service) == NOT_SERVING
-
-        await asyncio.to_thread(own_postgres.start)
-
-        await wait_for_health(channel, SERVING)
-        for service in ("", *SERVICE_NAMES):
-            assert await health_of(channel, service) == SERVING
-        balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
-        assert balance.balance == 5  # the failed credit during the outage left nothing behind
-        added = await credit.AddCredits(
-            credit_pb.AddCreditsRequest(user_id=user_id, amount=1), metadata=WEBHOOK_METADATA
-        )
-        assert added.new_balance == 6
+    await wait_for_health(channel, SERVING)
+    for service in ("", *SERVICE_NAMES):
+        assert await health_of(channel, service) == SERVING
+    balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
+    assert balance.balance == 5  # the failed credit during the outage left nothing behind
+    added = await credit.AddCredits(
+        credit_pb.AddCreditsRequest(user_id=user_id, amount=1), metadata=WEBHOOK_METADATA
+    )
+    assert added.new_balance == 6
 
 
 async def test_start_gives_up_with_unavailable_when_database_stays_down(own_postgres, tmp_path):

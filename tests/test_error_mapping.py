@@ -15,6 +15,10 @@ EXPECTED = [
     (errors.AlreadyExists("User already exists"), grpc.StatusCode.ALREADY_EXISTS),
     (errors.InsufficientCredits(), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable(), grpc.StatusCode.UNAVAILABLE),
+    (errors.PermissionDenied("key lacks admin"), grpc.StatusCode.PERMISSION_DENIED),
+    (errors.RateLimited(3), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.NotFound("no such key"), grpc.StatusCode.NOT_FOUND),
+    (errors.ReplayedTokenExpired(), grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 

@@ -121,7 +121,9 @@ async def test_the_same_operations_leave_the_same_ledger(credit, token, admin, h
         ),
         (
             "webhook without the secret",
-            lambda s, u: s["credit"].AddCredits(credit_pb.AddCreditsRequest(user_id=u, amount=1)),
+            lambda s, u: s["bare_credit"].AddCredits(
+                credit_pb.AddCreditsRequest(user_id=u, amount=1)
+            ),
             ("POST", "/add-credits", lambda u: {"userId": u, "amount": 1}, {}),
         ),
         (
@@ -141,10 +143,10 @@ async def test_the_same_operations_leave_the_same_ledger(credit, token, admin, h
     ],
 )
 async def test_the_same_failure_has_the_same_reason_both_ways(
-    credit, token, admin, http, operation, grpc_call, http_call
+    credit, bare_credit, token, admin, http, operation, grpc_call, http_call
 ):
     user_id = new_user_id()
-    stubs = {"credit": credit, "token": token, "admin": admin}
+    stubs = {"credit": credit, "bare_credit": bare_credit, "token": token, "admin": admin}
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await grpc_call(stubs, user_id)
     reason, _ = error_reason(raised.value)

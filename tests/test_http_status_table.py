@@ -23,6 +23,10 @@ EXPECTED = [
     (errors.AlreadyExists("User already exists"), 409, "User already exists"),
     (errors.InsufficientCredits(), 403, "Insufficient credits"),
     (errors.Unavailable(), 503, None),
+    (errors.PermissionDenied("this API key lacks the 'admin' scope"), 403, None),
+    (errors.RateLimited(3), 429, "Too many requests"),
+    (errors.NotFound("no API key has id 0123"), 404, None),
+    (errors.ReplayedTokenExpired(), 400, None),
 ]
 
 
@@ -65,3 +69,10 @@ def test_admin_401s_challenge_with_bearer():
 
     assert admin.headers == {"WWW-Authenticate": "Bearer"}
     assert webhook.headers == {}
+
+
+def test_a_refusal_by_a_limit_says_when_to_retry():
+    problem = to_problem(CallError.from_domain(errors.RateLimited(7)), LEGACY)
+
+    assert (problem.status, problem.message) == (429, "Too many requests")
+    assert problem.headers == {"Retry-After": "7"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pluct.token.v1 import token_service_pb2 as token_pb
 from pluct.token.v1 import token_service_pb2_grpc
 
 from tests.support import (
+    ADMIN_METADATA,
     ADMIN_SECRET,
     JWT_SECRET,
     WEBHOOK_SECRET,
@@ -126,7 +128,10 @@ async def test_sigterm_drains_a_call_in_flight_then_exits_zero(production_dsn, t
         async with grpc.aio.insecure_channel(service.grpc_target) as channel:
             credit = credit_service_pb2_grpc.CreditServiceStub(channel)
             token = token_service_pb2_grpc.TokenServiceStub(channel)
-            await credit.CreateUser(credit_pb.CreateUserRequest(user_id=user_id, initial_credits=2))
+            await credit.CreateUser(
+                credit_pb.CreateUserRequest(user_id=user_id, initial_credits=2),
+                metadata=ADMIN_METADATA,
+            )
 
             blocker = await asyncpg.connect(production_dsn)
             try:
@@ -135,7 +140,9 @@ async def test_sigterm_drains_a_call_in_flight_then_exits_zero(production_dsn, t
                 await transaction.start()
                 await blocker.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
                 vend = asyncio.ensure_future(
-                    token.VendToken(token_pb.VendTokenRequest(user_id=user_id))
+                    token.VendToken(
+                        token_pb.VendTokenRequest(user_id=user_id), metadata=ADMIN_METADATA
+                    )
                 )
                 while not await blocker.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
@@ -165,9 +172,14 @@ async def test_dev_mode_runs_embedded_postgres_keeps_data_and_prints_secrets_onc
     first = ServiceProcess(service_env(PLUCT_DATA_DIR=str(data_dir)), tmp_path)
     try:
         await first.wait_serving()
+        dev_key = re.search(r"PLUCT_DEV_API_KEY=(\S+)", first.output)
+        assert dev_key, first.output
+        with_key = (("authorization", f"Bearer {dev_key[1]}"),)
         async with grpc.aio.insecure_channel(first.grpc_target) as channel:
             credit = credit_service_pb2_grpc.CreditServiceStub(channel)
-            await credit.CreateUser(credit_pb.CreateUserRequest(user_id=user_id, initial_credits=4))
+            await credit.CreateUser(
+                credit_pb.CreateUserRequest(user_id=user_id, initial_credits=4), metadata=with_key
+            )
         first.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert await first.exit_code() == 0
     finally:
@@ -176,7 +188,8 @@ async def test_dev_mode_runs_embedded_postgres_keeps_data_and_prints_secrets_onc
     stored = dict(
         line.split("=", 1) for line in secrets_file.read_text().splitlines() if "=" in line
     )
-    assert set(stored) == {"ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET"}
+    assert set(stored) == {"ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET", "PLUCT_DEV_API_KEY"}
+    assert stored["PLUCT_DEV_API_KEY"] == dev_key[1]
     assert secrets_file.stat().st_mode & 0o077 == 0
     assert stored["JWT_SECRET"] in first.output
     assert "embedded PostgreSQL stopped" in first.output
@@ -186,7 +199,9 @@ async def test_dev_mode_runs_embedded_postgres_keeps_data_and_prints_secrets_onc
         await second.wait_serving()
         async with grpc.aio.insecure_channel(second.grpc_target) as channel:
             credit = credit_service_pb2_grpc.CreditServiceStub(channel)
-            balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
+            balance = await credit.GetBalance(
+                credit_pb.GetBalanceRequest(user_id=user_id), metadata=with_key
+            )
         second.process.send_signal(signal.SIGTERM)
         assert await second.exit_code() == 0
     finally:

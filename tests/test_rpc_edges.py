@@ -50,9 +50,9 @@ async def test_undecodable_request_is_invalid_argument(channel):
     assert error_reason(raised.value) == ("INVALID_ARGUMENT", {"field": "request"})
 
 
-async def test_caller_is_checked_before_the_request_is_decoded(channel):
+async def test_caller_is_checked_before_the_request_is_decoded(bare_channel):
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await raw_call(channel, "/pluct.admin.v1.AdminService/ListUsers")(b"\xff\xff\xff")
+        await raw_call(bare_channel, "/pluct.admin.v1.AdminService/ListUsers")(b"\xff\xff\xff")
 
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
 

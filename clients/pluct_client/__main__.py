@@ -13,9 +13,23 @@ from google.protobuf.message import Message
 
 from pluct_client.client import PluctClient, RetryableError
 
+SCOPES = (
+    "users:create",
+    "credits:read",
+    "credits:grant",
+    "tokens:vend",
+    "tokens:validate",
+    "admin",
+)
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pluct_client", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m pluct_client",
+        description=__doc__,
+        epilog="Credentials come from the environment: PLUCT_API_KEY (or ADMIN_SECRET) is sent "
+        "with every call, WEBHOOK_SECRET with payments.",
+    )
     parser.add_argument(
         "--target",
         default=os.environ.get("PLUCT_TARGET", "127.0.0.1:50051"),
@@ -33,18 +47,33 @@ def _parser() -> argparse.ArgumentParser:
     vend.add_argument("user_id")
     vend.add_argument("--request-id", default="")
     commands.add_parser("validate", help="check a token").add_argument("token")
-    commands.add_parser("users", help="list users (ADMIN_SECRET)")
-    grant = commands.add_parser("grant", help="grant credits by hand (ADMIN_SECRET)")
+    commands.add_parser("users", help="list users (admin)")
+    grant = commands.add_parser("grant", help="grant credits by hand (admin)")
     grant.add_argument("user_id")
     grant.add_argument("amount", type=int)
     grant.add_argument("--reason")
     grant.add_argument("--request-id", default="")
+    keys = commands.add_parser("keys", help="create, list and revoke API keys (admin)")
+    key_commands = keys.add_subparsers(dest="key_command", required=True)
+    make = key_commands.add_parser("create", help="make a key; its secret is printed once")
+    make.add_argument("name", help="whose key it is, e.g. billing-service")
+    make.add_argument(
+        "--scope", action="append", required=True, choices=SCOPES, help="repeat for several"
+    )
+    key_commands.add_parser("list", help="list keys, newest first")
+    key_commands.add_parser("revoke", help="revoke a key").add_argument("key_id")
+    revoke = commands.add_parser("revoke-tokens", help="revoke a token or a user's tokens (admin)")
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("--jti", help="one token, by its jti (token_id)")
+    target.add_argument("--user", help="every token this user holds now")
+    commands.add_parser("jwks", help="show the public keys of token signing")
     return parser
 
 
 async def _run(args: argparse.Namespace) -> object:
     async with PluctClient(
         args.target,
+        api_key=os.environ.get("PLUCT_API_KEY"),
         admin_secret=os.environ.get("ADMIN_SECRET"),
         webhook_secret=os.environ.get("WEBHOOK_SECRET"),
     ) as client:
@@ -60,6 +89,16 @@ async def _run(args: argparse.Namespace) -> object:
             return await client.validate_token(args.token)
         if args.command == "users":
             return await client.list_users()
+        if args.command == "keys":
+            if args.key_command == "create":
+                return await client.create_api_key(args.name, args.scope)
+            if args.key_command == "list":
+                return await client.list_api_keys()
+            return await client.revoke_api_key(args.key_id)
+        if args.command == "revoke-tokens":
+            return await client.revoke_tokens(jti=args.jti, user_id=args.user)
+        if args.command == "jwks":
+            return await client.jwks()
         return await client.grant(args.user_id, args.amount, args.reason, args.request_id)
 
 

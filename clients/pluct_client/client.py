@@ -27,25 +27,33 @@ def new_request_id() -> str:
 
 
 class PluctClient:
-    """Async client; use as `async with PluctClient("127.0.0.1:50051") as client:`."""
+    """Async client; use as `async with PluctClient("127.0.0.1:50051", api_key=...) as client:`.
+
+    `api_key` (or, for operators, `admin_secret`) goes with every call as a bearer token;
+    `webhook_secret`, when given, is what a payment is credited with instead.
+    """
 
     def __init__(
         self,
         target: str,
         *,
+        api_key: str | None = None,
         admin_secret: str | None = None,
         webhook_secret: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials)
         self._credit = credit_service_pb2_grpc.CreditServiceStub(self._channel)
         self._token = token_service_pb2_grpc.TokenServiceStub(self._channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
-        self._admin_md: Metadata = (
-            (("authorization", f"Bearer {admin_secret}"),) if admin_secret else ()
-        )
+        bearer = api_key or admin_secret
+        self._bearer_md: Metadata = (("authorization", f"Bearer {bearer}"),) if bearer else ()
         self._webhook_md: Metadata = (
-            (("x-webhook-secret", webhook_secret),) if webhook_secret else ()
+            (("x-webhook-secret", webhook_secret),) if webhook_secret else self._bearer_md
         )
         self._timeout = timeout
 
@@ -67,13 +75,11 @@ class PluctClient:
     async def create_user(
         self, user_id: str, initial_credits: int = 0, request_id: str = ""
     ) -> credit_pb.CreateUserResponse:
-        """Create a user; above the signup allowance the admin secret is sent along."""
+        """Create a user (above the signup allowance, the key needs the admin scope)."""
         request = credit_pb.CreateUserRequest(
             user_id=user_id, initial_credits=initial_credits, request_id=request_id
         )
-        reply: credit_pb.CreateUserResponse = await self._call(
-            self._credit.CreateUser, request, self._admin_md
-        )
+        reply: credit_pb.CreateUserResponse = await self._call(self._credit.CreateUser, request)
         return reply
 
     async def balance(self, user_id: str) -> int:
@@ -98,7 +104,7 @@ class PluctClient:
     async def add_payment(
         self, user_id: str, amount: int, request_id: str = ""
     ) -> credit_pb.AddCreditsResponse:
-        """Credit a payment, as the payment webhook (needs the webhook secret)."""
+        """Credit a payment (webhook secret, or a key with credits:grant); ids never expire."""
         request = credit_pb.AddCreditsRequest(user_id=user_id, amount=amount, request_id=request_id)
         reply: credit_pb.AddCreditsResponse = await self._call(
             self._credit.AddCredits, request, self._webhook_md
@@ -124,7 +130,7 @@ class PluctClient:
         """Return one page of users, most recently active first (needs the admin secret)."""
         request = admin_pb.ListUsersRequest(page_size=page_size, page_token=page_token)
         reply: admin_pb.ListUsersResponse = await self._call(
-            self._admin.ListUsers, request, self._admin_md
+            self._admin.ListUsers, request, self._bearer_md
         )
         return reply
 
@@ -136,7 +142,7 @@ class PluctClient:
         if user_id is not None:
             request.user_id = user_id
         reply: admin_pb.ListTransactionsResponse = await self._call(
-            self._admin.ListTransactions, request, self._admin_md
+            self._admin.ListTransactions, request, self._bearer_md
         )
         return reply
 
@@ -148,11 +154,52 @@ class PluctClient:
         if reason is not None:
             request.reason = reason
         reply: admin_pb.AddCreditsResponse = await self._call(
-            self._admin.AddCredits, request, self._admin_md
+            self._admin.AddCredits, request, self._bearer_md
         )
         return reply
 
-    async def _call(self, method, request, metadata: Metadata = ()):  # type: ignore[no-untyped-def]
+    async def create_api_key(self, name: str, scopes: list[str]) -> admin_pb.CreateApiKeyResponse:
+        """Make an API key; its secret is in this answer only (needs the admin scope)."""
+        request = admin_pb.CreateApiKeyRequest(name=name, scopes=scopes)
+        reply: admin_pb.CreateApiKeyResponse = await self._call(self._admin.CreateApiKey, request)
+        return reply
+
+    async def list_api_keys(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> admin_pb.ListApiKeysResponse:
+        """Return one page of API keys, newest first, without secrets (needs the admin scope)."""
+        request = admin_pb.ListApiKeysRequest(page_size=page_size, page_token=page_token)
+        reply: admin_pb.ListApiKeysResponse = await self._call(self._admin.ListApiKeys, request)
+        return reply
+
+    async def revoke_api_key(self, key_id: str) -> admin_pb.RevokeApiKeyResponse:
+        """Revoke an API key everywhere within seconds (needs the admin scope)."""
+        request = admin_pb.RevokeApiKeyRequest(key_id=key_id)
+        reply: admin_pb.RevokeApiKeyResponse = await self._call(self._admin.RevokeApiKey, request)
+        return reply
+
+    async def revoke_tokens(
+        self, *, jti: str | None = None, user_id: str | None = None
+    ) -> admin_pb.RevokeTokensResponse:
+        """Revoke one token (jti) or every token a user holds now (needs the admin scope)."""
+        request = admin_pb.RevokeTokensRequest()
+        if jti is not None:
+            request.jti = jti
+        if user_id is not None:
+            request.user_id = user_id
+        reply: admin_pb.RevokeTokensResponse = await self._call(self._admin.RevokeTokens, request)
+        return reply
+
+    async def jwks(self) -> token_pb.GetJwksResponse:
+        """Return the public keys that verify EdDSA tokens (empty for HS256)."""
+        reply: token_pb.GetJwksResponse = await self._call(
+            self._token.GetJwks, token_pb.GetJwksRequest()
+        )
+        return reply
+
+    async def _call(self, method, request, metadata: Metadata | None = None):  # type: ignore[no-untyped-def]
+        if metadata is None:
+            metadata = self._bearer_md
         try:
             return await method(request, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:

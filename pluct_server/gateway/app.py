@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pluct.api.v1 import auth_pb2
 
-from pluct_server.auth import Authenticator
+from pluct_server import webhooks
+from pluct_server.addresses import UNKNOWN, Network, client_address
+from pluct_server.auth import AUTHORIZATION_HEADER, WEBHOOK_HEADER, Authenticator, Presented
+from pluct_server.callers import ADMIN, AccessRule
 from pluct_server.errors import DomainError
 from pluct_server.gateway.describe import (
     DESCRIBE,
@@ -35,10 +39,15 @@ from pluct_server.gateway.transcode import (
     parse_json_body,
     split_path,
 )
+from pluct_server.limits import HTTP, SIGNUP, Limiter
+from pluct_server.origin import gateway_metadata
+from pluct_server.webhooks import SIGNATURE_HEADER
 
 _LOGGER = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[bool]]
+SERVER_HEADER = "Server"
+SERVER_NAME = "pluct"
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,8 @@ class HttpLimits:
     idle_seconds: float = 15.0
     # The deadline of each gRPC call behind a request.
     rpc_seconds: float = 10.0
+    # Requests served at once; more get 503 at once rather than a place in a queue.
+    max_concurrent_requests: int = 1000
 
 
 def json_response(
@@ -60,18 +71,42 @@ def json_response(
 ) -> web.Response:
     """Return `body` as a compact UTF-8 JSON response."""
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    return web.Response(
+    response = web.Response(
         body=text.encode("utf-8"),
         status=status,
         headers=headers,
         content_type="application/json",
         charset="utf-8",
     )
+    # aiohttp would announce its own name and version, a free hint to anyone shopping for CVEs.
+    response.headers[SERVER_HEADER] = SERVER_NAME
+    return response
 
 
 def problem_response(problem: HttpProblem) -> web.Response:
     """Return the JSON error answer for `problem`."""
     return json_response(problem.body(), problem.status, problem.headers)
+
+
+# The access rule of every path under an admin-only prefix, known route or not.
+_ADMIN_PREFIX_RULE = AccessRule(ADMIN, auth_pb2.CALLER_AUTH_ADMIN)
+# Routes whose RPC charges the per-address limit inside its own statement, so that a vend stays
+# one database round trip; every other route pays it in a statement of its own first.
+_FOLDS_ADDRESS_CHARGE = frozenset({"tokens:vend"})
+# Routes that create users, and so also count against the per-address signup limit.
+_SIGNUP_SCOPE = "users:create"
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Who may call and how often: what the shim checks before it reads a body."""
+
+    authenticator: Authenticator
+    limiter: Limiter
+    rules: Mapping[str, AccessRule]
+    gateway_token: str
+    webhook_secrets: tuple[str, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 class ShimHandler:
@@ -82,7 +117,7 @@ class ShimHandler:
         *,
         router: Router,
         proxy: RpcProxy,
-        authenticator: Authenticator,
+        guards: Guards,
         profile: LegacyProfile,
         limits: HttpLimits,
         info: ServiceInfo,
@@ -91,7 +126,7 @@ class ShimHandler:
     ) -> None:
         self._router = router
         self._proxy = proxy
-        self._authenticator = authenticator
+        self._guards = guards
         self._profile = profile
         self._renderer = Renderer(profile)
         self._transcoder = Transcoder(profile)
@@ -104,35 +139,78 @@ class ShimHandler:
             HEALTH.name: self._health,
             OPENAPI.name: self._openapi_document,
         }
+        self._in_flight = 0
         self.draining = False
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; every failure becomes a JSON error, never a stack trace."""
+        if self._in_flight >= self._limits.max_concurrent_requests:
+            # Shed load rather than queue it: a flood must not take the memory with it.
+            busy = HttpProblem(503, "Server busy", "OVERLOADED", headers={"Retry-After": "1"})
+            return problem_response(busy)
+        self._in_flight += 1
+        try:
+            return await self._serve(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         route: Route | None = None
         bearer = False
         try:
             parts = split_path(request.rel_url.raw_path)
             metadata = forwarded_metadata(request.headers)
+            address = client_address(
+                request.remote or UNKNOWN,
+                request.headers.get("X-Forwarded-For"),
+                self._guards.trusted_proxies,
+            )
+            presented = _presented(metadata)
             bearer = self._router.admin_only(parts)
             if bearer:
+                await self._charge_address(address)
                 # Strangers learn nothing about /admin/...: no token, no 404 or 405 either.
-                self._require(auth_pb2.CALLER_AUTH_ADMIN, metadata)
+                await self._admit("/admin", _ADMIN_PREFIX_RULE, presented, address)
             route, variables = self._router.resolve(request.method, parts)
             if route.rpc is None:
+                if route is not HEALTH:  # orchestrators probe it often; it stays unmetered
+                    await self._charge_address(address)
                 return await self._builtins[route.name]()
-            if not bearer:
-                # The secret is checked before the body is read, so strangers cannot make us read.
-                self._require(route.rpc.caller_auth, metadata)
-                bearer = route.rpc.caller_auth == auth_pb2.CALLER_AUTH_ADMIN
+            rule = self._guards.rules[route.rpc.path]
+            deferred = rule.scope in _FOLDS_ADDRESS_CHARGE
+            if not bearer and not deferred:
+                await self._charge_address(address, signup=rule.scope == _SIGNUP_SCOPE)
+            signed = request.headers.get(SIGNATURE_HEADER)
             body = None
-            if route.rpc.body:
-                body = parse_json_body(await self._read_body(request))
+            if signed is not None and rule.legacy == auth_pb2.CALLER_AUTH_WEBHOOK:
+                # The signature covers the raw body, so the body is read before it is checked,
+                # but only once the header's time window holds.
+                await self._check_signature_time(route.rpc.path, signed, address)
+                raw = await self._read_body(request)
+                await self._check_signature(route.rpc.path, signed, raw, address)
+                presented = replace(presented, webhook_signature=True)
+                await self._admit(route.rpc.path, rule, presented, address)
+                body = parse_json_body(raw) if route.rpc.body else None
+            else:
+                if not bearer:
+                    # The secret is checked before the body is read, so strangers cannot make
+                    # us read.
+                    await self._admit(route.rpc.path, rule, presented, address)
+                if route.rpc.body:
+                    body = parse_json_body(await self._read_body(request))
+            bearer = bearer or route.rpc.caller_auth == auth_pb2.CALLER_AUTH_ADMIN
             message = self._transcoder.request(
                 route,
                 variables,
                 request.rel_url.raw_query_string,
                 body,
                 request.headers.get(IDEMPOTENCY_HEADER),
+            )
+            metadata += gateway_metadata(
+                self._guards.gateway_token,
+                address,
+                webhook_signature=presented.webhook_signature,
+                deferred_http_charge=deferred,
             )
             shape = self._profile.route_shape(route.rpc.method.full_name)
             if pages_everything(route, message, shape.all_pages_size):
@@ -168,11 +246,37 @@ class ShimHandler:
             )
             return problem_response(HttpProblem(500, "internal error", "INTERNAL"))
 
-    def _require(self, requirement: int, metadata: Sequence[tuple[str, str]]) -> None:
+    async def _admit(
+        self, method: str, rule: AccessRule, presented: Presented, address: str
+    ) -> None:
         try:
-            self._authenticator.require(requirement, metadata)
+            await self._guards.authenticator.admit(method, rule, presented, address, via_http=True)
         except DomainError as error:
             raise CallError.from_domain(error) from None
+
+    async def _charge_address(self, address: str, *, signup: bool = False) -> None:
+        limiter = self._guards.limiter
+        wanted = [(HTTP, address)] + ([(SIGNUP, address)] if signup else [])
+        try:
+            await limiter.charge(limiter.charges(*wanted))
+        except DomainError as error:
+            raise CallError.from_domain(error) from None
+
+    async def _check_signature_time(self, method: str, header: str, address: str) -> None:
+        try:
+            webhooks.check_time(webhooks.parse(header), time.time())
+        except webhooks.BadSignature as bad:
+            await self._refuse_signature(method, address, str(bad))
+
+    async def _check_signature(self, method: str, header: str, raw: bytes, address: str) -> None:
+        try:
+            webhooks.verify(header, raw, self._guards.webhook_secrets, time.time())
+        except webhooks.BadSignature as bad:
+            await self._refuse_signature(method, address, str(bad))
+
+    async def _refuse_signature(self, method: str, address: str, why: str) -> None:
+        error = await self._guards.authenticator.failed(method, address, why)
+        raise CallError.from_domain(error)
 
     async def _read_body(self, request: web.BaseRequest) -> bytes:
         limit = self._limits.max_body_bytes
@@ -219,6 +323,11 @@ class ShimHandler:
 
     async def _openapi_document(self) -> web.Response:
         return json_response(self._openapi)
+
+
+def _presented(metadata: Sequence[tuple[str, str]]) -> Presented:
+    found = dict(metadata)
+    return Presented(found.get(AUTHORIZATION_HEADER), found.get(WEBHOOK_HEADER))
 
 
 def _json_names(route: Route | None) -> dict[str, str]:

@@ -29,11 +29,14 @@ from pluct_server.tokens import TOKEN_MAX_CHARS
 # only: the service checks every one of them itself, for gRPC and HTTP alike.
 _CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
 _NO_CONTROL = f"^[^{_CONTROL}]*$"
+# Unicode format characters (soft hyphen, zero-width and direction marks, BOM) a user id refuses.
+_FORMAT = "\\u00ad\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff"
 _FIELD_RULES: dict[str, dict[str, Any]] = {
+    # NFKC form cannot be said in a pattern; the service checks it (ledger.check_user_id).
     "user_id": {
         "minLength": 1,
         "maxLength": USER_ID_MAX_CHARS,
-        "pattern": f"^[^{_CONTROL}]*[^\\s{_CONTROL}][^{_CONTROL}]*$",
+        "pattern": f"^[^\\s{_CONTROL}{_FORMAT}]+$",
     },
     "amount": {"minimum": CREDIT_AMOUNT_MIN, "maximum": CREDIT_AMOUNT_MAX},
     "initial_credits": {"minimum": 0, "maximum": CREDIT_AMOUNT_MAX},

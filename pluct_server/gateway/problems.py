@@ -114,6 +114,9 @@ def to_problem(
     # Missing or wrong admin token, or a grant that needs it: say which scheme would do.
     if status == 401 and (bearer_route or error.reason == "ADMIN_TOKEN_REQUIRED"):
         headers["WWW-Authenticate"] = BEARER_CHALLENGE
+    retry_after = error.metadata.get("retry_after", "")
+    if retry_after.isdigit():
+        headers["Retry-After"] = retry_after
     shown_field = (json_names or {}).get(proto_field, proto_field) if proto_field else None
     return HttpProblem(
         status,

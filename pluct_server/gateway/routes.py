@@ -34,6 +34,7 @@ class RpcBinding:
     method: MethodDescriptor
     body: str
     response_body: str
+    # Who may call the route without an API key (the access option's `legacy`).
     caller_auth: int
 
     @property
@@ -120,7 +121,7 @@ def rpc_routes(services: Iterable[ServiceDescriptor], comments: Comments) -> lis
                 continue
             rule = options.Extensions[annotations_pb2.http]
             comment = comments.get(method.full_name)
-            auth = options.Extensions[auth_pb2.caller_auth]
+            auth = options.Extensions[auth_pb2.access].legacy
             for binding in (rule, *rule.additional_bindings):
                 routes.append(_route(method, binding, auth, comment))
     return routes

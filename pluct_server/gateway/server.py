@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import ssl
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,8 +13,7 @@ import grpc
 from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 
-from pluct_server.auth import Authenticator
-from pluct_server.gateway.app import HttpLimits, Probe, ShimHandler
+from pluct_server.gateway.app import Guards, HttpLimits, Probe, ShimHandler
 from pluct_server.gateway.comments import Comments
 from pluct_server.gateway.describe import BUILTIN_ROUTES, ServiceInfo
 from pluct_server.gateway.legacy import LEGACY, LegacyProfile
@@ -33,7 +33,7 @@ class Gateway:
     def __init__(
         self,
         services: Iterable[ServiceDescriptor],
-        authenticator: Authenticator,
+        guards: Guards,
         *,
         probe: Probe,
         limits: HttpLimits | None = None,
@@ -47,7 +47,7 @@ class Gateway:
         renderer.check(list(self.routes))  # and a profile that names unknown fields
         self.info = ServiceInfo.installed()
         self.openapi = openapi_document(self.routes, profile, renderer, self.info)
-        self._authenticator = authenticator
+        self._guards = guards
         self._probe = probe
         self._profile = profile
         self._socket_dir: Path | None = None
@@ -62,14 +62,14 @@ class Gateway:
         self._runner: web.ServerRunner | None = None
         self._handler: ShimHandler | None = None
 
-    async def start(self, listen: str) -> int:
+    async def start(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> int:
         """Open the channel and listen on `listen` (host:port, 0 picks a port); return the port."""
         host, _, port = listen.rpartition(":")
         self._channel = grpc.aio.insecure_channel(self.grpc_target)
         self._handler = ShimHandler(
             router=self.router,
             proxy=RpcProxy(self._channel, self.routes, self.limits.rpc_seconds),
-            authenticator=self._authenticator,
+            guards=self._guards,
             profile=self._profile,
             limits=self.limits,
             info=self.info,
@@ -90,7 +90,7 @@ class Gateway:
         self._runner = web.ServerRunner(server, handle_signals=False)
         try:
             await self._runner.setup()
-            site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+            site = web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=ssl_context)
             await site.start()
         except BaseException as error:
             await self.stop(0)

@@ -57,12 +57,35 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         return {}
     try:
         # utf-8-sig: a leading byte-order mark is dropped, as the legacy engine's parser did.
-        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_no_constants)
+        value = json.loads(
+            raw.decode("utf-8-sig"), parse_constant=_no_constants, object_pairs_hook=_unique_keys
+        )
+    except DuplicateKey as duplicate:
+        raise CallError.invalid(f"Request body names {duplicate.key!r} more than once") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise CallError.invalid("Request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise CallError.invalid("Request body must be a JSON object")
     return value
+
+
+class DuplicateKey(ValueError):
+    """A JSON object named one key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which duplicate wins (first, last, error); a proxy that checked one
+    # copy and a service that used the other is how a request gets smuggled. Refuse it.
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(key)
+        found[key] = value
+    return found
 
 
 def _no_constants(name: str) -> Any:

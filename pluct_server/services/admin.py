@@ -6,15 +6,22 @@ import grpc
 from pluct.admin.v1 import admin_service_pb2 as pb
 from pluct.admin.v1 import admin_service_pb2_grpc
 
+from pluct_server.api_keys import ApiKeys
+from pluct_server.callers import current_caller
+from pluct_server.errors import InvalidArgument
 from pluct_server.ledger import Ledger
+from pluct_server.models import ApiKeyRecord
+from pluct_server.revocations import Revocations
 from pluct_server.services.convert import timestamp, transaction_message
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
-    """Serves pluct.admin.v1.AdminService; the interceptor has already checked the admin token."""
+    """Serves pluct.admin.v1.AdminService; the interceptor has already checked the admin scope."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, keys: ApiKeys, revocations: Revocations) -> None:
         self._ledger = ledger
+        self._keys = keys
+        self._revocations = revocations
 
     async def ListUsers(
         self, request: pb.ListUsersRequest, context: grpc.aio.ServicerContext
@@ -43,7 +50,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             user_id, request.page_size, request.page_token, admin_view=True
         )
         return pb.ListTransactionsResponse(
-            transactions=[transaction_message(entry) for entry in page.transactions],
+            transactions=[transaction_message(e, with_actor=True) for e in page.transactions],
             next_page_token=page.next_page_token,
         )
 
@@ -53,6 +60,58 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
         """Grant credits by hand, with an optional reason for the ledger."""
         reason = request.reason if request.HasField("reason") else None
         balance = await self._ledger.add_admin_grant(
-            request.user_id, request.amount, reason, request.request_id
+            request.user_id, request.amount, reason, request.request_id, current_caller()
         )
         return pb.AddCreditsResponse(user_id=request.user_id, new_balance=balance)
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateApiKeyResponse:
+        """Make a key; its secret is in this answer and nowhere else, ever."""
+        secret, record = await self._keys.create(request.name, request.scopes, current_caller().id)
+        return pb.CreateApiKeyResponse(secret=secret, api_key=_api_key(record))
+
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListApiKeysResponse:
+        """Return one page of keys, newest first, without secrets."""
+        page = await self._keys.page(request.page_size, request.page_token)
+        return pb.ListApiKeysResponse(
+            api_keys=[_api_key(record) for record in page.keys],
+            next_page_token=page.next_page_token,
+        )
+
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeApiKeyResponse:
+        """Revoke a key on every replica within the cache refresh interval."""
+        return pb.RevokeApiKeyResponse(api_key=_api_key(await self._keys.revoke(request.key_id)))
+
+    async def RevokeTokens(
+        self, request: pb.RevokeTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeTokensResponse:
+        """Revoke one token, or every token a user holds now, until they expire."""
+        target = request.WhichOneof("target")
+        by = current_caller().id
+        if target == "jti":
+            revoked, expires = await self._revocations.revoke_token(request.jti, by)
+        elif target == "user_id":
+            revoked, expires = await self._revocations.revoke_user(request.user_id, by)
+        else:
+            raise InvalidArgument("target", "give jti (one token) or user_id (all of a user's)")
+        return pb.RevokeTokensResponse(
+            revoke_time=timestamp(revoked), expire_time=timestamp(expires)
+        )
+
+
+def _api_key(record: ApiKeyRecord) -> pb.ApiKey:
+    message = pb.ApiKey(
+        key_id=record.key_id,
+        name=record.name,
+        scopes=sorted(record.scopes),
+        create_time=timestamp(record.create_time),
+        created_by=record.created_by,
+    )
+    if record.revoke_time is not None:
+        message.revoke_time.CopyFrom(timestamp(record.revoke_time))
+    return message

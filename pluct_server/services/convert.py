@@ -24,8 +24,8 @@ def timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-def transaction_message(entry: Transaction) -> ledger_pb2.Transaction:
-    """Return a ledger entry as its protobuf message."""
+def transaction_message(entry: Transaction, *, with_actor: bool = False) -> ledger_pb2.Transaction:
+    """Return a ledger entry as its protobuf message; which key acted is for admins only."""
     message = ledger_pb2.Transaction(
         id=entry.id,
         user_id=entry.user_id,
@@ -36,4 +36,6 @@ def transaction_message(entry: Transaction) -> ledger_pb2.Transaction:
     )
     if entry.reason is not None:
         message.reason = entry.reason
+    if with_actor and entry.actor is not None:
+        message.actor_key_id = entry.actor
     return message

@@ -8,7 +8,8 @@ import grpc
 from pluct.credit.v1 import credit_service_pb2 as pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server.auth import Authenticator
+from pluct_server.callers import current_caller
+from pluct_server.errors import InvalidArgument
 from pluct_server.ledger import Ledger
 from pluct_server.services.convert import timestamp, transaction_message
 
@@ -16,20 +17,15 @@ from pluct_server.services.convert import timestamp, transaction_message
 class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ignore[misc]
     """Serves pluct.credit.v1.CreditService from the ledger."""
 
-    def __init__(self, ledger: Ledger, authenticator: Authenticator) -> None:
+    def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._authenticator = authenticator
 
     async def CreateUser(
         self, request: pb.CreateUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateUserResponse:
         """Create a user with its initial credits."""
-        is_admin = self._authenticator.is_admin(context.invocation_metadata() or ())
         balance = await self._ledger.create_user(
-            request.user_id,
-            request.initial_credits,
-            request.request_id,
-            caller_is_admin=is_admin,
+            request.user_id, request.initial_credits, request.request_id, current_caller()
         )
         return pb.CreateUserResponse(user_id=request.user_id, initial_balance=balance)
 
@@ -60,6 +56,16 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
     ) -> pb.AddCreditsResponse:
         """Credit a payment reported by the payment provider."""
         balance = await self._ledger.add_payment(
-            request.user_id, request.amount, request.request_id
+            request.user_id, request.amount, _payment_id(request), current_caller()
         )
         return pb.AddCreditsResponse(user_id=request.user_id, new_balance=balance)
+
+
+def _payment_id(request: pb.AddCreditsRequest) -> str:
+    """Return the id a payment is deduplicated by: the provider's event id or the request id."""
+    if request.event_id and request.request_id and request.event_id != request.request_id:
+        # Two different ids for one payment is a client bug; picking one could credit twice.
+        raise InvalidArgument(
+            "event_id", "event_id and request_id differ; send one, or the same in both"
+        )
+    return str(request.event_id or request.request_id)

@@ -6,6 +6,7 @@ import grpc
 from pluct.token.v1 import token_service_pb2 as pb
 from pluct.token.v1 import token_service_pb2_grpc
 
+from pluct_server.callers import current_caller
 from pluct_server.services.convert import timestamp
 from pluct_server.tokens import TokenSigner
 from pluct_server.vending import TokenVendor
@@ -22,7 +23,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignor
         self, request: pb.VendTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.VendTokenResponse:
         """Spend one credit and return the signed token it bought."""
-        vended = await self._vendor.vend(request.user_id, request.request_id)
+        vended = await self._vendor.vend(request.user_id, request.request_id, current_caller())
         return pb.VendTokenResponse(
             token=vended.token,
             expires_at=timestamp(vended.claims.expires_at),
@@ -43,3 +44,9 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignor
         if verdict.reason is not None:
             response.reason = verdict.reason
         return response
+
+    async def GetJwks(
+        self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJwksResponse:
+        """Return the public keys that verify our EdDSA tokens (none in HS256 mode)."""
+        return pb.GetJwksResponse(keys=[pb.JsonWebKey(**jwk) for jwk in self._signer.jwks()])

@@ -36,6 +36,14 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     """
 
 
+# Raised by pluct_rate_limited() (migration 0003) to undo a statement whose limit is spent.
+RATE_LIMIT_SQLSTATE = "PL429"
+
+
+class RateLimitExceeded(Exception):
+    """A statement charged a rate limit that was spent, and was undone."""
+
+
 class UniqueViolation(Exception):
     """A unique constraint refused a row; `constraint` names which one."""
 
@@ -93,6 +101,10 @@ class Database:
         except _UNAVAILABLE_ERRORS as exc:
             _LOGGER.warning("database unavailable: %s", type(exc).__name__)
             raise Unavailable() from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == RATE_LIMIT_SQLSTATE:
+                raise RateLimitExceeded() from exc
+            raise
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         """Run one statement and return its first row."""
@@ -104,6 +116,12 @@ class Database:
         async with self.connection() as conn:
             rows: list[asyncpg.Record] = await conn.fetch(query, *args)
             return rows
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """Run one statement and return its status, e.g. "DELETE 3"."""
+        async with self.connection() as conn:
+            status: str = await conn.execute(query, *args)
+            return status
 
     async def ping(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109 - a query timeout
         """Tell whether the database answers a trivial query within `timeout` seconds."""

@@ -2,56 +2,110 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from pluct_server.errors import AlreadyExists, InsufficientCredits, RequestIdReused
-from pluct_server.models import EntryType, Spend, TokenClaims, Transaction, UserSummary
+from pluct_server.models import (
+    EntryType,
+    PriorRequest,
+    RequestKey,
+    TokenClaims,
+    Transaction,
+    UserSummary,
+)
 from pluct_server.store.database import Database, UniqueViolation
+from pluct_server.store.limit_store import CHARGE_CTE, charge_arguments
 
-_CREATE_USER = """
+if TYPE_CHECKING:
+    from pluct_server.limits import Charge
+
+
+class UserExists(Exception):
+    """CreateUser named a user id that is taken."""
+
+
+class RequestKeyTaken(Exception):
+    """The request key was claimed before, by this request or another one."""
+
+
+# The constraints whose violation the domain needs to tell apart.
+_USER_EXISTS = "users_pkey"
+_REQUEST_KEY_TAKEN = "request_keys_pkey"
+
+# Parameters shared by the statements that claim a request key, always the last four.
+_CLAIM = """
+    INSERT INTO request_keys (user_id, caller, operation, request_id, fingerprint, ledger_id,
+                              expire_time)
+    SELECT {user_id}, {caller}, {operation}, {request_id}, {fingerprint}, {ledger_id},
+           now() + {retention}::interval
+"""
+
+_CREATE_USER = (
+    """
 WITH created AS (
-    INSERT INTO users (user_id, balance, initial_credits, transaction_count,
-                       request_id, request_fingerprint)
-    VALUES ($1, $2::bigint, $2::bigint, CASE WHEN $2::bigint > 0 THEN 1 ELSE 0 END, $3, $4)
+    INSERT INTO users (user_id, balance, initial_credits, transaction_count)
+    VALUES ($1, $2::bigint, $2::bigint, CASE WHEN $2::bigint > 0 THEN 1 ELSE 0 END)
     RETURNING user_id, balance
 ), granted AS (
-    INSERT INTO ledger (user_id, type, amount, balance_after, reason)
-    SELECT user_id, 'user_creation', balance, balance, $5 FROM created WHERE balance > 0
-), claimed AS (
-    INSERT INTO request_ids (request_id, fingerprint)
-    SELECT $3, $4 FROM created WHERE $3::text IS NOT NULL
+    INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id)
+    SELECT user_id, 'user_creation', balance, balance, $3, $5 FROM created WHERE balance > 0
+    RETURNING id
+), claimed AS ("""
+    + _CLAIM.format(
+        user_id="user_id",
+        caller="$4",
+        operation="'create_user'",
+        request_id="$5",
+        fingerprint="$6",
+        ledger_id="(SELECT id FROM granted)",
+        retention="$7",
+    )
+    + """ FROM created WHERE $5::text IS NOT NULL
 )
 SELECT balance FROM created
 """
-
-_USER_CREATED_BY_REQUEST = """
-SELECT user_id, initial_credits, request_fingerprint FROM users WHERE request_id = $1
-"""
+)
 
 # The conditional UPDATE is the whole overdraft rule: a row with balance 0 simply does not match,
-# and concurrent spends queue on the row lock and re-check the condition one after another.
-_SPEND_ONE = """
-WITH spent AS (
+# and concurrent spends queue on the row lock and re-check the condition one after another. The
+# limits are charged in the same statement (CHARGE_CTE), so a vend is still one round trip.
+_SPEND_ONE = (
+    "WITH "
+    + CHARGE_CTE.format(subjects="$8", buckets="$9", steps="$10", tolerances="$11")
+    + """, spent AS (
     UPDATE users
        SET balance = balance - 1,
            total_spent = total_spent + 1,
            transaction_count = transaction_count + 1,
            last_activity_at = now()
-     WHERE user_id = $1 AND balance >= 1
+     WHERE user_id = $1 AND balance >= 1 AND (SELECT ok FROM admitted)
  RETURNING user_id, balance
-), claimed AS (
-    INSERT INTO request_ids (request_id, fingerprint)
-    SELECT $2, $3 FROM spent WHERE $2::text IS NOT NULL
+), entry AS (
+    INSERT INTO ledger (user_id, type, amount, balance_after, request_id,
+                        token_id, token_issued_at, token_expires_at)
+    SELECT user_id, 'spend', 1, balance, $3, $5, $6, $7 FROM spent
+    RETURNING id, balance_after
+), claimed AS ("""
+    + _CLAIM.format(
+        user_id="$1",
+        caller="$2",
+        operation="'vend'",
+        request_id="$3",
+        fingerprint="$4",
+        ledger_id="id",
+        retention="$12",
+    )
+    + """ FROM entry WHERE $3::text IS NOT NULL
 )
-INSERT INTO ledger (user_id, type, amount, balance_after, request_id, request_fingerprint,
-                    token_id, token_issued_at, token_expires_at)
-SELECT user_id, 'spend', 1, balance, $2, $3, $4, $5, $6 FROM spent
-RETURNING balance_after
+SELECT (SELECT ok FROM admitted) AS admitted, (SELECT balance_after FROM entry) AS balance_after
 """
+)
 
-_CREDIT = """
+_CREDIT = (
+    """
 WITH credited AS (
     INSERT INTO users AS u (user_id, balance, transaction_count)
     VALUES ($1, $2::bigint, 1)
@@ -60,28 +114,47 @@ WITH credited AS (
            transaction_count = u.transaction_count + 1,
            last_activity_at = now()
     RETURNING user_id, balance
-), claimed AS (
-    INSERT INTO request_ids (request_id, fingerprint)
-    SELECT $5, $6 FROM credited WHERE $5::text IS NOT NULL
+), entry AS (
+    INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, actor)
+    SELECT user_id, $3, $2::bigint, balance, $4, $7, $5 FROM credited
+    RETURNING id, balance_after
+), claimed AS ("""
+    + _CLAIM.format(
+        user_id="$1",
+        caller="$5",
+        operation="$6",
+        request_id="$7",
+        fingerprint="$8",
+        ledger_id="id",
+        retention="$9",
+    )
+    + """ FROM entry WHERE $7::text IS NOT NULL
 )
-INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, request_fingerprint)
-SELECT user_id, $3, $2::bigint, balance, $4, $5, $6 FROM credited
-RETURNING balance_after
+SELECT balance_after FROM entry
+"""
+)
+
+_PRIOR_REQUEST = """
+SELECT k.fingerprint, k.expire_time < now() AS expired, u.initial_credits,
+       l.balance_after, l.token_id, l.token_issued_at, l.token_expires_at
+  FROM request_keys k
+  JOIN users u ON u.user_id = k.user_id
+  LEFT JOIN ledger l ON l.id = k.ledger_id
+ WHERE k.user_id = $1 AND k.caller = $2 AND k.operation = $3 AND k.request_id = $4
 """
 
-_ENTRY_BY_REQUEST = """
-SELECT user_id, balance_after, request_fingerprint, token_id, token_issued_at, token_expires_at
-  FROM ledger WHERE request_id = $1
+_FORGET_EXPIRED_KEY = """
+DELETE FROM request_keys
+ WHERE user_id = $1 AND caller = $2 AND operation = $3 AND request_id = $4 AND expire_time < now()
 """
+
+_PURGE_EXPIRED_KEYS = "DELETE FROM request_keys WHERE expire_time < now()"
 
 _BALANCE = "SELECT balance FROM users WHERE user_id = $1"
 
-# The constraint a CreateUser of an existing user_id violates.
-_USER_EXISTS = "users_pkey"
-
 # The f-strings below only splice in fixed column lists; values always travel as $n parameters.
 # ruff: noqa: S608
-_TRANSACTION_COLUMNS = "id, user_id, type, amount, balance_after, reason, created_at"
+_TRANSACTION_COLUMNS = "id, user_id, type, amount, balance_after, reason, created_at, actor"
 
 _USER_TRANSACTIONS_FIRST = f"""
 SELECT {_TRANSACTION_COLUMNS} FROM ledger WHERE user_id = $1 ORDER BY id DESC LIMIT $2
@@ -107,32 +180,40 @@ SELECT {_USER_COLUMNS} FROM users
 """
 
 
+def _key_arguments(key: RequestKey | None) -> tuple[str | None, str | None, object]:
+    """Return (request_id, fingerprint, retention) for a claim, all None without a key."""
+    if key is None:
+        return None, None, None
+    return key.request_id, key.fingerprint, key.retention
+
+
 class LedgerStore:
-    """Reads and writes users and ledger entries; knows SQL, not business rules."""
+    """Reads and writes users and ledger entries; reports what the database said, no policy."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
 
     async def create_user(
-        self,
-        user_id: str,
-        initial_credits: int,
-        reason: str,
-        request_id: str | None,
-        fingerprint: str | None,
+        self, user_id: str, initial_credits: int, reason: str, caller: str, key: RequestKey | None
     ) -> int:
-        """Insert a user with its initial grant; return its balance."""
+        """Insert a user with its initial grant; return its balance.
+
+        Raises UserExists, or RequestKeyTaken when the key was claimed before.
+        """
+        request_id, fingerprint, retention = _key_arguments(key)
         try:
             row = await self._db.fetchrow(
-                _CREATE_USER, user_id, initial_credits, request_id, fingerprint, reason
+                _CREATE_USER,
+                user_id,
+                initial_credits,
+                reason,
+                caller,
+                request_id,
+                fingerprint,
+                retention,
             )
         except UniqueViolation as exc:
-            prior = await self._replay(_USER_CREATED_BY_REQUEST, request_id, fingerprint)
-            if prior is not None:
-                return int(prior["initial_credits"])
-            if exc.constraint == _USER_EXISTS:
-                raise AlreadyExists("User already exists") from exc
-            raise RequestIdReused() from exc  # the id belongs to another kind of call
+            raise _taken(exc, UserExists) from exc
         assert row is not None
         return int(row["balance"])
 
@@ -142,68 +223,94 @@ class LedgerStore:
         amount: int,
         entry_type: EntryType,
         reason: str,
-        request_id: str | None,
-        fingerprint: str | None,
+        caller: str,
+        operation: str,
+        key: RequestKey | None,
     ) -> int:
-        """Add credits, creating the user if needed; return the new balance."""
+        """Add credits, creating the user if needed; return the new balance.
+
+        Raises RequestKeyTaken when the key was claimed before.
+        """
+        request_id, fingerprint, retention = _key_arguments(key)
         try:
             row = await self._db.fetchrow(
-                _CREDIT, user_id, amount, entry_type.value, reason, request_id, fingerprint
+                _CREDIT,
+                user_id,
+                amount,
+                entry_type.value,
+                reason,
+                caller,
+                operation,
+                request_id,
+                fingerprint,
+                retention,
             )
-        except UniqueViolation:
-            if request_id is None:
-                raise
-            prior = await self._replay_or_refuse(_ENTRY_BY_REQUEST, request_id, fingerprint)
-            return int(prior["balance_after"])
+        except UniqueViolation as exc:
+            raise _taken(exc) from exc
         assert row is not None
         return int(row["balance_after"])
 
     async def spend_one(
-        self, claims: TokenClaims, request_id: str | None, fingerprint: str | None
-    ) -> Spend:
-        """Spend one credit for the token `claims` describe, or raise InsufficientCredits."""
+        self, claims: TokenClaims, caller: str, key: RequestKey | None, charges: Sequence[Charge]
+    ) -> int | None:
+        """Charge the limits and spend one credit; return the balance after, None if none was left.
+
+        Raises RateLimitExceeded (nothing changed) or RequestKeyTaken.
+        """
+        request_id, fingerprint, retention = _key_arguments(key)
         try:
             row = await self._db.fetchrow(
                 _SPEND_ONE,
                 claims.user_id,
+                caller,
                 request_id,
                 fingerprint,
                 claims.token_id,
                 claims.issued_at,
                 claims.expires_at,
+                *charge_arguments(charges),
+                retention,
             )
-        except UniqueViolation:
-            if request_id is None:
-                raise
-            prior = await self._replay_or_refuse(_ENTRY_BY_REQUEST, request_id, fingerprint)
-            return _replayed_spend(prior)
+        except UniqueViolation as exc:
+            raise _taken(exc) from exc
+        assert row is not None
+        balance = row["balance_after"]
+        return None if balance is None else int(balance)
+
+    async def prior_request(self, user_id: str, key: RequestKey) -> PriorRequest | None:
+        """Return what an earlier request with this key did, or None if none is remembered."""
+        row = await self._db.fetchrow(
+            _PRIOR_REQUEST, user_id, key.caller, key.operation, key.request_id
+        )
         if row is None:
-            # A retry of a vend that took the last credit must still get its token back.
-            prior = await self._replay(_ENTRY_BY_REQUEST, request_id, fingerprint)
-            if prior is None:
-                raise InsufficientCredits()
-            return _replayed_spend(prior)
-        return Spend(claims=claims, balance_after=int(row["balance_after"]))
-
-    async def _replay(
-        self, lookup: str, request_id: str | None, fingerprint: str | None
-    ) -> asyncpg.Record | None:
-        """Return the first answer to this request id, None if it has none, or refuse reuse."""
-        if request_id is None:
             return None
-        prior = await self._db.fetchrow(lookup, request_id)
-        if prior is not None and prior["request_fingerprint"] != fingerprint:
-            raise RequestIdReused()
-        return prior
+        claims = None
+        if row["token_id"] is not None:
+            claims = TokenClaims(
+                user_id=user_id,
+                token_id=row["token_id"],
+                issued_at=row["token_issued_at"],
+                expires_at=row["token_expires_at"],
+            )
+        balance = row["balance_after"]
+        return PriorRequest(
+            fingerprint=row["fingerprint"],
+            expired=bool(row["expired"]),
+            initial_credits=int(row["initial_credits"]),
+            balance_after=None if balance is None else int(balance),
+            claims=claims,
+        )
 
-    async def _replay_or_refuse(
-        self, lookup: str, request_id: str, fingerprint: str | None
-    ) -> asyncpg.Record:
-        """Return the first answer to this request id; an id another kind of call owns is reuse."""
-        prior = await self._replay(lookup, request_id, fingerprint)
-        if prior is None:
-            raise RequestIdReused()
-        return prior
+    async def forget_expired_request(self, user_id: str, key: RequestKey) -> None:
+        """Forget this key if its retention has passed, so the id may be used afresh."""
+        await self._db.execute(
+            _FORGET_EXPIRED_KEY, user_id, key.caller, key.operation, key.request_id
+        )
+
+    async def purge_expired_requests(self) -> int:
+        """Forget every request key past its retention; return how many."""
+        status = await self._db.execute(_PURGE_EXPIRED_KEYS)
+        return int(status.rsplit(" ", 1)[-1])
 
     async def balance(self, user_id: str) -> int:
         """Return a user's balance; 0 for a user that does not exist."""
@@ -244,14 +351,13 @@ class LedgerStore:
         ]
 
 
-def _replayed_spend(prior: asyncpg.Record) -> Spend:
-    claims = TokenClaims(
-        user_id=prior["user_id"],
-        token_id=prior["token_id"],
-        issued_at=prior["token_issued_at"],
-        expires_at=prior["token_expires_at"],
-    )
-    return Spend(claims=claims, balance_after=int(prior["balance_after"]))
+def _taken(violation: UniqueViolation, otherwise: type[Exception] | None = None) -> Exception:
+    """Translate a unique violation into what it means for the domain."""
+    if violation.constraint == _REQUEST_KEY_TAKEN:
+        return RequestKeyTaken()
+    if otherwise is not None and violation.constraint == _USER_EXISTS:
+        return otherwise()
+    return violation
 
 
 def _transaction(row: asyncpg.Record) -> Transaction:
@@ -263,4 +369,5 @@ def _transaction(row: asyncpg.Record) -> Transaction:
         balance_after=int(row["balance_after"]),
         reason=row["reason"],
         timestamp=row["created_at"],
+        actor=row["actor"],
     )

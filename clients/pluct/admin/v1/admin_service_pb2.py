@@ -28,7 +28,7 @@ from pluct.api.v1 import auth_pb2 as pluct_dot_api_dot_v1_dot_auth__pb2
 from pluct.credit.v1 import ledger_pb2 as pluct_dot_credit_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pluct/admin/v1/admin_service.proto\x12\x0epluct.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"\xc1\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x19\n\x11transaction_count\x18\x03 \x01(\x03\x12\x13\n\x0btotal_spent\x18\x04 \x01(\x03\x12\x36\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.pluct.admin.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x17ListTransactionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x07user_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_user_id\"g\n\x18ListTransactionsResponse\x12\x32\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"h\n\x11\x41\x64\x64\x43reditsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x13\n\x06reason\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\t\n\x07_reason\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\x32\x90\x03\n\x0c\x41\x64minService\x12q\n\tListUsers\x12 .pluct.admin.v1.ListUsersRequest\x1a!.pluct.admin.v1.ListUsersResponse\"\x1f\xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x15\x12\x0c/admin/usersb\x05users\x12\x94\x01\n\x10ListTransactions\x12\'.pluct.admin.v1.ListTransactionsRequest\x1a(.pluct.admin.v1.ListTransactionsResponse\"-\xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02#\x12\x13/admin/transactionsb\x0ctransactions\x12v\n\nAddCredits\x12!.pluct.admin.v1.AddCreditsRequest\x1a\".pluct.admin.v1.AddCreditsResponse\"!\xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x17\"\x12/admin/credits/add:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pluct/admin/v1/admin_service.proto\x12\x0epluct.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"\xc1\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x19\n\x11transaction_count\x18\x03 \x01(\x03\x12\x13\n\x0btotal_spent\x18\x04 \x01(\x03\x12\x36\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.pluct.admin.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x17ListTransactionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x07user_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_user_id\"g\n\x18ListTransactionsResponse\x12\x32\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"h\n\x11\x41\x64\x64\x43reditsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x13\n\x06reason\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\t\n\x07_reason\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\"\xac\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"3\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\"O\n\x14\x43reateApiKeyResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\'\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\";\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.pluct.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"?\n\x14RevokeApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\"A\n\x13RevokeTokensRequest\x12\r\n\x03jti\x18\x01 \x01(\tH\x00\x12\x11\n\x07user_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"x\n\x14RevokeTokensResponse\x12/\n\x0brevoke_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xad\x06\n\x0c\x41\x64minService\x12u\n\tListUsers\x12 .pluct.admin.v1.ListUsersRequest\x1a!.pluct.admin.v1.ListUsersResponse\"#\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x15\x12\x0c/admin/usersb\x05users\x12\x98\x01\n\x10ListTransactions\x12\'.pluct.admin.v1.ListTransactionsRequest\x1a(.pluct.admin.v1.ListTransactionsResponse\"1\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02#\x12\x13/admin/transactionsb\x0ctransactions\x12z\n\nAddCredits\x12!.pluct.admin.v1.AddCreditsRequest\x1a\".pluct.admin.v1.AddCreditsResponse\"%\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x17\"\x12/admin/credits/add:\x01*\x12\x63\n\x0c\x43reateApiKey\x12#.pluct.admin.v1.CreateApiKeyRequest\x1a$.pluct.admin.v1.CreateApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12`\n\x0bListApiKeys\x12\".pluct.admin.v1.ListApiKeysRequest\x1a#.pluct.admin.v1.ListApiKeysResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeApiKey\x12#.pluct.admin.v1.RevokeApiKeyRequest\x1a$.pluct.admin.v1.RevokeApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeTokens\x12#.pluct.admin.v1.RevokeTokensRequest\x1a$.pluct.admin.v1.RevokeTokensResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pluct.admin.v1.admin_servic
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['ListUsers']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\310\363\030\003\202\323\344\223\002\025\022\014/admin/usersb\005users'
+  _globals['_ADMINSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\322\363\030\004\010\006\020\003\202\323\344\223\002\025\022\014/admin/usersb\005users'
   _globals['_ADMINSERVICE'].methods_by_name['ListTransactions']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['ListTransactions']._serialized_options = b'\310\363\030\003\202\323\344\223\002#\022\023/admin/transactionsb\014transactions'
+  _globals['_ADMINSERVICE'].methods_by_name['ListTransactions']._serialized_options = b'\322\363\030\004\010\006\020\003\202\323\344\223\002#\022\023/admin/transactionsb\014transactions'
   _globals['_ADMINSERVICE'].methods_by_name['AddCredits']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['AddCredits']._serialized_options = b'\310\363\030\003\202\323\344\223\002\027\"\022/admin/credits/add:\001*'
+  _globals['_ADMINSERVICE'].methods_by_name['AddCredits']._serialized_options = b'\322\363\030\004\010\006\020\003\202\323\344\223\002\027\"\022/admin/credits/add:\001*'
+  _globals['_ADMINSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\322\363\030\004\010\006\020\003'
+  _globals['_ADMINSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\322\363\030\004\010\006\020\003'
+  _globals['_ADMINSERVICE'].methods_by_name['RevokeApiKey']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['RevokeApiKey']._serialized_options = b'\322\363\030\004\010\006\020\003'
+  _globals['_ADMINSERVICE'].methods_by_name['RevokeTokens']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['RevokeTokens']._serialized_options = b'\322\363\030\004\010\006\020\003'
   _globals['_USER']._serialized_start=173
   _globals['_USER']._serialized_end=366
   _globals['_LISTUSERSREQUEST']._serialized_start=368
@@ -55,6 +63,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDCREDITSREQUEST']._serialized_end=819
   _globals['_ADDCREDITSRESPONSE']._serialized_start=821
   _globals['_ADDCREDITSRESPONSE']._serialized_end=879
-  _globals['_ADMINSERVICE']._serialized_start=882
-  _globals['_ADMINSERVICE']._serialized_end=1282
+  _globals['_APIKEY']._serialized_start=882
+  _globals['_APIKEY']._serialized_end=1054
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1056
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1107
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1109
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1188
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1190
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1249
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1251
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1339
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1341
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1378
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1380
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1443
+  _globals['_REVOKETOKENSREQUEST']._serialized_start=1445
+  _globals['_REVOKETOKENSREQUEST']._serialized_end=1510
+  _globals['_REVOKETOKENSRESPONSE']._serialized_start=1512
+  _globals['_REVOKETOKENSRESPONSE']._serialized_end=1632
+  _globals['_ADMINSERVICE']._serialized_start=1635
+  _globals['_ADMINSERVICE']._serialized_end=2448
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService lets operators inspect every user and grant credits by hand; every call needs the admin token.
+    """AdminService lets operators inspect every user, grant credits by hand, manage API keys and revoke tokens; every call needs the admin scope.
     """
 
     def __init__(self, channel):
@@ -50,28 +50,76 @@ class AdminServiceStub:
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AddCreditsRequest.SerializeToString,
                 response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AddCreditsResponse.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/CreateApiKey',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/ListApiKeys',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/RevokeApiKey',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeTokens = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/RevokeTokens',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService lets operators inspect every user and grant credits by hand; every call needs the admin token.
+    """AdminService lets operators inspect every user, grant credits by hand, manage API keys and revoke tokens; every call needs the admin scope.
     """
 
     def ListUsers(self, request, context):
-        """ListUsers pages through every user, most recently active first. Errors: UNAUTHENTICATED, INVALID_ARGUMENT, UNAVAILABLE.
+        """ListUsers pages through every user, most recently active first. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTransactions(self, request, context):
-        """ListTransactions pages through the whole ledger, or one user's, newest first. Errors: UNAUTHENTICATED, INVALID_ARGUMENT, UNAVAILABLE.
+        """ListTransactions pages through the whole ledger, or one user's, newest first. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AddCredits(self, request, context):
-        """AddCredits grants credits by hand, creating the user if needed. Errors: UNAUTHENTICATED, INVALID_ARGUMENT, UNAVAILABLE.
+        """AddCredits grants credits by hand, creating the user if needed. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """CreateApiKey makes a key for one caller with the scopes it needs; the secret is returned this once and only its hash is kept. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """ListApiKeys pages through the API keys, newest first, without their secrets. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """RevokeApiKey stops a key from working on every replica within seconds. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeTokens(self, request, context):
+        """RevokeTokens revokes one token, or every token a user holds now, until they expire; ValidateToken on every replica answers "Token revoked" within seconds. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +143,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AddCreditsRequest.FromString,
                     response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AddCreditsResponse.SerializeToString,
             ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'RevokeTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeTokens,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pluct.admin.v1.AdminService', rpc_method_handlers)
@@ -104,7 +172,7 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService lets operators inspect every user and grant credits by hand; every call needs the admin token.
+    """AdminService lets operators inspect every user, grant credits by hand, manage API keys and revoke tokens; every call needs the admin scope.
     """
 
     @staticmethod
@@ -178,6 +246,114 @@ class AdminService:
             '/pluct.admin.v1.AdminService/AddCredits',
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.AddCreditsRequest.SerializeToString,
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.AddCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/CreateApiKey',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/ListApiKeys',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListApiKeysRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/RevokeApiKey',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/RevokeTokens',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

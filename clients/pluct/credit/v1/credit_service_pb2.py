@@ -28,7 +28,7 @@ from pluct.api.v1 import auth_pb2 as pluct_dot_api_dot_v1_dot_auth__pb2
 from pluct.credit.v1 import ledger_pb2 as pluct_dot_credit_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pluct/credit/v1/credit_service.proto\x12\x0fpluct.credit.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"Q\n\x11\x43reateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_credits\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\">\n\x12\x43reateUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_balance\x18\x02 \x01(\x03\"$\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"e\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x17ListTransactionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"x\n\x18ListTransactionsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x32\n\x0ctransactions\x18\x02 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"H\n\x11\x41\x64\x64\x43reditsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\x32\x87\x04\n\rCreditService\x12r\n\nCreateUser\x12\".pluct.credit.v1.CreateUserRequest\x1a#.pluct.credit.v1.CreateUserResponse\"\x1b\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/user/create:\x01*\x12z\n\nGetBalance\x12\".pluct.credit.v1.GetBalanceRequest\x1a#.pluct.credit.v1.GetBalanceResponse\"#\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/user/{user_id}/balance\x12\x91\x01\n\x10ListTransactions\x12(.pluct.credit.v1.ListTransactionsRequest\x1a).pluct.credit.v1.ListTransactionsResponse\"(\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x1e\x12\x1c/user/{user_id}/transactions\x12r\n\nAddCredits\x12\".pluct.credit.v1.AddCreditsRequest\x1a#.pluct.credit.v1.AddCreditsResponse\"\x1b\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x11\"\x0c/add-credits:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pluct/credit/v1/credit_service.proto\x12\x0fpluct.credit.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"Q\n\x11\x43reateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_credits\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\">\n\x12\x43reateUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_balance\x18\x02 \x01(\x03\"$\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"e\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x17ListTransactionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"x\n\x18ListTransactionsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x32\n\x0ctransactions\x18\x02 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"Z\n\x11\x41\x64\x64\x43reditsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\x32\x97\x04\n\rCreditService\x12v\n\nCreateUser\x12\".pluct.credit.v1.CreateUserRequest\x1a#.pluct.credit.v1.CreateUserResponse\"\x1f\xd2\xf3\x18\x04\x08\x01\x10\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/user/create:\x01*\x12~\n\nGetBalance\x12\".pluct.credit.v1.GetBalanceRequest\x1a#.pluct.credit.v1.GetBalanceResponse\"\'\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/user/{user_id}/balance\x12\x95\x01\n\x10ListTransactions\x12(.pluct.credit.v1.ListTransactionsRequest\x1a).pluct.credit.v1.ListTransactionsResponse\",\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x1e\x12\x1c/user/{user_id}/transactions\x12v\n\nAddCredits\x12\".pluct.credit.v1.AddCreditsRequest\x1a#.pluct.credit.v1.AddCreditsResponse\"\x1f\xd2\xf3\x18\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02\x11\"\x0c/add-credits:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pluct.credit.v1.credit_serv
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREDITSERVICE'].methods_by_name['CreateUser']._loaded_options = None
-  _globals['_CREDITSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\310\363\030\001\202\323\344\223\002\021\"\014/user/create:\001*'
+  _globals['_CREDITSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\322\363\030\004\010\001\020\001\202\323\344\223\002\021\"\014/user/create:\001*'
   _globals['_CREDITSERVICE'].methods_by_name['GetBalance']._loaded_options = None
-  _globals['_CREDITSERVICE'].methods_by_name['GetBalance']._serialized_options = b'\310\363\030\001\202\323\344\223\002\031\022\027/user/{user_id}/balance'
+  _globals['_CREDITSERVICE'].methods_by_name['GetBalance']._serialized_options = b'\322\363\030\004\010\002\020\001\202\323\344\223\002\031\022\027/user/{user_id}/balance'
   _globals['_CREDITSERVICE'].methods_by_name['ListTransactions']._loaded_options = None
-  _globals['_CREDITSERVICE'].methods_by_name['ListTransactions']._serialized_options = b'\310\363\030\001\202\323\344\223\002\036\022\034/user/{user_id}/transactions'
+  _globals['_CREDITSERVICE'].methods_by_name['ListTransactions']._serialized_options = b'\322\363\030\004\010\002\020\001\202\323\344\223\002\036\022\034/user/{user_id}/transactions'
   _globals['_CREDITSERVICE'].methods_by_name['AddCredits']._loaded_options = None
-  _globals['_CREDITSERVICE'].methods_by_name['AddCredits']._serialized_options = b'\310\363\030\002\202\323\344\223\002\021\"\014/add-credits:\001*'
+  _globals['_CREDITSERVICE'].methods_by_name['AddCredits']._serialized_options = b'\322\363\030\004\010\003\020\002\202\323\344\223\002\021\"\014/add-credits:\001*'
   _globals['_CREATEUSERREQUEST']._serialized_start=175
   _globals['_CREATEUSERREQUEST']._serialized_end=256
   _globals['_CREATEUSERRESPONSE']._serialized_start=258
@@ -56,9 +56,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=546
   _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=666
   _globals['_ADDCREDITSREQUEST']._serialized_start=668
-  _globals['_ADDCREDITSREQUEST']._serialized_end=740
-  _globals['_ADDCREDITSRESPONSE']._serialized_start=742
-  _globals['_ADDCREDITSRESPONSE']._serialized_end=800
-  _globals['_CREDITSERVICE']._serialized_start=803
-  _globals['_CREDITSERVICE']._serialized_end=1322
+  _globals['_ADDCREDITSREQUEST']._serialized_end=758
+  _globals['_ADDCREDITSRESPONSE']._serialized_start=760
+  _globals['_ADDCREDITSRESPONSE']._serialized_end=818
+  _globals['_CREDITSERVICE']._serialized_start=821
+  _globals['_CREDITSERVICE']._serialized_end=1356
 # @@protoc_insertion_point(module_scope)

@@ -67,14 +67,16 @@ class ListTransactionsResponse(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., transactions: _Optional[_Iterable[_Union[_ledger_pb2.Transaction, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AddCreditsRequest(_message.Message):
-    __slots__ = ("user_id", "amount", "request_id")
+    __slots__ = ("user_id", "amount", "request_id", "event_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     amount: int
     request_id: str
-    def __init__(self, user_id: _Optional[str] = ..., amount: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., amount: _Optional[int] = ..., request_id: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class AddCreditsResponse(_message.Message):
     __slots__ = ("user_id", "new_balance")

@@ -62,28 +62,28 @@ class CreditServiceServicer:
     """
 
     def CreateUser(self, request, context):
-        """CreateUser opens a user with an optional initial grant. Errors: INVALID_ARGUMENT, UNAUTHENTICATED (grant above the signup allowance without the admin token), ALREADY_EXISTS, UNAVAILABLE.
+        """CreateUser opens a user with an optional initial grant. Errors: INVALID_ARGUMENT, UNAUTHENTICATED (no key, or a grant above the signup allowance without the admin scope), PERMISSION_DENIED, ALREADY_EXISTS, RESOURCE_EXHAUSTED (signup limit), UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetBalance(self, request, context):
-        """GetBalance reads a user's balance; an unknown user has balance 0. Errors: INVALID_ARGUMENT, UNAVAILABLE.
+        """GetBalance reads a user's balance; an unknown user has balance 0. Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTransactions(self, request, context):
-        """ListTransactions pages through a user's ledger, newest first; an unknown user has none. Errors: INVALID_ARGUMENT, UNAVAILABLE.
+        """ListTransactions pages through a user's ledger, newest first; an unknown user has none. Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AddCredits(self, request, context):
-        """AddCredits records a payment from the provider's webhook, creating the user if needed. Errors: UNAUTHENTICATED, INVALID_ARGUMENT, UNAVAILABLE.
+        """AddCredits records a payment from the provider's webhook, creating the user if needed; an event seen before is credited once, ever. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

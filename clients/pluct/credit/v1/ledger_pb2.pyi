@@ -23,7 +23,7 @@ TRANSACTION_TYPE_ADMIN_ADD: TransactionType
 TRANSACTION_TYPE_SPEND: TransactionType
 
 class Transaction(_message.Message):
-    __slots__ = ("id", "user_id", "type", "amount", "timestamp", "reason", "balance_after")
+    __slots__ = ("id", "user_id", "type", "amount", "timestamp", "reason", "balance_after", "actor_key_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class Transaction(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     user_id: str
     type: TransactionType
@@ -38,4 +39,5 @@ class Transaction(_message.Message):
     timestamp: _timestamp_pb2.Timestamp
     reason: str
     balance_after: int
-    def __init__(self, id: _Optional[int] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[TransactionType, str]] = ..., amount: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., balance_after: _Optional[int] = ...) -> None: ...
+    actor_key_id: str
+    def __init__(self, id: _Optional[int] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[TransactionType, str]] = ..., amount: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., balance_after: _Optional[int] = ..., actor_key_id: _Optional[str] = ...) -> None: ...

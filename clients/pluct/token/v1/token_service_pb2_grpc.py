@@ -45,6 +45,11 @@ class TokenServiceStub:
                 request_serializer=pluct_dot_token_dot_v1_dot_token__service__pb2.ValidateTokenRequest.SerializeToString,
                 response_deserializer=pluct_dot_token_dot_v1_dot_token__service__pb2.ValidateTokenResponse.FromString,
                 _registered_method=True)
+        self.GetJwks = channel.unary_unary(
+                '/pluct.token.v1.TokenService/GetJwks',
+                request_serializer=pluct_dot_token_dot_v1_dot_token__service__pb2.GetJwksRequest.SerializeToString,
+                response_deserializer=pluct_dot_token_dot_v1_dot_token__service__pb2.GetJwksResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -52,14 +57,21 @@ class TokenServiceServicer:
     """
 
     def VendToken(self, request, context):
-        """VendToken spends one credit and returns a signed JWT for it. Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (insufficient credits, also for an unknown user), UNAVAILABLE.
+        """VendToken spends one credit and returns a signed JWT for it. Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION (insufficient credits, also for an unknown user; or a replayed request whose token has expired), RESOURCE_EXHAUSTED (vend limit), UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ValidateToken(self, request, context):
-        """ValidateToken checks a token's signature and expiry; an invalid token is a normal answer, not an error. Errors: INVALID_ARGUMENT (empty or oversized token).
+        """ValidateToken checks a token's signature, claims, expiry and revocation; an invalid token is a normal answer, not an error. Errors: INVALID_ARGUMENT (empty or oversized token), UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJwks(self, request, context):
+        """GetJwks returns the public keys that verify EdDSA tokens, so other services verify offline and cannot mint; empty for HS256. Errors: none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +89,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.ValidateToken,
                     request_deserializer=pluct_dot_token_dot_v1_dot_token__service__pb2.ValidateTokenRequest.FromString,
                     response_serializer=pluct_dot_token_dot_v1_dot_token__service__pb2.ValidateTokenResponse.SerializeToString,
+            ),
+            'GetJwks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJwks,
+                    request_deserializer=pluct_dot_token_dot_v1_dot_token__service__pb2.GetJwksRequest.FromString,
+                    response_serializer=pluct_dot_token_dot_v1_dot_token__service__pb2.GetJwksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +151,33 @@ class TokenService:
             '/pluct.token.v1.TokenService/ValidateToken',
             pluct_dot_token_dot_v1_dot_token__service__pb2.ValidateTokenRequest.SerializeToString,
             pluct_dot_token_dot_v1_dot_token__service__pb2.ValidateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJwks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.token.v1.TokenService/GetJwks',
+            pluct_dot_token_dot_v1_dot_token__service__pb2.GetJwksRequest.SerializeToString,
+            pluct_dot_token_dot_v1_dot_token__service__pb2.GetJwksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,157 @@
+"""API keys: secrets made and shown once, stored as hashes, recognised from a refreshed cache."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pluct_server.callers import check_scopes
+from pluct_server.errors import InvalidArgument, NotFound
+from pluct_server.models import ApiKeyRecord
+from pluct_server.pagination import (
+    clamp_page_size,
+    decode_page_token,
+    encode_page_token,
+    time_and_name_position,
+)
+from pluct_server.store.api_key_store import ApiKeyStore
+
+_LOGGER = logging.getLogger(__name__)
+
+SECRET_PREFIX = "pluct_"
+# pluct_<key id: 16 hex digits>_<43 url-safe characters: 256 random bits>
+_SECRET = re.compile(r"pluct_([0-9a-f]{16})_[A-Za-z0-9_-]{43}\Z")
+_KEY_ID = re.compile(r"[0-9a-f]{16}\Z")
+NAME_MAX_CHARS = 100
+KEYS_PAGE = (100, 1000)  # (default, maximum)
+
+
+def new_secret() -> tuple[str, str]:
+    """Return a fresh (key id, secret); the id is readable inside the secret, as in Stripe's."""
+    key_id = secrets.token_hex(8)
+    return key_id, f"{SECRET_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def key_id_of(secret: str) -> str | None:
+    """Return the key id a secret names, or None when it is not shaped like one of our secrets."""
+    match = _SECRET.match(secret)
+    return None if match is None else match[1]
+
+
+def hash_secret(secret: str) -> bytes:
+    """Return what is stored of a secret: its SHA-256 (a 256-bit random secret needs no salt)."""
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    """A page of keys and the token for the next one ("" on the last page)."""
+
+    keys: list[ApiKeyRecord]
+    next_page_token: str
+
+
+class ApiKeys:
+    """Makes, lists and revokes keys, and tells which live key a presented secret is."""
+
+    def __init__(self, store: ApiKeyStore) -> None:
+        self._store = store
+        self._active: dict[str, ApiKeyRecord] = {}
+        # Ids looked up and not found since the last refresh, so a flood of made-up keys costs
+        # one query per id, not one per call.
+        self._unknown: set[str] = set()
+        self.refreshed_at = 0.0
+
+    async def create(
+        self, name: str, scopes: Iterable[str], created_by: str
+    ) -> tuple[str, ApiKeyRecord]:
+        """Make a key; return its secret (shown this once) and what is stored of it."""
+        name = _check_name(name)
+        try:
+            granted = check_scopes(scopes)
+        except ValueError as error:
+            raise InvalidArgument("scopes", str(error)) from None
+        if not granted:
+            raise InvalidArgument("scopes", "scopes must name at least one scope")
+        key_id, secret = new_secret()
+        record = await self._store.insert(
+            key_id, name, sorted(granted), hash_secret(secret), created_by
+        )
+        self._remember(record)
+        return secret, record
+
+    async def ensure(self, secret: str, name: str, scopes: Iterable[str]) -> bool:
+        """Store a key with a secret made elsewhere (the dev key) unless its id exists."""
+        key_id = key_id_of(secret)
+        if key_id is None:
+            raise ValueError("not an API key secret")
+        return await self._store.ensure(
+            key_id, name, sorted(check_scopes(scopes)), hash_secret(secret), "dev-mode"
+        )
+
+    async def page(self, page_size: int, page_token: str) -> KeyPage:
+        """Return one page of keys, newest first, revoked ones included."""
+        size = clamp_page_size(page_size, *KEYS_PAGE)
+        position = decode_page_token(page_token, "api_keys", None)
+        after = time_and_name_position(position, lambda key_id: bool(_KEY_ID.match(key_id)))
+        rows = await self._store.page(size + 1, after)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            last = rows[-1]
+            token = encode_page_token("api_keys", None, [last.create_time.isoformat(), last.key_id])
+        return KeyPage(rows, token)
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord:
+        """Revoke a key: here at once, on every other replica by its next refresh."""
+        if not _KEY_ID.match(key_id):
+            raise InvalidArgument("key_id", "key_id must be the 16 hex digits ListApiKeys shows")
+        record = await self._store.revoke(key_id)
+        if record is None:
+            raise NotFound(f"no API key has id {key_id}")
+        self._active.pop(key_id, None)
+        return record
+
+    async def identify(self, secret: str) -> ApiKeyRecord | None:
+        """Return the live key whose secret this is, or None."""
+        key_id = key_id_of(secret)
+        if key_id is None:
+            return None
+        record = self._active.get(key_id)
+        if record is None:
+            if key_id in self._unknown:
+                return None
+            # Made on another replica since our last refresh, perhaps.
+            record = await self._store.find(key_id)
+            if record is None or record.revoke_time is not None:
+                self._unknown.add(key_id)
+                return None
+            self._remember(record)
+        if not hmac.compare_digest(record.secret_hash, hash_secret(secret)):
+            return None
+        return record
+
+    async def refresh(self) -> None:
+        """Reload the live keys, dropping revoked ones; run every few seconds by the server."""
+        active = await self._store.active()
+        self._active = {record.key_id: record for record in active}
+        self._unknown = set()
+        self.refreshed_at = time.monotonic()
+
+    def _remember(self, record: ApiKeyRecord) -> None:
+        self._active[record.key_id] = record
+        self._unknown.discard(record.key_id)
+
+
+def _check_name(name: str) -> str:
+    if not name.strip() or len(name) > NAME_MAX_CHARS or not name.isprintable():
+        raise InvalidArgument(
+            "name", f"name must be 1 to {NAME_MAX_CHARS} printable characters, not blank"
+        )
+    return name

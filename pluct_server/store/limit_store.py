@@ -1,0 +1,68 @@
+"""SQL for rate-limit counters: one statement charges every limit of a call, all or none."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pluct_server.store.database import Database, RateLimitExceeded
+
+if TYPE_CHECKING:
+    from pluct_server.limits import Charge
+
+# GCRA per (subject, bucket): an event is admitted while the allowance, spent ahead of now, stays
+# within the tolerance; admitting it moves `tat` one step on. The CTE charges every counter of
+# the call, and pluct_rate_limited() aborts the whole statement when one refused, so a refused
+# call moves no counter. Statements that act on the outcome embed CHARGE_CTE and test `admitted`.
+CHARGE_CTE = """
+charged AS (
+    INSERT INTO rate_limits AS r (subject, bucket, tat, tolerance)
+    SELECT w.subject, w.bucket, now() + make_interval(secs => w.step),
+           make_interval(secs => w.tolerance)
+      FROM unnest({subjects}::text[], {buckets}::text[], {steps}::float8[], {tolerances}::float8[])
+           AS w(subject, bucket, step, tolerance)
+    ON CONFLICT (subject, bucket) DO UPDATE
+       SET tat = greatest(r.tat, now()) + (EXCLUDED.tat - now()),
+           tolerance = EXCLUDED.tolerance
+     WHERE greatest(r.tat, now()) - now() <= EXCLUDED.tolerance
+    RETURNING 1
+), admitted AS (
+    SELECT CASE WHEN count(*) < cardinality({subjects}::text[]) THEN pluct_rate_limited()
+                ELSE true END AS ok
+      FROM charged
+)"""
+
+_CHARGE = "WITH " + CHARGE_CTE.format(subjects="$1", buckets="$2", steps="$3", tolerances="$4")
+_CHARGE += "\nSELECT ok FROM admitted"
+
+_PURGE = "DELETE FROM rate_limits WHERE tat < now()"
+
+
+def charge_arguments(charges: Sequence[Charge]) -> tuple[Any, ...]:
+    """Return the four array parameters CHARGE_CTE reads, in its placeholder order."""
+    return (
+        [charge.subject for charge in charges],
+        [charge.bucket for charge in charges],
+        [charge.step_seconds for charge in charges],
+        [charge.tolerance_seconds for charge in charges],
+    )
+
+
+class LimitStore:
+    """Charges and forgets rate-limit counters."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def charge(self, charges: Sequence[Charge]) -> bool:
+        """Count one event on each counter; False (and nothing counted) when one is spent."""
+        try:
+            await self._db.fetchrow(_CHARGE, *charge_arguments(charges))
+        except RateLimitExceeded:
+            return False
+        return True
+
+    async def purge(self) -> int:
+        """Delete counters whose allowance is whole again (they equal no row); return how many."""
+        status = await self._db.execute(_PURGE)
+        return int(status.rsplit(" ", 1)[-1])
