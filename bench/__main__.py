@@ -33,6 +33,16 @@ from bench.shim_overhead import measure
 
 REPORT = Path(__file__).parent / "REPORT.md"
 ADMIN = (("authorization", f"Bearer {SECRETS['ADMIN_SECRET']}"),)
+# Every limit on, as in production, but high enough that the load itself is never refused: the
+# counters are charged on every call, so their cost is in every figure.
+LIMITS_ON = {
+    "PLUCT_VEND_RATE": "1000000/second",
+    "PLUCT_HTTP_IP_RATE": "1000000/second",
+    "PLUCT_SIGNUP_RATE": "1000000/second",
+    "PLUCT_AUTH_FAILURE_RATE": "10/minute",
+}
+LIMITS_OFF = {name: "0" for name in LIMITS_ON}
+CALLER_SCOPES = ["users:create", "credits:read", "tokens:vend", "tokens:validate"]
 WEBHOOK = (("x-webhook-secret", SECRETS["WEBHOOK_SECRET"]),)
 SPREAD_USERS = 100
 # Backends report statistics when idle for a while; wait that long before reading them.
@@ -74,12 +84,63 @@ async def round_trips(service: Service, name: str, call, calls: int = 500) -> tu
     return name, (after - before - 1) / calls
 
 
+async def caller_metadata(admin: admin_service_pb2_grpc.AdminServiceStub) -> tuple[tuple[str, str]]:
+    """Make the API key an internal caller would use, and return the metadata that carries it."""
+    made = await admin.CreateApiKey(
+        admin_pb.CreateApiKeyRequest(name="bench", scopes=CALLER_SCOPES), metadata=ADMIN
+    )
+    return (("authorization", f"Bearer {made.secret}"),)
+
+
+async def limiter_cost(server_url: str, scale: int) -> list[LoadResult]:
+    """Vends with every limit on against the same with every limit off, on fresh services."""
+    results = []
+    for label, limits in (("limits on", LIMITS_ON), ("limits off", LIMITS_OFF)):
+        async with running_service(server_url, limits) as service:
+            results += await _vends(service, label, 8000 // scale)
+    return results
+
+
+async def _vends(service: Service, label: str, total: int) -> list[LoadResult]:
+    async with (
+        grpc.aio.insecure_channel(service.grpc_target) as channel,
+        aiohttp.ClientSession(service.http_base, connector=aiohttp.TCPConnector(limit=64)) as http,
+    ):
+        admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        tokens = token_service_pb2_grpc.TokenServiceStub(channel)
+        key = await caller_metadata(admin)
+        for n in range(SPREAD_USERS):
+            await fund(admin, f"bench-{n}", 2 * total // SPREAD_USERS + 10)
+
+        def vend(i: int):
+            return tokens.VendToken(
+                token_pb.VendTokenRequest(user_id=f"bench-{i % SPREAD_USERS}"), metadata=key
+            )
+
+        async def vend_http(i: int) -> None:
+            body = {"userId": f"bench-{i % SPREAD_USERS}"}
+            async with http.post("/vend-token", json=body) as response:
+                response.raise_for_status()
+                await response.read()
+
+        await closed_loop("warm-up", vend, concurrency=8, total=200)
+        return [
+            await closed_loop(f"VendToken, 100 users ({label})", vend, concurrency=32, total=total),
+            await closed_loop(
+                f"POST /vend-token, 100 users ({label})", vend_http, concurrency=32, total=total
+            ),
+        ]
+
+
 async def run(quick: bool) -> str:
     """Benchmark a fresh service and return the report as Markdown."""
     scale = 5 if quick else 1
     results: list[LoadResult] = []
     trips: list[tuple[str, float]] = []
-    async with postgres_server() as server_url, running_service(server_url) as service:
+    async with (
+        postgres_server() as server_url,
+        running_service(server_url, LIMITS_ON) as service,
+    ):
         conn = await asyncpg.connect(service.dsn)
         pg_version = await conn.fetchval("SHOW server_version")
         await conn.close()
@@ -93,28 +154,35 @@ async def run(quick: bool) -> str:
             tokens = token_service_pb2_grpc.TokenServiceStub(channel)
             admin = admin_service_pb2_grpc.AdminServiceStub(channel)
             rss_idle = service.rss_mib()
+            key = await caller_metadata(admin)
 
             await fund(admin, "bench-hot", 60_000 // scale)
             for n in range(SPREAD_USERS):
                 await fund(admin, f"bench-{n}", 700 // scale)
-            vended = await tokens.VendToken(token_pb.VendTokenRequest(user_id="bench-hot"))
+            vended = await tokens.VendToken(
+                token_pb.VendTokenRequest(user_id="bench-hot"), metadata=key
+            )
 
             def balance(_: int):
-                return credit.GetBalance(credit_pb.GetBalanceRequest(user_id="bench-hot"))
+                return credit.GetBalance(
+                    credit_pb.GetBalanceRequest(user_id="bench-hot"), metadata=key
+                )
 
             def vend_hot(_: int):
-                return tokens.VendToken(token_pb.VendTokenRequest(user_id="bench-hot"))
+                return tokens.VendToken(
+                    token_pb.VendTokenRequest(user_id="bench-hot"), metadata=key
+                )
 
             def vend_spread(i: int):
                 return tokens.VendToken(
-                    token_pb.VendTokenRequest(user_id=f"bench-{i % SPREAD_USERS}")
+                    token_pb.VendTokenRequest(user_id=f"bench-{i % SPREAD_USERS}"), metadata=key
                 )
 
             def vend_idempotent(i: int):
                 request = token_pb.VendTokenRequest(
                     user_id=f"bench-{i % SPREAD_USERS}", request_id=f"bench-vend-{i}"
                 )
-                return tokens.VendToken(request)
+                return tokens.VendToken(request, metadata=key)
 
             async def vend_http(i: int) -> None:
                 body = {"userId": f"bench-{i % SPREAD_USERS}"}
@@ -123,7 +191,9 @@ async def run(quick: bool) -> str:
                     await response.read()
 
             def validate(_: int):
-                return tokens.ValidateToken(token_pb.ValidateTokenRequest(token=vended.token))
+                return tokens.ValidateToken(
+                    token_pb.ValidateTokenRequest(token=vended.token), metadata=key
+                )
 
             def webhook(i: int):
                 return credit.AddCredits(
@@ -163,11 +233,13 @@ async def run(quick: bool) -> str:
                     )
                 )
                 trips.append(await round_trips(service, "AddCredits (webhook)", webhook))
-    return render(results, trips, shim, rss_idle, rss_loaded, str(pg_version), quick)
+        limiter = await limiter_cost(server_url, scale)
+    return render(results, limiter, trips, shim, rss_idle, rss_loaded, str(pg_version), quick)
 
 
 def render(
     results: list[LoadResult],
+    limiter: list[LoadResult],
     trips: list[tuple[str, float]],
     shim: tuple[float, float],
     rss_idle: float,
@@ -184,16 +256,18 @@ def render(
         + f" on {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"PostgreSQL {pg_version}. The service runs in its own process; the load generator "
         "(Python grpc.aio, closed loop: each worker sends its next call when the last returns) "
-        "shares the same two cores, so throughput figures are a floor, not a ceiling.",
+        "shares the same two cores, so throughput figures are a floor, not a ceiling. As in "
+        "production, every gRPC call carries an API key and every rate limit is charged (at "
+        "rates the load never reaches); HTTP calls come from one address.",
         "",
-        "| Scenario | Concurrency | Calls | Errors | Calls/s | p50 ms | p95 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *_table(results),
+        "",
+        "Rate limiter cost per vend: the same vends against a fresh service with every limit on "
+        "(the per-user counter, and over HTTP the per-address one, charged inside the spend "
+        "statement) and one with every limit off:",
+        "",
+        *_table(limiter),
     ]
-    for r in results:
-        lines.append(
-            f"| {r.name} | {r.concurrency} | {r.calls} | {r.errors} | {r.throughput:,.0f} | "
-            f"{r.percentile(50):.2f} | {r.percentile(95):.2f} | {r.percentile(99):.2f} |"
-        )
     grpc_median, http_median = shim
     lines += [
         "",
@@ -216,6 +290,19 @@ def render(
             *(f"| {name} | {per_call:.2f} |" for name, per_call in trips),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _table(results: list[LoadResult]) -> list[str]:
+    lines = [
+        "| Scenario | Concurrency | Calls | Errors | Calls/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.concurrency} | {r.calls} | {r.errors} | {r.throughput:,.0f} | "
+            f"{r.percentile(50):.2f} | {r.percentile(95):.2f} | {r.percentile(99):.2f} |"
+        )
+    return lines
 
 
 def main() -> int:

@@ -57,7 +57,9 @@ async def postgres_server() -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def running_service(server_url: str) -> AsyncIterator[Service]:
+async def running_service(
+    server_url: str, settings: dict[str, str] | None = None
+) -> AsyncIterator[Service]:
     """Start the service on a scratch database in its own process; stop it on the way out."""
     async with scratch_database(server_url) as dsn:
         grpc_port, http_port = free_port(), free_port()
@@ -71,6 +73,7 @@ async def running_service(server_url: str) -> AsyncIterator[Service]:
             "PLUCT_LOG_LEVEL": "WARNING",
             "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'clients'}",
             **SECRETS,
+            **(settings or {}),
         }
         process = subprocess.Popen(  # noqa: ASYNC220 - start-up only, not on a hot path
             [sys.executable, "-m", "pluct_server", "serve"], env=env, stdin=subprocess.DEVNULL

@@ -15,7 +15,7 @@ import grpc
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from bench.harness import Service, postgres_server, running_service
+from bench.harness import SECRETS, Service, postgres_server, running_service
 
 WARM_UP = 200
 ROUNDS = 4  # the two ways alternate in rounds, so drift over the run hits both alike
@@ -48,11 +48,15 @@ async def measure(service: Service, calls: int) -> tuple[list[float], list[float
         aiohttp.ClientSession(service.http_base) as http,
     ):
         credit = credit_service_pb2_grpc.CreditServiceStub(channel)
-        await credit.CreateUser(credit_pb.CreateUserRequest(user_id=USER, initial_credits=7))
+        # The bootstrap admin secret: checked in memory, as a cached API key would be.
+        admin = (("authorization", f"Bearer {SECRETS['ADMIN_SECRET']}"),)
+        await credit.CreateUser(
+            credit_pb.CreateUserRequest(user_id=USER, initial_credits=7), metadata=admin
+        )
         request = credit_pb.GetBalanceRequest(user_id=USER)
 
         async def via_grpc() -> None:
-            reply = await credit.GetBalance(request)
+            reply = await credit.GetBalance(request, metadata=admin)
             assert reply.balance == 7
 
         async def via_http() -> None:

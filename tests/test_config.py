@@ -104,3 +104,118 @@ def test_dev_secrets_never_override_configured_ones(tmp_path):
 
     assert filled.jwt_secret == "mine"
     assert filled.admin_secret
+
+
+@pytest.mark.parametrize(
+    ("raw", "count", "period"),
+    [("0", 0, 1), ("5/second", 5, 1), ("30/minute", 30, 60), ("20/hour", 20, 3600)],
+)
+def test_rates_read_n_per_period_and_zero_is_off(raw, count, period):
+    settings = load_settings({"PLUCT_VEND_RATE": raw})
+
+    assert (settings.vend_rate.count, settings.vend_rate.period_seconds) == (count, period)
+    assert settings.vend_rate.off == (count == 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PLUCT_VEND_RATE", "5/day"),
+        ("PLUCT_HTTP_IP_RATE", "fast"),
+        ("PLUCT_SIGNUP_RATE", "-1/hour"),
+        ("PLUCT_AUTH_FAILURE_RATE", "10 per minute"),
+        ("PLUCT_TRUSTED_PROXIES", "10.0.0.0/8,not-a-network"),
+        ("PLUCT_REQUEST_ID_RETENTION", "forever"),
+        ("PLUCT_CALLER_AUTH", "nobody"),
+        ("PLUCT_REFLECTION", "maybe"),
+        ("PLUCT_TOKEN_ALG", "RS256"),
+        ("PLUCT_TLS_CERT_FILE", "/nonexistent/cert.pem"),
+    ],
+)
+def test_invalid_abuse_settings_name_the_variable(name, value):
+    with pytest.raises(ConfigError) as raised:
+        load_settings({name: value})
+
+    assert str(raised.value).startswith(name)
+
+
+def test_defaults_are_keys_and_every_limit_on():
+    settings = load_settings({})
+
+    assert settings.caller_auth == "keys" and settings.reflection
+    assert not any(
+        rate.off
+        for rate in (
+            settings.vend_rate,
+            settings.http_ip_rate,
+            settings.signup_rate,
+            settings.auth_failure_rate,
+        )
+    )
+    assert settings.request_id_retention == timedelta(hours=24)
+    assert settings.token_algorithm == "HS256"
+
+
+@pytest.mark.parametrize("name", ["JWT_SECRET", "WEBHOOK_SECRET"])
+def test_every_secret_of_a_rotation_list_must_be_strong(name):
+    environ = {"DATABASE_URL": "postgresql://db/pluct", **STRONG}
+    environ[name] = f"{STRONG[name]},weak-one"
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ)
+
+    assert name in str(raised.value) and "weak-one" not in str(raised.value)
+
+
+def test_a_rotation_list_of_strong_secrets_is_split_first_one_first():
+    second = "abcdefghijklmnopqrstuvwxyz0123456789-older"
+    environ = {"DATABASE_URL": "postgresql://db/pluct", **STRONG}
+    environ["JWT_SECRET"] = f"{STRONG['JWT_SECRET']}, {second}"
+
+    settings = load_settings(environ)
+
+    assert settings.jwt_secrets == (STRONG["JWT_SECRET"], second)
+
+
+def test_production_eddsa_needs_a_key_folder_and_an_active_kid(tmp_path):
+    environ = {"DATABASE_URL": "postgresql://db/pluct", **STRONG, "PLUCT_TOKEN_ALG": "EdDSA"}
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ)
+    assert str(raised.value).startswith("PLUCT_TOKEN_KEYS_DIR")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**environ, "PLUCT_TOKEN_KEYS_DIR": str(tmp_path)})
+    assert str(raised.value).startswith("PLUCT_TOKEN_ACTIVE_KID")
+
+
+def test_dev_mode_eddsa_makes_its_own_key_once(tmp_path):
+    settings = load_settings({"PLUCT_DATA_DIR": str(tmp_path), "PLUCT_TOKEN_ALG": "EdDSA"})
+
+    first, _ = with_dev_secrets(settings)
+    again, _ = with_dev_secrets(settings)
+
+    assert first.token_keys_dir == again.token_keys_dir == tmp_path / "token-keys"
+    assert first.token_active_kid == again.token_active_kid == "dev-1"
+    [key] = (tmp_path / "token-keys").glob("*.pem")
+    assert key.stat().st_mode & 0o077 == 0
+
+
+def test_dev_mode_makes_an_api_key_once_and_prints_it_with_the_secrets(tmp_path):
+    settings = load_settings({"PLUCT_DATA_DIR": str(tmp_path)})
+
+    first, note = with_dev_secrets(settings)
+    again, second_note = with_dev_secrets(settings)
+
+    assert first.dev_api_key and first.dev_api_key == again.dev_api_key
+    assert note is not None and first.dev_api_key in note and second_note is None
+
+
+def test_tls_needs_both_files_and_client_ca_needs_tls(tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+
+    with pytest.raises(ConfigError):
+        load_settings({"PLUCT_TLS_CERT_FILE": str(cert)})
+    with pytest.raises(ConfigError):
+        load_settings({"PLUCT_TLS_CLIENT_CA_FILE": str(cert)})
