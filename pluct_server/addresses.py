@@ -46,3 +46,11 @@ def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Netwo
             address = _address(hop)
             return str(address) if address is not None else UNKNOWN
     return hops[0] if hops else peer
+
+
+def limit_subject(address: str) -> str:
+    """Return what limits count an address as: IPv6 by its /64, which one customer holds whole."""
+    parsed = _address(address)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from pluct.api.v1 import auth_pb2
 
-from pluct_server.api_keys import ApiKeys
+from pluct_server.addresses import limit_subject
+from pluct_server.api_keys import ApiKeys, key_id_of
 from pluct_server.callers import (
     ADMIN,
     ADMIN_SECRET_ID,
@@ -42,8 +43,8 @@ class Presented:
 
     authorization: str | None = None
     webhook_secret: str | None = None
-    # Set by the HTTP shim, and only by it, after it checked a Pluct-Signature.
-    webhook_signature: bool = False
+    # The digest of a Pluct-Signature the HTTP shim, and only it, checked.
+    webhook_signature: str | None = None
 
     @property
     def any(self) -> bool:
@@ -51,7 +52,7 @@ class Presented:
         return (
             self.authorization is not None
             or self.webhook_secret is not None
-            or self.webhook_signature
+            or self.webhook_signature is not None
         )
 
 
@@ -118,16 +119,18 @@ class Authenticator:
     async def _identify(
         self, method: str, rule: AccessRule, presented: Presented, address: str, via_http: bool
     ) -> Caller:
-        # The credential the method is about wins: the payment route reads x-webhook-secret
-        # first, as it always did, whatever else a caller (or its HTTP library) sends along.
+        # The credential the method is about wins: the payment route takes a checked signature,
+        # then x-webhook-secret as it always did, whatever else a caller's library sends along.
+        if presented.webhook_signature is not None:
+            return Caller(
+                WEBHOOK_ID, WEBHOOK_SCOPES, address, via_http, signature=presented.webhook_signature
+            )
         if presented.webhook_secret is not None and (
             rule.scope == PAYMENTS or presented.authorization is None
         ):
             return await self._webhook_caller(method, presented.webhook_secret, address, via_http)
         if presented.authorization is not None:
             return await self._bearer_caller(method, presented.authorization, address, via_http)
-        if presented.webhook_signature:
-            return Caller(WEBHOOK_ID, WEBHOOK_SCOPES, address, via_http)
         return Caller(ANONYMOUS_ID, frozenset(), address, via_http)
 
     async def _bearer_caller(
@@ -142,7 +145,9 @@ class Authenticator:
             return Caller(ADMIN_SECRET_ID, frozenset({ADMIN}), address, via_http)
         record = await self._keys.identify(token)
         if record is None:
-            await self._failed(method, address, "unknown or revoked API key")
+            # The id a secret claims is no secret (16 hex digits), and names the key to chase.
+            claimed = key_id_of(token) or "-"
+            await self._failed(method, address, "unknown or revoked API key", key_id=claimed)
             raise Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS")
         return Caller(record.key_id, record.scopes, address, via_http)
 
@@ -165,14 +170,14 @@ class Authenticator:
             return limited
         return Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS")
 
-    async def _failed(self, method: str, address: str, why: str) -> None:
+    async def _failed(self, method: str, address: str, why: str, key_id: str = "-") -> None:
         """Log and count one failed authentication; raise RateLimited once the address is over."""
-        self._log_refusal(method, address, "-", why)
+        self._log_refusal(method, address, key_id, why)
         charges = self._limiter.charges((AUTH_FAILURE, address))
         try:
             await self._limiter.charge(charges)
         except RateLimited as limited:
-            self._blocked[address] = time.monotonic() + limited.retry_after_seconds
+            self._blocked[limit_subject(address)] = time.monotonic() + limited.retry_after_seconds
             raise
 
     async def forget_old_blocks(self) -> None:
@@ -181,16 +186,17 @@ class Authenticator:
         self._blocked = {address: until for address, until in self._blocked.items() if until > now}
 
     def _is_blocked(self, address: str) -> bool:
-        until = self._blocked.get(address)
+        subject = limit_subject(address)
+        until = self._blocked.get(subject)
         if until is None:
             return False
         if until <= time.monotonic():
-            del self._blocked[address]
+            del self._blocked[subject]
             return False
         return True
 
     def _block_seconds(self, address: str) -> int:
-        return max(1, round(self._blocked.get(address, 0.0) - time.monotonic()))
+        return max(1, round(self._blocked.get(limit_subject(address), 0.0) - time.monotonic()))
 
     @staticmethod
     def _log_refusal(method: str, address: str, key_id: str, reason: str) -> None:

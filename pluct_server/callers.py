@@ -82,6 +82,8 @@ class Caller:
     via_http: bool = False
     # Limit charges the call still owes, paid inside its own database statement (see limits.py).
     deferred_charges: tuple[Charge, ...] = field(default=(), compare=False)
+    # The digest of the Pluct-Signature that proved a webhook call, bound to one payment.
+    signature: str | None = None
 
     def may(self, scope: str) -> bool:
         """Tell whether this caller holds `scope`; admin holds every scope but payments'."""

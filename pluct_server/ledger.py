@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import unicodedata
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pluct_server.callers import Caller
+from pluct_server.callers import ANONYMOUS_ID, Caller
 from pluct_server.errors import (
     AlreadyExists,
     InsufficientCredits,
@@ -18,7 +18,9 @@ from pluct_server.errors import (
     RequestIdReused,
     Unauthenticated,
 )
-from pluct_server.limits import Charge, retry_after_seconds
+from pluct_server.limits import SIGNUP as LIMIT_SIGNUP
+from pluct_server.limits import VEND as LIMIT_VEND
+from pluct_server.limits import Limiter, retry_after_seconds
 from pluct_server.models import (
     EntryType,
     PriorRequest,
@@ -37,6 +39,9 @@ from pluct_server.pagination import (
 )
 from pluct_server.store.database import RateLimitExceeded
 from pluct_server.store.ledger_store import LedgerStore, RequestKeyTaken, UserExists
+from pluct_server.webhooks import TOLERANCE_SECONDS
+
+_LOGGER = logging.getLogger(__name__)
 
 USER_ID_MAX_CHARS = 100
 CREDIT_AMOUNT_MIN = 1
@@ -144,6 +149,10 @@ CREATE_USER = "create_user"
 PAYMENT = "payment"
 ADMIN_GRANT = "admin_grant"
 VEND = "vend"
+SIGNATURE = "webhook_signature"
+# A signature is only valid within its time window, so it need be remembered little longer.
+SIGNATURE_MEMORY = timedelta(seconds=2 * TOLERANCE_SECONDS + 60)
+SIGNED_PAYMENT_PREFIX = "sig:"
 
 
 class Ledger:
@@ -152,10 +161,12 @@ class Ledger:
     def __init__(
         self,
         store: LedgerStore,
+        limiter: Limiter,
         signup_allowance: int,
         request_id_retention: timedelta = timedelta(hours=24),
     ) -> None:
         self._store = store
+        self._limiter = limiter
         self._signup_allowance = signup_allowance
         self._retention = request_id_retention
 
@@ -188,6 +199,10 @@ class Ledger:
                 "requires the admin token",
                 reason="ADMIN_TOKEN_REQUIRED",
             )
+        if caller.id == ANONYMOUS_ID:
+            # Strangers get free credits with every user, so their sign-ups are counted by
+            # address; a key holder is accountable, and revocable, instead.
+            await self._limiter.charge(self._limiter.charges((LIMIT_SIGNUP, caller.address)))
         # Fingerprints keep the shape they had before ids were scoped, so old ids still match.
         key = self._key(caller, CREATE_USER, request_id, "create_user", user_id, initial_credits)
         for _ in range(2):
@@ -210,9 +225,39 @@ class Ledger:
 
     async def add_payment(self, user_id: str, amount: int, request_id: str, caller: Caller) -> int:
         """Credit a payment reported by the payment provider; return the new balance."""
+        if caller.signature is not None:
+            # A signed call without an event id is known by its signature, so a replay of the
+            # same bytes finds the first credit instead of making a second one.
+            request_id = request_id or f"{SIGNED_PAYMENT_PREFIX}{caller.signature}"
+            check_user_id(user_id)
+            await self._bind_signature(user_id, caller, caller.signature, request_id)
         return await self._credit(
             user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, request_id, caller, PAYMENT
         )
+
+    async def _bind_signature(
+        self, user_id: str, caller: Caller, signature: str, payment_id: str
+    ) -> None:
+        """Bind a webhook signature to one payment id, or refuse it as a replay of another.
+
+        The event id travels outside the signed bytes (the Idempotency-Key header), so whoever
+        captured a signed call could resend it under a new id within the signature's window.
+        """
+        key = RequestKey(
+            caller.id, SIGNATURE, signature, _fingerprint(payment_id), SIGNATURE_MEMORY
+        )
+        try:
+            await self._store.claim_request_key(user_id, key)
+        except RequestKeyTaken:
+            prior = await self._store.prior_request(user_id, key)
+            if prior is not None and not prior.expired and prior.fingerprint != key.fingerprint:
+                _LOGGER.warning(
+                    "authentication refused: address=%s method=payment key_id=%s "
+                    "reason=webhook signature replayed with another event id",
+                    caller.address,
+                    caller.id,
+                )
+                raise Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS") from None
 
     async def add_admin_grant(
         self, user_id: str, amount: int, reason: str | None, request_id: str, caller: Caller
@@ -250,37 +295,46 @@ class Ledger:
                     return prior.balance_after
         raise RequestIdReused()
 
-    async def spend_for_token(
-        self, claims: TokenClaims, request_id: str, caller: Caller, charges: Sequence[Charge] = ()
-    ) -> Spend:
-        """Spend one credit for a token, charging `charges` in the same statement.
+    async def spend_for_token(self, claims: TokenClaims, request_id: str, caller: Caller) -> Spend:
+        """Spend one credit for a token; a retry with the same request id spends nothing more.
 
-        A retry with the same request id returns the first spend's claims and charges nothing.
+        The per-user vend limit, and what the caller's route owes (caller.deferred_charges), are
+        charged in the spend's own statement; when no statement commits them (a bad user id, a
+        replay, a refusal by the other limit), the owed charges are paid on their own, so a
+        vend is never free of the per-address limit.
         """
-        check_user_id(claims.user_id)
-        key = self._key(caller, VEND, request_id, "spend", claims.user_id)
-        for _ in range(2):
-            try:
-                balance = await self._store.spend_one(claims, caller.id, key, charges)
-            except RateLimitExceeded:
-                # A retry of a vend that went through must still get its token back.
+        owed = caller.deferred_charges
+        committed = False
+        try:
+            check_user_id(claims.user_id)
+            key = self._key(caller, VEND, request_id, "spend", claims.user_id)
+            charges = tuple(sorted((*owed, *self._limiter.charges((LIMIT_VEND, claims.user_id)))))
+            for _ in range(2):
+                try:
+                    balance = await self._store.spend_one(claims, caller.id, key, charges)
+                except RateLimitExceeded:
+                    # A retry of a vend that went through must still get its token back.
+                    replayed = await self._replayed_spend(claims.user_id, key)
+                    if replayed is not None:
+                        return replayed
+                    raise RateLimited(retry_after_seconds(charges)) from None
+                except RequestKeyTaken:
+                    replayed = await self._replayed_spend(claims.user_id, key)
+                    if replayed is not None:
+                        return replayed
+                    continue  # the key had expired and is forgotten now: spend afresh
+                committed = True
+                if balance is not None:
+                    return Spend(claims=claims, balance_after=balance)
+                # A retry of a vend that took the last credit must still get its token back.
                 replayed = await self._replayed_spend(claims.user_id, key)
-                if replayed is not None:
-                    return replayed
-                raise RateLimited(retry_after_seconds(charges)) from None
-            except RequestKeyTaken:
-                replayed = await self._replayed_spend(claims.user_id, key)
-                if replayed is not None:
-                    return replayed
-                continue  # the key had expired and is forgotten now: spend afresh
-            if balance is not None:
-                return Spend(claims=claims, balance_after=balance)
-            # A retry of a vend that took the last credit must still get its token back.
-            replayed = await self._replayed_spend(claims.user_id, key)
-            if replayed is None:
-                raise InsufficientCredits()
-            return replayed
-        raise RequestIdReused()
+                if replayed is None:
+                    raise InsufficientCredits()
+                return replayed
+            raise RequestIdReused()
+        finally:
+            if owed and not committed:
+                await self._limiter.charge(owed)
 
     async def _replayed_spend(self, user_id: str, key: RequestKey | None) -> Spend | None:
         """Return the spend an earlier request with this key made, None if there is none."""

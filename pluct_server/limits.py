@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pluct_server.addresses import limit_subject
 from pluct_server.config import Rate
 from pluct_server.errors import RateLimited, Unavailable
 from pluct_server.store.limit_store import LimitStore
@@ -18,6 +19,8 @@ VEND = "vend"
 HTTP = "http"
 SIGNUP = "signup"
 AUTH_FAILURE = "auth-failure"
+# Buckets counted per client address rather than per user.
+_ADDRESS_BUCKETS = frozenset({HTTP, SIGNUP, AUTH_FAILURE})
 
 
 @dataclass(frozen=True, order=True)
@@ -63,7 +66,11 @@ class Limiter:
     def charge_for(self, bucket: str, subject: str) -> Charge | None:
         """Return one event in `bucket` for `subject`, or None while that limit is off."""
         rate = self._rates[bucket]
-        return None if rate.off else Charge(subject, bucket, rate)
+        if rate.off:
+            return None
+        if bucket in _ADDRESS_BUCKETS:
+            subject = limit_subject(subject)
+        return Charge(subject, bucket, rate)
 
     def charges(self, *wanted: tuple[str, str]) -> tuple[Charge, ...]:
         """Return the charges of (bucket, subject) events whose limits are on, in lock order."""

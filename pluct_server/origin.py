@@ -39,8 +39,9 @@ def call_origin(
     metadata: Metadata, peer: str, gateway_token: str, trusted_proxies: Sequence[Network]
 ) -> Origin:
     """Read a call's metadata once and tell where it came from."""
-    authorization = webhook = token = address = forwarded = None
-    signature = deferred = False
+    authorization = webhook = token = address = signature = None
+    forwarded: list[str] = []
+    deferred = False
     for key, raw in metadata:
         if key == AUTHORIZATION_HEADER:
             authorization = _text(raw)
@@ -51,11 +52,11 @@ def call_origin(
         elif key == GATEWAY_CLIENT_ADDRESS:
             address = _text(raw)
         elif key == GATEWAY_WEBHOOK_SIGNATURE:
-            signature = True
+            signature = _text(raw)
         elif key == GATEWAY_DEFERRED_HTTP_CHARGE:
             deferred = True
         elif key == FORWARDED_FOR:
-            forwarded = _text(raw)
+            forwarded.append(_text(raw))  # every entry: a proxy appends after a forged one
     via_http = token is not None and hmac.compare_digest(token.encode(), gateway_token.encode())
     if via_http:
         return Origin(
@@ -64,17 +65,21 @@ def call_origin(
             via_http=True,
             deferred_http_charge=deferred,
         )
-    host = client_address(peer_host(peer), forwarded, trusted_proxies)
+    host = client_address(peer_host(peer), ",".join(forwarded), trusted_proxies)
     return Origin(Presented(authorization, webhook), host)
 
 
 def gateway_metadata(
-    gateway_token: str, address: str, *, webhook_signature: bool, deferred_http_charge: bool
+    gateway_token: str,
+    address: str,
+    *,
+    webhook_signature: str | None,
+    deferred_http_charge: bool,
 ) -> tuple[tuple[str, str], ...]:
     """Return what the shim adds to a call it makes for an HTTP client."""
     metadata = [(GATEWAY_TOKEN, gateway_token), (GATEWAY_CLIENT_ADDRESS, address)]
-    if webhook_signature:
-        metadata.append((GATEWAY_WEBHOOK_SIGNATURE, "verified"))
+    if webhook_signature is not None:
+        metadata.append((GATEWAY_WEBHOOK_SIGNATURE, webhook_signature))
     if deferred_http_charge:
         metadata.append((GATEWAY_DEFERRED_HTTP_CHARGE, "1"))
     return tuple(metadata)

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pluct_server.errors import InvalidArgument
@@ -75,9 +75,13 @@ def time_and_name_position(
         raise _not_ours()
     try:
         moment = datetime.fromisoformat(position[0])
-    except ValueError:
+        # Tokens we issue carry an offset; anything else was made by hand. In UTC, as the
+        # database compares it, a forged "0001-01-01T00:00:00+14:00" overflows.
+        if moment.tzinfo is None:
+            raise ValueError(position[0])
+        moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise _not_ours() from None
-    # Tokens we issue carry an offset and a real name; anything else was made by hand.
-    if moment.tzinfo is None or not name_is_valid(position[1]):
+    if not name_is_valid(position[1]):
         raise _not_ours()
     return moment, position[1]

@@ -138,7 +138,10 @@ class PluctServer:
             legacy_webhook_secret=settings.webhook_legacy_secret,
         )
         ledger = Ledger(
-            LedgerStore(self.database), settings.signup_allowance, settings.request_id_retention
+            LedgerStore(self.database),
+            limiter,
+            settings.signup_allowance,
+            settings.request_id_retention,
         )
         maintenance = Maintenance(
             refreshers=[self.api_keys.refresh, self.revocations.refresh],
@@ -152,7 +155,7 @@ class PluctServer:
         )
         await maintenance.refresh_now()
         signer = token_keys(settings, self.revocations)
-        vendor = TokenVendor(ledger, signer, settings.token_ttl, limiter)
+        vendor = TokenVendor(ledger, signer, settings.token_ttl)
         rules = access_rules(SERVICES)
         gateway_token = secrets.token_urlsafe(32)
 

@@ -8,7 +8,6 @@ from uuid import uuid4
 
 from pluct_server.callers import Caller
 from pluct_server.ledger import Ledger
-from pluct_server.limits import VEND, Limiter
 from pluct_server.models import TokenClaims
 from pluct_server.tokens import TokenSigner
 
@@ -25,13 +24,10 @@ class VendedToken:
 class TokenVendor:
     """Charges one credit per token and signs the token the ledger recorded."""
 
-    def __init__(
-        self, ledger: Ledger, signer: TokenSigner, ttl: timedelta, limiter: Limiter
-    ) -> None:
+    def __init__(self, ledger: Ledger, signer: TokenSigner, ttl: timedelta) -> None:
         self._ledger = ledger
         self._signer = signer
         self._ttl = ttl
-        self._limiter = limiter
 
     async def vend(self, user_id: str, request_id: str, caller: Caller) -> VendedToken:
         """Spend one credit of `user_id` and return the token it bought."""
@@ -40,9 +36,7 @@ class TokenVendor:
         claims = TokenClaims(
             user_id=user_id, token_id=uuid4(), issued_at=now, expires_at=now + self._ttl
         )
-        # The per-user limit, and whatever the caller's route deferred, in the spend's statement.
-        charges = tuple(sorted((*caller.deferred_charges, *self._limiter.charges((VEND, user_id)))))
-        spend = await self._ledger.spend_for_token(claims, request_id, caller, charges)
+        spend = await self._ledger.spend_for_token(claims, request_id, caller)
         return VendedToken(
             token=self._signer.sign(spend.claims),
             claims=spend.claims,

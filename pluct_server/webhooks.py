@@ -10,7 +10,7 @@ from dataclasses import dataclass
 SIGNATURE_HEADER = "Pluct-Signature"
 SCHEME = "v1"
 # A signature older (or newer) than this is refused, so a captured request cannot be replayed
-# later; the event id then covers retries within the window.
+# later; within the window each signature is bound to one payment id (see Ledger.add_payment).
 TOLERANCE_SECONDS = 300
 _MAX_HEADER_CHARS = 1024
 _HEX_DIGEST_CHARS = 64
@@ -44,7 +44,9 @@ def parse(header: str) -> Signature:
         if not sep:
             raise BadSignature("signature header is not a list of name=value")
         if name == "t":
-            if timestamp is not None or not value.isdigit() or len(value) > 12:
+            # isascii too: a superscript two is a digit to Python but no number to int().
+            whole = value.isascii() and value.isdigit() and len(value) <= 12
+            if timestamp is not None or not whole:
                 raise BadSignature("signature timestamp is not unix seconds")
             timestamp = int(value)
         elif name == SCHEME:
@@ -57,20 +59,25 @@ def parse(header: str) -> Signature:
 
 def verify(
     header: str, body: bytes, secrets: Sequence[str], now: float, tolerance: int = TOLERANCE_SECONDS
-) -> None:
-    """Raise BadSignature unless `header` signs `body` with one of `secrets` within `tolerance`."""
+) -> str:
+    """Return the digest of `header` that signs `body` with one of `secrets` within `tolerance`.
+
+    Raises BadSignature when none does.
+    """
     signature = parse(header)
     check_time(signature, now, tolerance)
     expected = [_digest(body, secret, signature.timestamp) for secret in secrets if secret]
     # Every pair is compared, in constant time each, so timing tells nothing about which matched.
-    matched = False
+    matched = ""
     for digest in signature.digests:
         if len(digest) != _HEX_DIGEST_CHARS:
             continue
         for candidate in expected:
-            matched |= hmac.compare_digest(digest.encode(), candidate.encode())
+            if hmac.compare_digest(digest.encode(), candidate.encode()):
+                matched = digest
     if not matched:
         raise BadSignature("signature matches no webhook secret")
+    return matched
 
 
 def check_time(signature: Signature, now: float, tolerance: int = TOLERANCE_SECONDS) -> None:

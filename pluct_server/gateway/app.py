@@ -9,10 +9,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from google.protobuf.message import Message
 from pluct.api.v1 import auth_pb2
 
 from pluct_server import webhooks
@@ -39,7 +40,7 @@ from pluct_server.gateway.transcode import (
     parse_json_body,
     split_path,
 )
-from pluct_server.limits import HTTP, SIGNUP, Limiter
+from pluct_server.limits import HTTP, Limiter
 from pluct_server.origin import gateway_metadata
 from pluct_server.webhooks import SIGNATURE_HEADER
 
@@ -93,8 +94,6 @@ _ADMIN_PREFIX_RULE = AccessRule(ADMIN, auth_pb2.CALLER_AUTH_ADMIN)
 # Routes whose RPC charges the per-address limit inside its own statement, so that a vend stays
 # one database round trip; every other route pays it in a statement of its own first.
 _FOLDS_ADDRESS_CHARGE = frozenset({"tokens:vend"})
-# Routes that create users, and so also count against the per-address signup limit.
-_SIGNUP_SCOPE = "users:create"
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,8 @@ class ShimHandler:
             metadata = forwarded_metadata(request.headers)
             address = client_address(
                 request.remote or UNKNOWN,
-                request.headers.get("X-Forwarded-For"),
+                # Every line of it: a proxy may add its own line after the client's forged one.
+                ",".join(request.headers.getall("X-Forwarded-For", ())),
                 self._guards.trusted_proxies,
             )
             presented = _presented(metadata)
@@ -179,33 +179,17 @@ class ShimHandler:
             rule = self._guards.rules[route.rpc.path]
             deferred = rule.scope in _FOLDS_ADDRESS_CHARGE
             if not bearer and not deferred:
-                await self._charge_address(address, signup=rule.scope == _SIGNUP_SCOPE)
-            signed = request.headers.get(SIGNATURE_HEADER)
-            body = None
-            if signed is not None and rule.legacy == auth_pb2.CALLER_AUTH_WEBHOOK:
-                # The signature covers the raw body, so the body is read before it is checked,
-                # but only once the header's time window holds.
-                await self._check_signature_time(route.rpc.path, signed, address)
-                raw = await self._read_body(request)
-                await self._check_signature(route.rpc.path, signed, raw, address)
-                presented = replace(presented, webhook_signature=True)
-                await self._admit(route.rpc.path, rule, presented, address)
-                body = parse_json_body(raw) if route.rpc.body else None
-            else:
-                if not bearer:
-                    # The secret is checked before the body is read, so strangers cannot make
-                    # us read.
-                    await self._admit(route.rpc.path, rule, presented, address)
-                if route.rpc.body:
-                    body = parse_json_body(await self._read_body(request))
+                await self._charge_address(address)
+            try:
+                message, presented = await self._request_message(
+                    request, route, variables, rule, presented, address, checked=bearer
+                )
+            except (CallError, HttpProblem):
+                if deferred:
+                    # Refused before its statement could count it: count it here.
+                    await self._charge_address(address)
+                raise
             bearer = bearer or route.rpc.caller_auth == auth_pb2.CALLER_AUTH_ADMIN
-            message = self._transcoder.request(
-                route,
-                variables,
-                request.rel_url.raw_query_string,
-                body,
-                request.headers.get(IDEMPOTENCY_HEADER),
-            )
             metadata += gateway_metadata(
                 self._guards.gateway_token,
                 address,
@@ -246,6 +230,45 @@ class ShimHandler:
             )
             return problem_response(HttpProblem(500, "internal error", "INTERNAL"))
 
+    async def _request_message(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        variables: Mapping[str, str],
+        rule: AccessRule,
+        presented: Presented,
+        address: str,
+        *,
+        checked: bool,
+    ) -> tuple[Message, Presented]:
+        """Check the caller, read the body and build the request message, in that order."""
+        assert route.rpc is not None
+        signed = request.headers.get(SIGNATURE_HEADER)
+        body = None
+        if signed is not None and rule.legacy == auth_pb2.CALLER_AUTH_WEBHOOK:
+            # The signature covers the raw body, so the body is read before it is checked, but
+            # only once the header's time window holds.
+            await self._check_signature_time(route.rpc.path, signed, address)
+            raw = await self._read_body(request)
+            digest = await self._check_signature(route.rpc.path, signed, raw, address)
+            presented = replace(presented, webhook_signature=digest)
+            await self._admit(route.rpc.path, rule, presented, address)
+            body = parse_json_body(raw) if route.rpc.body else None
+        else:
+            if not checked:
+                # The secret is checked before the body is read, so strangers cannot make us read.
+                await self._admit(route.rpc.path, rule, presented, address)
+            if route.rpc.body:
+                body = parse_json_body(await self._read_body(request))
+        message = self._transcoder.request(
+            route,
+            variables,
+            request.rel_url.raw_query_string,
+            body,
+            request.headers.get(IDEMPOTENCY_HEADER),
+        )
+        return message, presented
+
     async def _admit(
         self, method: str, rule: AccessRule, presented: Presented, address: str
     ) -> None:
@@ -254,11 +277,10 @@ class ShimHandler:
         except DomainError as error:
             raise CallError.from_domain(error) from None
 
-    async def _charge_address(self, address: str, *, signup: bool = False) -> None:
+    async def _charge_address(self, address: str) -> None:
         limiter = self._guards.limiter
-        wanted = [(HTTP, address)] + ([(SIGNUP, address)] if signup else [])
         try:
-            await limiter.charge(limiter.charges(*wanted))
+            await limiter.charge(limiter.charges((HTTP, address)))
         except DomainError as error:
             raise CallError.from_domain(error) from None
 
@@ -268,13 +290,13 @@ class ShimHandler:
         except webhooks.BadSignature as bad:
             await self._refuse_signature(method, address, str(bad))
 
-    async def _check_signature(self, method: str, header: str, raw: bytes, address: str) -> None:
+    async def _check_signature(self, method: str, header: str, raw: bytes, address: str) -> str:
         try:
-            webhooks.verify(header, raw, self._guards.webhook_secrets, time.time())
+            return webhooks.verify(header, raw, self._guards.webhook_secrets, time.time())
         except webhooks.BadSignature as bad:
             await self._refuse_signature(method, address, str(bad))
 
-    async def _refuse_signature(self, method: str, address: str, why: str) -> None:
+    async def _refuse_signature(self, method: str, address: str, why: str) -> NoReturn:
         error = await self._guards.authenticator.failed(method, address, why)
         raise CallError.from_domain(error)
 

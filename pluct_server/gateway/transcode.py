@@ -113,11 +113,19 @@ class Transcoder:
         message = message_factory.GetMessageClass(descriptor)()
         bound = set(variables)
         if route.rpc.body == "*":
+            from_body: set[str] = set()
             for key, value in (body or {}).items():
                 field = _field_named(descriptor, key)
                 # Unknown keys are ignored, as the legacy engine ignored them.
-                if field is not None and field.name not in bound:
-                    _set_from_json(message, field, value, key)
+                if field is None or field.name in bound:
+                    continue
+                if field.name in from_body:
+                    # userId and user_id both: the duplicate-key smuggling, in two spellings.
+                    raise CallError.invalid(
+                        f"Request body names {field.json_name!r} more than once"
+                    )
+                from_body.add(field.name)
+                _set_from_json(message, field, value, key)
             bound.update(f.name for f in descriptor.fields)
         elif route.rpc.body:
             field = descriptor.fields_by_name[route.rpc.body]
