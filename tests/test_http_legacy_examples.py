@@ -7,8 +7,15 @@ import shutil
 import jwt
 import pytest
 
+from pluct_server.config import Settings
 from tests.http_support import curl_argv, parse_curl, run_curl, run_without_curl
-from tests.support import ADMIN_SECRET, JWT_SECRET, WEBHOOK_SECRET
+from tests.support import (
+    ADMIN_SECRET,
+    JWT_SECRET,
+    WEBHOOK_SECRET,
+    running_server,
+    settings_for_test,
+)
 
 # Copied verbatim from the contract; only the port is changed, to the test server's.
 LEGACY_CALLS = r"""
@@ -42,10 +49,30 @@ def runner(request):
 
 
 async def test_the_legacy_readme_calls_work_unchanged(server, runner):
+    await check_legacy_calls(server.http_port, runner)
+
+
+async def test_the_legacy_calls_work_under_the_default_limits(database_dsn, tmp_path):
+    # Production's limits, as a fresh deployment has them: the contract's callers never see one.
+    defaults = Settings(database_url=None, admin_secret="", jwt_secret="", webhook_secret="")
+    limited = settings_for_test(
+        tmp_path,
+        vend_rate=defaults.vend_rate,
+        http_ip_rate=defaults.http_ip_rate,
+        signup_rate=defaults.signup_rate,
+        auth_failure_rate=defaults.auth_failure_rate,
+    )
+    assert not limited.vend_rate.off and not limited.http_ip_rate.off
+    async with running_server(limited, database_dsn) as server:
+        await check_legacy_calls(server.http_port, "aiohttp")
+
+
+async def check_legacy_calls(port: int, runner: str) -> None:
+    """Run the contract's nine calls in order against the shim on `port`, and check each answer."""
     results = []
     token = ""
     for command in commands():
-        argv = curl_argv(command.replace("<the JWT from vend-token>", token), server.http_port, ENV)
+        argv = curl_argv(command.replace("<the JWT from vend-token>", token), port, ENV)
         if runner == "aiohttp":
             status, body = await run_without_curl(parse_curl(argv))
         else:
@@ -55,8 +82,8 @@ async def test_the_legacy_readme_calls_work_unchanged(server, runner):
             token = body["token"]
 
     created, balance, added, vended, validated, users, transactions, granted, health = results
-    # The two parametrizations share one database, and the README always uses user123.
-    if runner == "curl" or created[0] == 200:
+    # The runs share one database, and the README always uses user123.
+    if created[0] == 200:
         assert created == (
             200,
             {
