@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from pluct.admin.v1 import admin_service_pb2_grpc
@@ -127,6 +128,16 @@ async def own_postgres(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
 def user_id() -> str:
     """A user id no other test uses."""
     return new_user_id()
+
+
+@pytest.fixture(scope="module")
+async def db(database_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the shared test database, to read what really changed."""
+    connection = await asyncpg.connect(database_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import os
 import secrets
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -194,3 +195,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def ledger_of(dsn: str, user_id: str) -> tuple[int | None, Counter[str]]:
+    """Return the user's balance (None: no such user) and its ledger rows by type."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        balance = await conn.fetchval("SELECT balance FROM users WHERE user_id = $1", user_id)
+        rows = await conn.fetch("SELECT type FROM ledger WHERE user_id = $1", user_id)
+    finally:
+        await conn.close()
+    return balance, Counter(row["type"] for row in rows)

@@ -11,12 +11,11 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
-import asyncpg
 import grpc
 import jwt
 import pytest
@@ -73,16 +72,6 @@ HTTP_BAD_USER_ID = {
 
 
 # ---- Plumbing ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def db(database_dsn: str) -> AsyncIterator[Any]:
-    """A connection to the shared test database, to read what really changed."""
-    connection = await asyncpg.connect(database_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 class Stubs:

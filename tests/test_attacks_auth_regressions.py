@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import asyncpg
 import grpc
 import pytest
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
@@ -28,16 +26,6 @@ from tests.test_attacks_auth import (
 )
 
 pytestmark = pytest.mark.usefixtures("database_dsn")
-
-
-@pytest.fixture(scope="module")
-async def db(database_dsn: str) -> AsyncIterator[Any]:
-    """A connection to the shared test database, to read what really changed."""
-    connection = await asyncpg.connect(database_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 @pytest.fixture

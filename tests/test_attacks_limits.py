@@ -45,6 +45,7 @@ from tests.support import (
     external_database_url,
     free_port,
     ledger_mismatches,
+    ledger_of,
     new_request_id,
     new_user_id,
     running_server,
@@ -150,17 +151,6 @@ def assert_too_many(reply: Reply) -> None:
     assert reply.body["code"] == 429
     retry_after = reply.headers.get("Retry-After", "")
     assert retry_after.isdigit() and int(retry_after) >= 1, reply.headers
-
-
-async def ledger_of(dsn: str, user_id: str) -> tuple[int | None, Counter[str]]:
-    """Return the user's balance (None: no such user) and its ledger rows by type."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        balance = await conn.fetchval("SELECT balance FROM users WHERE user_id = $1", user_id)
-        rows = await conn.fetch("SELECT type FROM ledger WHERE user_id = $1", user_id)
-    finally:
-        await conn.close()
-    return balance, Counter(row["type"] for row in rows)
 
 
 async def users_that_exist(dsn: str, user_ids: Iterable[str]) -> set[str]:

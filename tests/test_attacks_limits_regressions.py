@@ -18,14 +18,13 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct_server import webhooks
 from pluct_server.config import Rate
 from tests.http_support import HANG_GUARD_SECONDS, call, http_client, raw_connection, read_reply
-from tests.support import DefaultKey, caller_key, new_request_id, new_user_id
+from tests.support import DefaultKey, caller_key, ledger_of, new_request_id, new_user_id
 from tests.test_attacks_limits import (
     HOUR,
     assert_rate_limited,
     assert_too_many,
     create_user,
     grpc_via,
-    ledger_of,
     limited_server,
     new_address,
     outcome,

@@ -25,6 +25,7 @@ from pluct_server.server import PluctServer
 from tests.http_support import ADMIN_HEADERS, Reply, call, http_client
 from tests.support import (
     caller_key,
+    ledger_of,
     new_request_id,
     new_user_id,
     running_server,
@@ -60,17 +61,6 @@ def signed(header: str, **extra: str) -> dict[str, str]:
 async def post_webhook(http: aiohttp.ClientSession, raw: bytes, headers: dict[str, str]) -> Reply:
     """POST /add-credits with exactly these bytes."""
     return await call(http, "POST", "/add-credits", data=raw, headers=headers)
-
-
-async def ledger_of(dsn: str, user_id: str) -> tuple[int | None, Counter[str]]:
-    """Return the user's balance (None: no such user) and its ledger rows by type."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        balance = await conn.fetchval("SELECT balance FROM users WHERE user_id = $1", user_id)
-        rows = await conn.fetch("SELECT type FROM ledger WHERE user_id = $1", user_id)
-    finally:
-        await conn.close()
-    return balance, Counter(row["type"] for row in rows)
 
 
 def assert_unauthorized(reply: Reply) -> None:
