@@ -68,8 +68,10 @@ async def running_service(
             "DATABASE_URL": dsn,
             "PLUCT_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
             "PLUCT_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-            # Health pings would add transactions to the round-trip count; one an hour is none.
+            # Health pings and cache refreshes would add transactions to the round-trip count;
+            # one an hour (a minute for the caches) is as good as none.
             "PLUCT_HEALTH_INTERVAL_SECONDS": "3600",
+            "PLUCT_CACHE_REFRESH_SECONDS": "60",
             "PLUCT_LOG_LEVEL": "WARNING",
             "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'clients'}",
             **SECRETS,

@@ -29,8 +29,9 @@ CREATE TABLE token_revocations (
 CREATE INDEX token_revocations_by_expiry ON token_revocations (expire_time);
 
 -- Generic cell rate algorithm: `tat` is when the subject's allowance is whole again. A row whose
--- tat has passed is the same as no row, so old rows can be deleted at any time.
-CREATE TABLE rate_limits (
+-- tat has passed is the same as no row, so old rows can be deleted at any time. UNLOGGED: a
+-- counter is not worth a WAL flush on every request; a crash (or a failover) only resets limits.
+CREATE UNLOGGED TABLE rate_limits (
     subject     text        NOT NULL,
     bucket      text        NOT NULL,
     tat         timestamptz NOT NULL,
