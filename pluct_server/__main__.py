@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Iterator
 
@@ -21,9 +20,10 @@ from pluct_server.config import (
     with_dev_secrets,
 )
 from pluct_server.errors import Unavailable
-from pluct_server.server import PluctServer, wait_and_migrate
+from pluct_server.server import wait_and_migrate
 from pluct_server.store.database import Database
 from pluct_server.store.embedded import EmbeddedPostgres
+from pluct_server.supervisor import LOG_FORMAT, Supervisor
 from pluct_server.tls import grpc_channel_credentials
 
 _LOGGER = logging.getLogger("pluct_server")
@@ -33,22 +33,26 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line, load settings and run the chosen command."""
     parser = argparse.ArgumentParser(prog="python -m pluct_server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the gRPC server and the HTTP shim until stopped")
+    serve_command = commands.add_parser(
+        "serve", help="run the gRPC server and the HTTP shim until stopped"
+    )
+    serve_command.add_argument(
+        "--workers", type=int, help="server processes sharing the ports (env PLUCT_WORKERS)"
+    )
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     commands.add_parser("healthcheck", help="exit 0 if the running server reports SERVING")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(read_environment())
+        environ = read_environment()
+        if getattr(args, "workers", None) is not None:
+            environ["PLUCT_WORKERS"] = str(args.workers)
+        settings = load_settings(environ)
     except ConfigError as error:
         print(f"pluct: configuration error: {error}", file=sys.stderr)
         return 2
     if args.command == "healthcheck":
         return asyncio.run(check_health(settings))
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=settings.log_level, stream=sys.stdout, format=LOG_FORMAT)
     try:
         with database_dsn(settings) as dsn:
             if args.command == "migrate":
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                         return 2
                     if note:
                         print(note, flush=True)
-                asyncio.run(_serve(settings, dsn))
+                return Supervisor(settings, dsn).run()
     except RuntimeError as error:
         _LOGGER.error("%s", error)
         return 1
@@ -120,20 +124,6 @@ async def _migrate(dsn: str) -> None:
         await wait_and_migrate(database)
     finally:
         await database.close()
-
-
-async def _serve(settings: Settings, dsn: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    server = PluctServer(settings, dsn)
-    await server.start()
-    _LOGGER.info("ready; stop with Ctrl-C or SIGTERM")
-    await stop.wait()
-    _LOGGER.info("shutting down: draining calls in flight")
-    await server.stop()
-    _LOGGER.info("stopped")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ class Settings:
     grpc_max_concurrent_rpcs: int = 2000
     http_max_concurrent_requests: int = 1000
     dev_api_key: str | None = field(default=None, repr=False)
+    # Server processes sharing the ports; the default, one per core, keeps every core busy.
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     @property
     def production(self) -> bool:
@@ -220,6 +222,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         grpc_max_concurrent_rpcs=_integer(
             environ, "PLUCT_GRPC_MAX_CONCURRENT_RPCS", Settings.grpc_max_concurrent_rpcs, 1, 100_000
         ),
+        workers=_integer(environ, "PLUCT_WORKERS", os.cpu_count() or 1, 1, 64),
         http_max_concurrent_requests=_integer(
             environ,
             "PLUCT_HTTP_MAX_CONCURRENT_REQUESTS",

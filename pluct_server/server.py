@@ -92,8 +92,10 @@ def token_keys(settings: Settings, revocations: Revocations | None = None) -> To
 class PluctServer:
     """The gRPC server and the HTTP shim in front of it, sharing one database pool."""
 
-    def __init__(self, settings: Settings, dsn: str) -> None:
+    def __init__(self, settings: Settings, dsn: str, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        # Workers share their ports (SO_REUSEPORT); a lone server refuses a port in use.
+        self._reuse_port = reuse_port
         self.database = Database(dsn, max_size=settings.db_pool_size)
         self.health = HealthMonitor(self.database, SERVICE_NAMES, settings.health_interval_seconds)
         self.api_keys = ApiKeys(ApiKeyStore(self.database))
@@ -170,7 +172,7 @@ class PluctServer:
                 )
             ],
             options=[
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(self._reuse_port)),
                 ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ],
@@ -225,7 +227,9 @@ class PluctServer:
         await self.health.start()
         _LOGGER.info("gRPC listening on %s", _with_port(settings.grpc_listen, self.grpc_port))
         try:
-            self.http_port = await gateway.start(settings.http_listen, http_ssl_context(settings))
+            self.http_port = await gateway.start(
+                settings.http_listen, http_ssl_context(settings), reuse_port=self._reuse_port
+            )
         except BaseException:
             await self.stop(0)  # half a service is worse than none
             raise

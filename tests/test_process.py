@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import psutil
 import pytest
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
@@ -241,3 +242,113 @@ def test_bad_configuration_refuses_to_start_with_one_line_naming_the_variable(
     for name in ("JWT_SECRET", "ADMIN_SECRET"):
         if extra.get(name):
             assert extra[name] not in lines[0]
+
+
+def worker_pids(service: ServiceProcess) -> set[int]:
+    """Return the pids of the service's worker processes (not multiprocessing's helper)."""
+    children = psutil.Process(service.process.pid).children()
+    return {child.pid for child in children if "spawn_main" in " ".join(child.cmdline())}
+
+
+def serving_pids(pids: set[int], port: int) -> set[int]:
+    """Return which of `pids` hold an established connection on `port`."""
+    found = set()
+    for pid in pids:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+        if any(c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in connections):
+            found.add(pid)
+    return found
+
+
+async def vend_until_done(stub, user_id: str, request_id: str) -> token_pb.VendTokenResponse:
+    """Vend as a careful client does: retry with the same request id until there is an answer."""
+    while True:
+        try:
+            reply: token_pb.VendTokenResponse = await stub.VendToken(
+                token_pb.VendTokenRequest(user_id=user_id, request_id=request_id),
+                metadata=ADMIN_METADATA,
+                timeout=10,
+            )
+            return reply
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_workers_share_the_ports_and_a_killed_worker_is_replaced(production_dsn, tmp_path):
+    env = service_env(
+        DATABASE_URL=production_dsn,
+        ADMIN_SECRET=ADMIN_SECRET,
+        JWT_SECRET=JWT_SECRET,
+        WEBHOOK_SECRET=WEBHOOK_SECRET,
+        PLUCT_WORKERS="2",
+        PLUCT_VEND_RATE="0",  # one user vends 116 times here
+    )
+    service = ServiceProcess(env, tmp_path)
+    try:
+        await service.wait_serving()
+        workers = worker_pids(service)
+        assert len(workers) == 2
+        port = int(service.grpc_target.rpartition(":")[2])
+        user_id = new_user_id()
+        # Sixteen connections: the kernel spreads them over both workers' listening sockets.
+        # (gRPC shares one connection between channels to one target unless told not to.)
+        own_connection = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [
+            grpc.aio.insecure_channel(service.grpc_target, options=own_connection)
+            for _ in range(16)
+        ]
+        try:
+            stubs = [token_service_pb2_grpc.TokenServiceStub(channel) for channel in channels]
+            credit = credit_service_pb2_grpc.CreditServiceStub(channels[0])
+            await credit.CreateUser(
+                credit_pb.CreateUserRequest(user_id=user_id, initial_credits=200),
+                metadata=ADMIN_METADATA,
+            )
+            first = await asyncio.gather(
+                *(vend_until_done(stub, user_id, f"warm-{i}") for i, stub in enumerate(stubs))
+            )
+            assert serving_pids(workers, port) == workers
+
+            victim = next(iter(workers))
+            load = [
+                asyncio.ensure_future(vend_until_done(stubs[i % 16], user_id, f"load-{i}"))
+                for i in range(100)
+            ]
+            psutil.Process(victim).kill()
+            settled = await asyncio.gather(*load)
+            replaced = worker_pids(service)
+            while len(replaced) < 2:  # the test's timeout bounds the wait
+                await asyncio.sleep(0.1)
+                replaced = worker_pids(service)
+            balance = await credit.GetBalance(
+                credit_pb.GetBalanceRequest(user_id=user_id), metadata=ADMIN_METADATA
+            )
+        finally:
+            for channel in channels:
+                await channel.close()
+
+        assert len(replaced) == 2 and victim not in replaced
+        assert "worker 0" in service.output or "worker 1" in service.output
+        assert "replacing it" in service.output
+        # Every retried vend settled once: 16 + 100 distinct tokens, 116 credits spent.
+        assert len({reply.token for reply in (*first, *settled)}) == 116
+        assert balance.balance == 200 - 116
+        assert healthcheck(env, tmp_path) == (0, "SERVING")
+        service.process.send_signal(signal.SIGTERM)
+        assert await service.exit_code() == 0
+        assert service.output.count("] pluct_server: stopped") == 2
+    finally:
+        service.kill()
+
+
+def test_the_pool_is_split_so_every_worker_fits_the_server():
+    from pluct_server.supervisor import plan_pool
+
+    # 200 connections, 3 reserved for superusers, 10 kept spare: 187 to share.
+    assert plan_pool(wanted=20, workers=2, max_connections=200, reserved=3).per_worker == 20
+    assert plan_pool(wanted=20, workers=16, max_connections=200, reserved=3).per_worker == 11
+    assert plan_pool(wanted=20, workers=4, max_connections=30, reserved=3).per_worker == 4
+    # Never less than one each, however small the server.
+    assert plan_pool(wanted=20, workers=8, max_connections=10, reserved=3).per_worker == 1

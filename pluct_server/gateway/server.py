@@ -62,7 +62,9 @@ class Gateway:
         self._runner: web.ServerRunner | None = None
         self._handler: ShimHandler | None = None
 
-    async def start(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> int:
+    async def start(
+        self, listen: str, ssl_context: ssl.SSLContext | None = None, *, reuse_port: bool = False
+    ) -> int:
         """Open the channel and listen on `listen` (host:port, 0 picks a port); return the port."""
         host, _, port = listen.rpartition(":")
         self._channel = grpc.aio.insecure_channel(self.grpc_target)
@@ -90,7 +92,13 @@ class Gateway:
         self._runner = web.ServerRunner(server, handle_signals=False)
         try:
             await self._runner.setup()
-            site = web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=ssl_context)
+            site = web.TCPSite(
+                self._runner,
+                host.strip("[]"),
+                int(port),
+                ssl_context=ssl_context,
+                reuse_port=reuse_port or None,
+            )
             await site.start()
         except BaseException as error:
             await self.stop(0)

@@ -1,0 +1,239 @@
+"""Runs the service as worker processes sharing both ports, and replaces any worker that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, replace
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from pluct_server.config import Settings
+from pluct_server.server import PluctServer, wait_and_migrate
+from pluct_server.store.database import Database
+
+_LOGGER = logging.getLogger("pluct_server.supervisor")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Connections left for migrations, operators and other clients of the same server.
+_SPARE_CONNECTIONS = 10
+# A worker that dies is replaced after this long, doubling while it keeps dying young.
+_RESTART_DELAY_SECONDS = 0.5
+_RESTART_DELAY_MAX_SECONDS = 10.0
+# A worker that lived this long was healthy: its next restart starts the backoff afresh.
+_HEALTHY_SECONDS = 30.0
+# Beyond the drain grace, how long stopping workers get before they are killed.
+_STOP_SLACK_SECONDS = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How many connections each worker may open, so that all of them fit the server."""
+
+    per_worker: int
+    max_connections: int
+    reserved: int
+
+
+def plan_pool(wanted: int, workers: int, max_connections: int, reserved: int) -> PoolPlan:
+    """Split the server's connections between workers, never above `wanted` each."""
+    budget = max(workers, max_connections - reserved - _SPARE_CONNECTIONS)
+    return PoolPlan(min(wanted, budget // workers), max_connections, reserved)
+
+
+async def prepare_database(dsn: str, settings: Settings) -> PoolPlan:
+    """Apply migrations once for every worker, and read the server's connection limit."""
+    database = Database(dsn, max_size=1)
+    await database.open()
+    try:
+        await wait_and_migrate(database)
+        async with database.connection() as conn:
+            limits = await conn.fetchrow(
+                "SELECT current_setting('max_connections')::int AS max_connections, "
+                "current_setting('superuser_reserved_connections')::int AS reserved"
+            )
+    finally:
+        await database.close()
+    assert limits is not None
+    return plan_pool(
+        settings.db_pool_size, settings.workers, limits["max_connections"], limits["reserved"]
+    )
+
+
+def with_fixed_ports(settings: Settings) -> Settings:
+    """Turn port 0 into a free port now, so a replaced worker binds where its sibling listens."""
+    return replace(
+        settings,
+        grpc_listen=_fixed(settings.grpc_listen),
+        http_listen=_fixed(settings.http_listen),
+    )
+
+
+def _fixed(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    if port != "0":
+        return listen
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host.strip("[]"), 0))
+        return f"{host}:{probe.getsockname()[1]}"
+
+
+class Supervisor:
+    """Starts `settings.workers` workers, replaces the ones that die, and stops them all."""
+
+    def __init__(self, settings: Settings, dsn: str) -> None:
+        self._settings = settings
+        self._dsn = dsn
+        self._context = multiprocessing.get_context("spawn")
+        self._ready: Any = self._context.SimpleQueue()
+        self._workers: dict[int, BaseProcess] = {}
+        self._started_at: dict[int, float] = {}
+        self._delays: dict[int, float] = {}
+        self._stopping = False
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; return the exit status (1 if workers could not start)."""
+        plan = asyncio.run(prepare_database(self._dsn, self._settings))
+        self._settings = replace(with_fixed_ports(self._settings), db_pool_size=plan.per_worker)
+        _LOGGER.info(
+            "%d worker(s) x %d database connections (server max_connections %d)",
+            self._settings.workers,
+            plan.per_worker,
+            plan.max_connections,
+        )
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for index in range(self._settings.workers):
+                self._start(index)
+            if not self._wait_until_ready():
+                self._stop_all()
+                _LOGGER.error("a worker did not start; nothing is served")
+                return 1
+            _LOGGER.info("ready; stop with Ctrl-C or SIGTERM")
+            self._watch()
+            self._stop_all()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        _LOGGER.info("all workers stopped")
+        return 0
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _start(self, index: int) -> None:
+        process = self._context.Process(
+            target=run_worker,
+            args=(self._settings, self._dsn, index, os.getpid(), self._ready),
+            name=f"pluct-worker-{index}",
+        )
+        process.start()
+        self._workers[index] = process
+        self._started_at[index] = time.monotonic()
+        _LOGGER.info("worker %d started (pid %s)", index, process.pid)
+
+    def _wait_until_ready(self) -> bool:
+        waiting = set(self._workers)
+        while waiting and not self._stopping:
+            while not self._ready.empty():
+                waiting.discard(self._ready.get())
+            if any(not self._workers[index].is_alive() for index in waiting):
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _watch(self) -> None:
+        while not self._stopping:
+            sentinels = {process.sentinel: index for index, process in self._workers.items()}
+            for sentinel in wait(list(sentinels), timeout=0.5):
+                if self._stopping:
+                    break
+                assert isinstance(sentinel, int)  # a process sentinel is a file descriptor
+                self._replace(sentinels[sentinel])
+            while not self._ready.empty():
+                self._ready.get()
+
+    def _replace(self, index: int) -> None:
+        died = self._workers[index]
+        died.join()
+        lived = time.monotonic() - self._started_at[index]
+        delay = self._delays.get(index, _RESTART_DELAY_SECONDS)
+        delay = _RESTART_DELAY_SECONDS if lived > _HEALTHY_SECONDS else delay
+        _LOGGER.warning(
+            "worker %d (pid %s) exited with %s after %.1f s; replacing it in %.1f s",
+            index,
+            died.pid,
+            died.exitcode,
+            lived,
+            delay,
+        )
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not self._stopping:
+            time.sleep(0.05)
+        if not self._stopping:
+            self._delays[index] = min(delay * 2, _RESTART_DELAY_MAX_SECONDS)
+            self._start(index)
+
+    def _stop_all(self) -> None:
+        for process in self._workers.values():
+            if process.is_alive():
+                process.terminate()  # SIGTERM: each worker drains its calls in flight
+        deadline = time.monotonic() + self._settings.shutdown_grace_seconds + _STOP_SLACK_SECONDS
+        for index, process in self._workers.items():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                _LOGGER.error("worker %d did not stop in time; killing it", index)
+                process.kill()
+                process.join()
+
+
+def run_worker(settings: Settings, dsn: str, index: int, parent: int, ready: Any) -> None:
+    """Serve in a worker process until SIGTERM; the entry point of every worker."""
+    _die_with(parent)
+    worker_format = LOG_FORMAT.replace("%(name)s", f"[worker {index}] %(name)s")
+    logging.basicConfig(level=settings.log_level, stream=sys.stdout, format=worker_format)
+    try:
+        asyncio.run(serve(settings, dsn, on_ready=lambda: ready.put(index), reuse_port=True))
+    except Exception:
+        logging.getLogger("pluct_server").exception("worker %d failed", index)
+        sys.exit(1)
+
+
+async def serve(
+    settings: Settings, dsn: str, *, on_ready: Any = None, reuse_port: bool = False
+) -> None:
+    """Run one server until SIGTERM or SIGINT, then drain it."""
+    log = logging.getLogger("pluct_server")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = PluctServer(settings, dsn, reuse_port=reuse_port)
+    await server.start()
+    if on_ready is not None:
+        on_ready()
+    await stop.wait()
+    log.info("shutting down: draining calls in flight")
+    await server.stop()
+    log.info("stopped")
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel stop this worker when the supervisor dies, however it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request was in place
+        sys.exit(0)
