@@ -9,7 +9,7 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 # Where googleapis-common-protos and grpcio-tools keep the .proto files our imports name.
 PROTO_INCLUDES = -I protos -I $$($(BIN)/python -c 'import google.api.annotations_pb2 as a, pathlib; print(pathlib.Path(a.__file__).parent.parent.parent)') -I $$($(BIN)/python -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
 
-.PHONY: help run migrate test check lint format typecheck lint-proto breaking generate check-generated bench fuzz clean
+.PHONY: help run migrate test check lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -70,8 +70,15 @@ check-generated: $(STAMP) ## Fail when clients/ is not what protos/ generates.
 fuzz: $(STAMP) ## Fuzz the JSON shim from its own OpenAPI document, longer than `make test` does.
 	PLUCT_FUZZ_EXAMPLES=$${PLUCT_FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest -s tests/test_http_fuzz.py $(PYTEST_ARGS)
 
-bench: $(STAMP) ## Measure latency and throughput; writes bench/REPORT.md.
+bench: $(STAMP) ## Every workload at 1/8/64/256 in flight (needs h2load, wrk); writes bench/out/.
 	$(BIN)/python -m bench
+
+bench-smoke: $(STAMP) ## A few seconds of every workload, to prove the benchmark still runs.
+	$(BIN)/python -m bench --smoke
+
+bench-tools: ## Install the load generators the benchmark drives (Debian: h2load, wrk).
+	@command -v h2load >/dev/null && command -v wrk >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq nghttp2-client wrk >/dev/null)
 
 clean: ## Remove the virtualenv and build output (keeps .data, the dev database).
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,318 +1,325 @@
-"""Run every benchmark against a service process and write bench/REPORT.md."""
+"""`make bench`: every workload at several concurrencies, against this machine's own limits."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import platform
-import statistics
 import sys
 import time
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 import grpc
+import psutil
+from grpc_health.v1 import health_pb2
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.admin.v1 import admin_service_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
-from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as token_pb
 from pluct.token.v1 import token_service_pb2_grpc
 
-from bench.harness import (
-    SECRETS,
-    LoadResult,
-    Service,
-    closed_loop,
-    postgres_server,
-    running_service,
+from bench.harness import SECRETS, Service, postgres_server, running_service
+from bench.loads import (
+    GRPC_HEADERS,
+    H2LOAD_WARM_UP_SECONDS,
+    Measurement,
+    grpc_frame,
+    h2load,
+    pgbench,
+    wrk,
 )
-from bench.shim_overhead import measure
+from bench.report import (
+    BALANCE,
+    CREDIT,
+    EMPTY,
+    PGBENCH,
+    PGBENCH_HOT,
+    SHIM_BALANCE,
+    SHIM_VEND,
+    VALIDATE,
+    VEND,
+    VEND_HOT,
+    render,
+    write_chart,
+)
+from bench.workloads import pgbench_script, wrk_script
+from pluct_server.store.embedded import postgres_tool
 
-REPORT = Path(__file__).parent / "REPORT.md"
+OUT = Path(__file__).parent / "out"
 ADMIN = (("authorization", f"Bearer {SECRETS['ADMIN_SECRET']}"),)
-# Every limit on, as in production, but high enough that the load itself is never refused: the
-# counters are charged on every call, so their cost is in every figure.
-LIMITS_ON = {
+USERS = 10_000
+SPREAD_PROCESSES = 16
+# Every limit on, as in production, at rates this load never reaches: the counters are charged
+# on every call, so their cost is in every figure.
+SERVICE_SETTINGS = {
     "PLUCT_VEND_RATE": "1000000/second",
     "PLUCT_HTTP_IP_RATE": "1000000/second",
     "PLUCT_SIGNUP_RATE": "1000000/second",
     "PLUCT_AUTH_FAILURE_RATE": "10/minute",
+    # wrk plays many clients behind one proxy: a client address per request.
+    "PLUCT_TRUSTED_PROXIES": "127.0.0.1/32",
+    # One token validated throughout the run must stay valid.
+    "PLUCT_TOKEN_TTL_SECONDS": "86400",
 }
-LIMITS_OFF = {name: "0" for name in LIMITS_ON}
 CALLER_SCOPES = ["users:create", "credits:read", "tokens:vend", "tokens:validate"]
-WEBHOOK = (("x-webhook-secret", SECRETS["WEBHOOK_SECRET"]),)
-SPREAD_USERS = 100
-# Backends report statistics when idle for a while; wait that long before reading them.
-STATS_FLUSH_SECONDS = 11
+Figures = tuple[float, int, int, list[float]]
+H2LOAD_LOADS = frozenset({EMPTY, VALIDATE, BALANCE, VEND, VEND_HOT, CREDIT})
+Load = Callable[[int], Awaitable[Figures]]
 
 
-async def fund(admin: admin_service_pb2_grpc.AdminServiceStub, user_id: str, credits: int) -> None:
-    """Give a user `credits` credits in grants of at most 10000."""
-    while credits > 0:
-        amount = min(credits, 10_000)
-        await admin.AddCredits(
-            admin_pb.AddCreditsRequest(user_id=user_id, amount=amount), metadata=ADMIN
+@dataclass(frozen=True)
+class Plan:
+    """How long and at which concurrencies each workload runs."""
+
+    concurrencies: tuple[int, ...]
+    seconds: float
+
+
+FULL = Plan((1, 8, 64, 256), 5.0)
+SMOKE = Plan((8,), 1.0)
+
+
+class Progress:
+    """Prints which run is going and roughly how long is left."""
+
+    def __init__(self, runs: int, seconds_each: float) -> None:
+        self._left = runs
+        self._each = seconds_each + 1.5  # warm-up and start-up
+        self._started = time.monotonic()
+
+    def step(self, label: str) -> None:
+        eta = self._left * self._each
+        print(
+            f"[{time.monotonic() - self._started:5.0f} s] {label}  (~{eta:.0f} s left)", flush=True
         )
-        credits -= amount
+        self._left -= 1
 
 
-async def transactions_committed(dsn: str) -> int:
-    """Return the database's committed-transaction counter."""
+async def fund(dsn: str) -> None:
+    """Give 10,000 users and one hot user enough credits for every vend of the run."""
     conn = await asyncpg.connect(dsn)
     try:
-        return int(
-            await conn.fetchval(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-            )
+        await conn.execute(
+            """
+            INSERT INTO users (user_id, balance, transaction_count)
+            SELECT id, 100000000, 1
+              FROM (SELECT 'u' || n AS id FROM generate_series(1, $1) n
+                    UNION ALL SELECT 'hot') ids;
+            INSERT INTO ledger (user_id, type, amount, balance_after, reason, actor)
+            SELECT user_id, 'admin_add', balance, balance, 'bench funds', 'bench' FROM users;
+            """.replace("$1", str(USERS))
         )
     finally:
         await conn.close()
 
 
-async def round_trips(service: Service, name: str, call, calls: int = 500) -> tuple[str, float]:
-    """Committed transactions per call: each single-statement call is exactly one."""
-    await asyncio.sleep(STATS_FLUSH_SECONDS)
-    before = await transactions_committed(service.dsn)
-    for index in range(calls):
-        await call(index)
-    await asyncio.sleep(STATS_FLUSH_SECONDS)
-    after = await transactions_committed(service.dsn)
-    # The two counter reads are transactions of their own; the first is counted in `after`.
-    return name, (after - before - 1) / calls
-
-
-async def caller_metadata(admin: admin_service_pb2_grpc.AdminServiceStub) -> tuple[tuple[str, str]]:
-    """Make the API key an internal caller would use, and return the metadata that carries it."""
-    made = await admin.CreateApiKey(
-        admin_pb.CreateApiKeyRequest(name="bench", scopes=CALLER_SCOPES), metadata=ADMIN
-    )
-    return (("authorization", f"Bearer {made.secret}"),)
-
-
-async def limiter_cost(server_url: str, scale: int) -> list[LoadResult]:
-    """Vends with every limit on against the same with every limit off, on fresh services."""
-    results = []
-    for label, limits in (("limits on", LIMITS_ON), ("limits off", LIMITS_OFF)):
-        async with running_service(server_url, limits) as service:
-            results += await _vends(service, label, 8000 // scale)
-    return results
-
-
-async def _vends(service: Service, label: str, total: int) -> list[LoadResult]:
-    async with (
-        grpc.aio.insecure_channel(service.grpc_target) as channel,
-        aiohttp.ClientSession(service.http_base, connector=aiohttp.TCPConnector(limit=64)) as http,
-    ):
+async def caller_key(service: Service) -> tuple[str, str]:
+    """Make the API key an internal caller would use; return its secret and a vended token."""
+    async with grpc.aio.insecure_channel(service.grpc_target) as channel:
         admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        made = await admin.CreateApiKey(
+            admin_pb.CreateApiKeyRequest(name="bench", scopes=CALLER_SCOPES), metadata=ADMIN
+        )
         tokens = token_service_pb2_grpc.TokenServiceStub(channel)
-        key = await caller_metadata(admin)
-        for n in range(SPREAD_USERS):
-            await fund(admin, f"bench-{n}", 2 * total // SPREAD_USERS + 10)
-
-        def vend(i: int):
-            return tokens.VendToken(
-                token_pb.VendTokenRequest(user_id=f"bench-{i % SPREAD_USERS}"), metadata=key
-            )
-
-        async def vend_http(i: int) -> None:
-            body = {"userId": f"bench-{i % SPREAD_USERS}"}
-            async with http.post("/vend-token", json=body) as response:
-                response.raise_for_status()
-                await response.read()
-
-        await closed_loop("warm-up", vend, concurrency=8, total=200)
-        return [
-            await closed_loop(f"VendToken, 100 users ({label})", vend, concurrency=32, total=total),
-            await closed_loop(
-                f"POST /vend-token, 100 users ({label})", vend_http, concurrency=32, total=total
-            ),
-        ]
+        bearer = (("authorization", f"Bearer {made.secret}"),)
+        # A vend tried once first: h2load counts a gRPC error (in the trailers) as a 200.
+        vended = await tokens.VendToken(token_pb.VendTokenRequest(user_id="hot"), metadata=bearer)
+        return str(made.secret), str(vended.token)
 
 
-async def run(quick: bool) -> str:
-    """Benchmark a fresh service and return the report as Markdown."""
-    scale = 5 if quick else 1
-    results: list[LoadResult] = []
-    trips: list[tuple[str, float]] = []
+def server_cpu_seconds(service: Service) -> float:
+    """CPU seconds used so far by the supervisor and every worker."""
+    root = psutil.Process(service.process.pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def workers_of(service: Service) -> list[psutil.Process]:
+    """The service's worker processes (not multiprocessing's helper)."""
+    children = psutil.Process(service.process.pid).children()
+    return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+
+
+def worker_rss_mib(service: Service) -> float:
+    """The largest resident memory of any worker, in MiB."""
+    return max((c.memory_info().rss for c in workers_of(service)), default=0) / 2**20
+
+
+async def measured(
+    service: Service,
+    name: str,
+    concurrency: int,
+    load: Awaitable[Figures],
+    *,
+    server_side: bool = True,
+    warm_up: float = 0.0,
+) -> Measurement:
+    """Run one load and attach the server's CPU per request and its workers' memory.
+
+    CPU is read from the end of the load's warm-up, when it starts counting requests.
+    """
+    running = asyncio.ensure_future(load)
+    await asyncio.sleep(warm_up)
+    before = server_cpu_seconds(service)
+    seconds, succeeded, failed, latencies = await running
+    measurement = Measurement(name, concurrency, seconds, succeeded, failed, latencies)
+    if server_side and succeeded:
+        used = server_cpu_seconds(service) - before
+        measurement.cpu_us_per_request = used / succeeded * 1e6
+        measurement.rss_mib_per_worker = worker_rss_mib(service)
+    return measurement
+
+
+async def run(plan: Plan) -> Path:
+    """Benchmark a fresh service; write bench/out/REPORT.md and its chart; return the report."""
+    OUT.mkdir(exist_ok=True)
+    raw = OUT / "raw"
+    raw.mkdir(exist_ok=True)
+    results: list[Measurement] = []
     async with (
         postgres_server() as server_url,
-        running_service(server_url, LIMITS_ON) as service,
+        running_service(server_url, SERVICE_SETTINGS) as service,
     ):
-        conn = await asyncpg.connect(service.dsn)
-        pg_version = await conn.fetchval("SHOW server_version")
-        await conn.close()
-        async with (
-            grpc.aio.insecure_channel(service.grpc_target) as channel,
-            aiohttp.ClientSession(
-                service.http_base, connector=aiohttp.TCPConnector(limit=64)
-            ) as http,
-        ):
-            credit = credit_service_pb2_grpc.CreditServiceStub(channel)
-            tokens = token_service_pb2_grpc.TokenServiceStub(channel)
-            admin = admin_service_pb2_grpc.AdminServiceStub(channel)
-            rss_idle = service.rss_mib()
-            key = await caller_metadata(admin)
+        await fund(service.dsn)
+        secret, token = await caller_key(service)
+        workers = len(workers_of(service))
+        bodies = _bodies(raw, token)
+        grpc_url = f"http://{service.grpc_target}"
+        caller = (*GRPC_HEADERS, f"authorization: Bearer {secret}")
+        webhook = (*GRPC_HEADERS, f"x-webhook-secret: {SECRETS['WEBHOOK_SECRET']}")
+        spread = [bodies[f"vend-{n}"] for n in range(1, SPREAD_PROCESSES + 1)]
+        pgbench_tool = postgres_tool("pgbench")
 
-            await fund(admin, "bench-hot", 60_000 // scale)
-            for n in range(SPREAD_USERS):
-                await fund(admin, f"bench-{n}", 700 // scale)
-            vended = await tokens.VendToken(
-                token_pb.VendTokenRequest(user_id="bench-hot"), metadata=key
-            )
-
-            def balance(_: int):
-                return credit.GetBalance(
-                    credit_pb.GetBalanceRequest(user_id="bench-hot"), metadata=key
+        def grpc_load(method: str, body: str, headers: tuple[str, ...], many: bool = False) -> Load:
+            def start(c: int) -> Awaitable[Figures]:
+                return h2load(
+                    f"{grpc_url}/{method}",
+                    bodies[body],
+                    concurrency=c,
+                    seconds=plan.seconds,
+                    headers=headers,
+                    log=raw / f"{body}-{c}",
+                    processes=spread[: min(c, SPREAD_PROCESSES)] if many else (),
                 )
 
-            def vend_hot(_: int):
-                return tokens.VendToken(
-                    token_pb.VendTokenRequest(user_id="bench-hot"), metadata=key
-                )
+            return start
 
-            def vend_spread(i: int):
-                return tokens.VendToken(
-                    token_pb.VendTokenRequest(user_id=f"bench-{i % SPREAD_USERS}"), metadata=key
-                )
+        def http_load(name: str) -> Load:
+            script = wrk_script(raw / f"{name}.lua", name, USERS)
+            return lambda c: wrk(
+                service.http_base, script, concurrency=c, seconds=plan.seconds,
+                log=raw / f"http-{name}-{c}.txt",
+            )  # fmt: skip
 
-            def vend_idempotent(i: int):
-                request = token_pb.VendTokenRequest(
-                    user_id=f"bench-{i % SPREAD_USERS}", request_id=f"bench-vend-{i}"
-                )
-                return tokens.VendToken(request, metadata=key)
+        def db_load(name: str) -> Load:
+            script = pgbench_script(raw / f"spend-{name}.sql", name, USERS)
+            return lambda c: pgbench(
+                service.dsn, script, concurrency=c, seconds=plan.seconds,
+                log_dir=raw / f"pgbench-{name}-{c}", tool=pgbench_tool,
+            )  # fmt: skip
 
-            async def vend_http(i: int) -> None:
-                body = {"userId": f"bench-{i % SPREAD_USERS}"}
-                async with http.post("/vend-token", json=body) as response:
-                    response.raise_for_status()
-                    await response.read()
-
-            def validate(_: int):
-                return tokens.ValidateToken(
-                    token_pb.ValidateTokenRequest(token=vended.token), metadata=key
-                )
-
-            def webhook(i: int):
-                return credit.AddCredits(
-                    credit_pb.AddCreditsRequest(user_id=f"bench-pay-{i % 50}", amount=1),
-                    metadata=WEBHOOK,
-                )
-
-            await closed_loop("warm-up", balance, concurrency=8, total=500)
-            plan = [
-                ("GetBalance", balance, 1, 2000),
-                ("GetBalance", balance, 32, 20000),
-                ("ValidateToken (no database)", validate, 32, 20000),
-                ("VendToken, one user", vend_hot, 1, 2000),
-                ("VendToken, one user", vend_hot, 32, 20000),
-                ("VendToken, 100 users", vend_spread, 32, 20000),
-                ("VendToken with request_id, 100 users", vend_idempotent, 32, 20000),
-                ("POST /vend-token (HTTP shim), 100 users", vend_http, 32, 20000),
-                ("AddCredits (webhook), 50 users", webhook, 32, 20000),
-            ]
-            for name, call, concurrency, total in plan:
+        token_service = "pluct.token.v1.TokenService"
+        credit_service = "pluct.credit.v1.CreditService"
+        workloads: list[tuple[str, Load, bool]] = [
+            (EMPTY, grpc_load("grpc.health.v1.Health/Check", "empty", GRPC_HEADERS), True),
+            (VALIDATE, grpc_load(f"{token_service}/ValidateToken", "validate", caller), True),
+            (BALANCE, grpc_load(f"{credit_service}/GetBalance", "balance", caller), True),
+            (VEND, grpc_load(f"{token_service}/VendToken", "vend-1", caller, many=True), True),
+            (VEND_HOT, grpc_load(f"{token_service}/VendToken", "vend-hot", caller), True),
+            (CREDIT, grpc_load(f"{credit_service}/AddCredits", "credit", webhook), True),
+            (SHIM_VEND, http_load("vend"), True),
+            (SHIM_BALANCE, http_load("read"), True),
+            (PGBENCH, db_load("uniform"), False),
+            (PGBENCH_HOT, db_load("hot"), False),
+        ]
+        progress = Progress(len(workloads) * len(plan.concurrencies) + 1, plan.seconds)
+        for name, load, server_side in workloads:
+            for concurrency in plan.concurrencies:
+                progress.step(f"{name} at {concurrency} in flight")
                 results.append(
-                    await closed_loop(name, call, concurrency=concurrency, total=total // scale)
-                )
-            rss_loaded = service.rss_mib()
-
-            grpc_ms, http_ms = await measure(service, 2000 // scale)
-            shim = (statistics.median(grpc_ms), statistics.median(http_ms))
-
-            if not quick:
-                trips.append(await round_trips(service, "GetBalance", balance))
-                trips.append(await round_trips(service, "VendToken", vend_hot))
-                trips.append(
-                    await round_trips(
+                    await measured(
                         service,
-                        "VendToken with request_id",
-                        lambda i: vend_idempotent(100_000 + i),
+                        name,
+                        concurrency,
+                        load(concurrency),
+                        server_side=server_side,
+                        warm_up=H2LOAD_WARM_UP_SECONDS if name in H2LOAD_LOADS else 0.0,
                     )
                 )
-                trips.append(await round_trips(service, "AddCredits (webhook)", webhook))
-        limiter = await limiter_cost(server_url, scale)
-    return render(results, limiter, trips, shim, rss_idle, rss_loaded, str(pg_version), quick)
-
-
-def render(
-    results: list[LoadResult],
-    limiter: list[LoadResult],
-    trips: list[tuple[str, float]],
-    shim: tuple[float, float],
-    rss_idle: float,
-    rss_loaded: float,
-    pg_version: str,
-    quick: bool,
-) -> str:
-    """Format the measurements as a Markdown report."""
-    lines = [
-        "# Benchmark report",
-        "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench`"
-        + (" (quick run: a fifth of the calls)" if quick else "")
-        + f" on {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"PostgreSQL {pg_version}. The service runs in its own process; the load generator "
-        "(Python grpc.aio, closed loop: each worker sends its next call when the last returns) "
-        "shares the same two cores, so throughput figures are a floor, not a ceiling. As in "
-        "production, every gRPC call carries an API key and every rate limit is charged (at "
-        "rates the load never reaches); HTTP calls come from one address.",
-        "",
-        *_table(results),
-        "",
-        "Rate limiter cost per vend: the same vends against a fresh service with every limit on "
-        "(the per-user counter, and over HTTP the per-address one, charged inside the spend "
-        "statement) and one with every limit off:",
-        "",
-        *_table(limiter),
-    ]
-    grpc_median, http_median = shim
-    lines += [
-        "",
-        f"JSON shim overhead (`bench/shim_overhead.py`, sequential GetBalance, the two ways "
-        f"interleaved): median {grpc_median:.3f} ms by direct gRPC, {http_median:.3f} ms through "
-        f"the HTTP shim, {http_median - grpc_median:+.3f} ms per call.",
-        "",
-        f"Service memory (RSS): {rss_idle:.0f} MiB idle after start, "
-        f"{rss_loaded:.0f} MiB after all the runs above.",
-    ]
-    if trips:
-        lines += [
-            "",
-            "Database transactions committed per call (from `pg_stat_database.xact_commit`, "
-            "500 sequential calls each; every statement the service runs outside an explicit "
-            "transaction is one round trip and one transaction):",
-            "",
-            "| Call | Transactions per call |",
-            "|---|---:|",
-            *(f"| {name} | {per_call:.2f} |" for name, per_call in trips),
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _table(results: list[LoadResult]) -> list[str]:
-    lines = [
-        "| Scenario | Concurrency | Calls | Errors | Calls/s | p50 ms | p95 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.name} | {r.concurrency} | {r.calls} | {r.errors} | {r.throughput:,.0f} | "
-            f"{r.percentile(50):.2f} | {r.percentile(95):.2f} | {r.percentile(99):.2f} |"
+        peak = max((r for r in results if r.workload == VEND), key=lambda r: r.throughput)
+        progress.step(f"VendToken at half its peak rate ({peak.throughput / 2:.0f}/s)")
+        half = await measured(
+            service,
+            f"{VEND}, at half of peak",
+            64,
+            h2load(
+                f"{grpc_url}/pluct.token.v1.TokenService/VendToken",
+                bodies["vend-1"],
+                concurrency=64,
+                seconds=plan.seconds,
+                headers=caller,
+                log=raw / "vend-half",
+                processes=spread,
+                rps=peak.throughput / 2,
+            ),
+            warm_up=H2LOAD_WARM_UP_SECONDS,
         )
-    return lines
+        machine = _machine(service, workers)
+    report = OUT / "REPORT.md"
+    chart = OUT / "chart.png"
+    write_chart(results, chart)
+    report.write_text(render(results, half, machine, plan.seconds, chart.name))
+    return report
+
+
+def _bodies(folder: Path, token: str) -> dict[str, Path]:
+    """Write every gRPC request body the run sends, framed; return their paths by name."""
+    messages = {
+        "empty": health_pb2.HealthCheckRequest(),
+        "validate": token_pb.ValidateTokenRequest(token=token),
+        "balance": credit_pb.GetBalanceRequest(user_id="u1"),
+        "vend-hot": token_pb.VendTokenRequest(user_id="hot"),
+        "credit": credit_pb.AddCreditsRequest(user_id="u2", amount=1),
+        **{
+            f"vend-{n}": token_pb.VendTokenRequest(user_id=f"u{n}")
+            for n in range(1, SPREAD_PROCESSES + 1)
+        },
+    }
+    paths = {}
+    for name, message in messages.items():
+        path = folder / f"{name}.grpc"
+        path.write_bytes(grpc_frame(message))
+        paths[name] = path
+    return paths
+
+
+def _machine(service: Service, workers: int) -> str:
+    memory = psutil.virtual_memory().total / 2**30
+    return (
+        f"{os.cpu_count()} cores, {memory:.0f} GiB, Python {sys.version.split()[0]}, "
+        f"{workers} worker process(es) plus a supervisor; the load generators (h2load, wrk, "
+        "pgbench) share the same cores"
+    )
 
 
 def main() -> int:
-    """Run the benchmarks and write the report."""
-    quick = "--quick" in sys.argv
+    """Run the benchmark and print where its report is."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, to prove it runs")
+    args = parser.parse_args()
     started = time.monotonic()
-    report = asyncio.run(run(quick))
-    REPORT.write_text(report)
-    print(report)
-    print(f"(wrote {REPORT} in {time.monotonic() - started:.0f} s)")
+    report = asyncio.run(run(SMOKE if args.smoke else FULL))
+    print(report.read_text())
+    print(f"(wrote {report} and its chart in {time.monotonic() - started:.0f} s)")
     return 0
 
 

@@ -6,12 +6,10 @@ import asyncio
 import os
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,48 +85,3 @@ async def running_service(
         finally:
             process.send_signal(signal.SIGTERM)
             await asyncio.to_thread(process.wait, 30)
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    """What a closed-loop run measured."""
-
-    name: str
-    concurrency: int
-    calls: int
-    errors: int
-    seconds: float
-    latencies_ms: list[float]
-
-    @property
-    def throughput(self) -> float:
-        """Completed calls per second."""
-        return self.calls / self.seconds
-
-    def percentile(self, p: float) -> float:
-        """Latency percentile in milliseconds."""
-        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[int(p) - 1]
-
-
-async def closed_loop(
-    name: str, call: Callable[[int], Awaitable[object]], *, concurrency: int, total: int
-) -> LoadResult:
-    """Run `total` calls with `concurrency` workers, each sending its next call on completion."""
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(total))
-
-    async def worker() -> None:
-        nonlocal errors
-        for index in counter:
-            started = time.perf_counter()
-            try:
-                await call(index)
-            except Exception:
-                errors += 1
-            latencies.append((time.perf_counter() - started) * 1000)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    seconds = time.perf_counter() - started
-    return LoadResult(name, concurrency, total, errors, seconds, latencies)

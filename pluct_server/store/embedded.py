@@ -46,6 +46,11 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+def postgres_tool(name: str) -> str:
+    """Return the path of a PostgreSQL program shipped in the wheel (pgbench, psql, ...)."""
+    return str(_bin_dir() / name)
+
+
 def _is_postgres(pid: int) -> bool:
     """Tell whether pid is a live postgres process."""
     import psutil

@@ -1,0 +1,168 @@
+"""The benchmark report: figures per workload and concurrency, the ratios and their goals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.loads import Measurement
+
+EMPTY = "Empty RPC (health Check)"
+VALIDATE = "ValidateToken"
+BALANCE = "GetBalance"
+VEND = "VendToken, spread users"
+VEND_HOT = "VendToken, one hot user"
+CREDIT = "AddCredits (webhook)"
+SHIM_VEND = "POST /vend-token (shim)"
+SHIM_BALANCE = "GET balance (shim)"
+PGBENCH = "pgbench: the spend, 10,000 users"
+PGBENCH_HOT = "pgbench: the spend, one hot user"
+
+P99_GOAL_MS = 10.0
+RSS_GOAL_MIB = 100.0
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One ratio the issue sets a goal for."""
+
+    name: str
+    value: float
+    goal: float
+    how: str
+    higher_is_better: bool = True
+
+    @property
+    def met(self) -> bool:
+        """Tell whether the goal is met."""
+        return self.value >= self.goal if self.higher_is_better else self.value <= self.goal
+
+
+def peak(results: Sequence[Measurement], workload: str) -> Measurement:
+    """Return the run of `workload` with the highest throughput."""
+    return max((r for r in results if r.workload == workload), key=lambda r: r.throughput)
+
+
+def ratios(results: Sequence[Measurement], half: Measurement) -> list[Ratio]:
+    """Compute every ratio from the peaks of one run."""
+    empty, database = peak(results, EMPTY), peak(results, PGBENCH)
+    limit = min(empty.throughput, database.throughput)
+    vend, hot = peak(results, VEND), peak(results, VEND_HOT)
+    rss = max((r.rss_mib_per_worker or 0.0) for r in results)
+    return [
+        Ratio(
+            "vend (spread) / limit",
+            vend.throughput / limit,
+            0.8,
+            f"{vend.throughput:,.0f} / min(pgbench {database.throughput:,.0f}, "
+            f"empty RPC {empty.throughput:,.0f})",
+        ),
+        Ratio(
+            "hot vend / spread vend",
+            hot.throughput / vend.throughput,
+            0.9,
+            f"{hot.throughput:,.0f} / {vend.throughput:,.0f}",
+        ),
+        Ratio(
+            "ValidateToken / empty RPC",
+            peak(results, VALIDATE).throughput / empty.throughput,
+            0.9,
+            f"{peak(results, VALIDATE).throughput:,.0f} / {empty.throughput:,.0f}",
+        ),
+        Ratio(
+            "shim vend / gRPC vend",
+            peak(results, SHIM_VEND).throughput / vend.throughput,
+            0.7,
+            f"{peak(results, SHIM_VEND).throughput:,.0f} / {vend.throughput:,.0f}",
+        ),
+        Ratio(
+            "vend p99 at half of peak (ms)",
+            half.percentile_ms(99),
+            P99_GOAL_MS,
+            f"{half.throughput:,.0f}/s offered at 64 in flight",
+            higher_is_better=False,
+        ),
+        Ratio("RSS per worker (MiB)", rss, RSS_GOAL_MIB, "largest worker", higher_is_better=False),
+    ]
+
+
+def render(
+    results: Sequence[Measurement], half: Measurement, machine: str, seconds: float, chart: str
+) -> str:
+    """Return the report as Markdown."""
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench` on {machine}. Each run "
+        f"lasts {seconds:g} s after a 1 s warm-up. gRPC load comes from h2load (framed protobuf "
+        "bodies), HTTP load from wrk (a random user and client address per request), the "
+        "database baseline from pgbench running the service's own spend statement. Every gRPC "
+        "call carries an API key and every rate limit is charged, as in production.",
+        "",
+        "## Ratios",
+        "",
+        "| Ratio | Value | Goal | Met | From |",
+        "|---|---:|---:|:---:|---|",
+    ]
+    for ratio in ratios(results, half):
+        sign = "≥" if ratio.higher_is_better else "≤"
+        lines.append(
+            f"| {ratio.name} | {ratio.value:.2f} | {sign} {ratio.goal:g} | "
+            f"{'yes' if ratio.met else 'no'} | {ratio.how} |"
+        )
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "| Workload | In flight | Requests/s | p50 ms | p99 ms | Failed | CPU µs/req | RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        cpu = "" if r.cpu_us_per_request is None else f"{r.cpu_us_per_request:,.0f}"
+        rss = "" if r.rss_mib_per_worker is None else f"{r.rss_mib_per_worker:.0f}"
+        lines.append(
+            f"| {r.workload} | {r.concurrency} | {r.throughput:,.0f} | {_ms(r.percentile_ms(50))} "
+            f"| {_ms(r.percentile_ms(99))} | {r.failed} | {cpu} | {rss} |"
+        )
+    lines += [
+        "",
+        f"![Throughput and p99 latency against concurrency]({chart})",
+        "",
+        "CPU µs/request is the service's (supervisor and workers) CPU time over the run divided "
+        "by the requests served; the load generators' CPU is not in it. The spread vend runs "
+        "one h2load per user (h2load sends one body per process), at most 16, so no two vends "
+        "in flight wait for the same row unless more than 16 are in flight.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ms(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.2f}"
+
+
+def write_chart(results: Sequence[Measurement], path: Path) -> None:
+    """Draw throughput and p99 against concurrency, one line per workload, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen here
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for workload in dict.fromkeys(r.workload for r in results):
+        runs = [r for r in results if r.workload == workload]
+        levels = [r.concurrency for r in runs]
+        left.plot(levels, [r.throughput for r in runs], marker="o", label=workload)
+        right.plot(levels, [r.percentile_ms(99) for r in runs], marker="o", label=workload)
+    for axis, title in ((left, "Requests per second"), (right, "p99 latency, ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("requests in flight")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
