@@ -134,7 +134,8 @@ def render(
         "CPU µs/request is the service's (supervisor and workers) CPU time over the run divided "
         "by the requests served; the load generators' CPU is not in it. The spread vend runs "
         "one h2load per user (h2load sends one body per process), at most 16, so no two vends "
-        "in flight wait for the same row unless more than 16 are in flight.",
+        "in flight wait for the same row unless more than 16 are in flight. pgbench runs at most "
+        "64 clients (the workers' pools hold the rest of max_connections).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,7 @@ import hmac
 import json
 import random
 import stat
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -74,10 +75,22 @@ def payload(**overrides: object) -> dict[str, object]:
     return {name: value for name, value in claims.items() if value is not MISSING}
 
 
+# Tokens we sign carry their header keys sorted; verify() takes a fast path for exactly that
+# header and the general one (PyJWT) for any other. Every test here runs through both.
+SORTED_HEADERS = True
+
+
+@pytest.fixture(autouse=True, params=["our-header", "reordered-header"])
+def header_layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "SORTED_HEADERS", request.param == "our-header")
+
+
 def hs_token(claims: object, secret: str = SECRET, kid: object = MISSING) -> str:
     """An HS256 token signed with `secret`, its kid that of the secret unless told otherwise."""
     header: dict[str, object] = {"alg": "HS256", "typ": "JWT"}
     header["kid"] = hs_kid(secret) if kid is MISSING else kid
+    if SORTED_HEADERS:
+        header = dict(sorted(header.items()))
     return forge(header, claims, hmac_signer(secret.encode()))
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pluct.credit.v1 import ledger_pb2
@@ -17,11 +18,20 @@ _TRANSACTION_TYPES = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(moment: datetime) -> Timestamp:
-    """Return `moment` as a protobuf Timestamp."""
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    """Return an aware `moment` as a protobuf Timestamp."""
+    # Plain arithmetic: Timestamp.FromDatetime was a visible share of every call's profile.
+    since = moment - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+
+
+def timestamp_now() -> Timestamp:
+    """Return the current time as a protobuf Timestamp."""
+    nanos = time.time_ns()
+    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 def transaction_message(entry: Transaction, *, with_actor: bool = False) -> ledger_pb2.Transaction:

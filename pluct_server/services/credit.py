@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import grpc
 from pluct.credit.v1 import credit_service_pb2 as pb
 from pluct.credit.v1 import credit_service_pb2_grpc
@@ -11,7 +9,7 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct_server.callers import current_caller
 from pluct_server.errors import InvalidArgument
 from pluct_server.ledger import Ledger
-from pluct_server.services.convert import timestamp, transaction_message
+from pluct_server.services.convert import timestamp_now, transaction_message
 
 
 class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ignore[misc]
@@ -35,7 +33,7 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
         """Return a user's balance (0 for an unknown user)."""
         balance = await self._ledger.balance(request.user_id)
         return pb.GetBalanceResponse(
-            user_id=request.user_id, balance=balance, timestamp=timestamp(datetime.now(UTC))
+            user_id=request.user_id, balance=balance, timestamp=timestamp_now()
         )
 
     async def ListTransactions(

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 
@@ -91,31 +91,36 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """Lend a pooled connection, translating driver failures into domain errors."""
+        try:
+            async with self._acquire() as conn:
+                yield conn
+        except Exception as exc:
+            _reraise(exc)
+
+    def _acquire(self) -> Any:
         if self._pool is None:
             raise RuntimeError("Database.open() was not called")
-        try:
-            async with self._pool.acquire(timeout=self._connect_timeout) as conn:
-                yield conn
-        except asyncpg.UniqueViolationError as exc:
-            raise UniqueViolation(exc.constraint_name or "") from exc
-        except _UNAVAILABLE_ERRORS as exc:
-            _LOGGER.warning("database unavailable: %s", type(exc).__name__)
-            raise Unavailable() from exc
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate == RATE_LIMIT_SQLSTATE:
-                raise RateLimitExceeded() from exc
-            raise
+        return self._pool.acquire(timeout=self._connect_timeout)
+
+    # The one-statement calls below are every call's hot path: they acquire and translate
+    # inline, as the generator behind connection() costs a visible share of each call.
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         """Run one statement and return its first row."""
-        async with self.connection() as conn:
-            return await conn.fetchrow(query, *args)
+        try:
+            async with self._acquire() as conn:
+                return await conn.fetchrow(query, *args)
+        except Exception as exc:
+            _reraise(exc)
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """Run one statement and return all its rows."""
-        async with self.connection() as conn:
-            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-            return rows
+        try:
+            async with self._acquire() as conn:
+                rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+                return rows
+        except Exception as exc:
+            _reraise(exc)
 
     async def execute(self, query: str, *args: Any) -> str:
         """Run one statement and return its status, e.g. "DELETE 3"."""
@@ -131,3 +136,23 @@ class Database:
         except Unavailable:
             return False
         return True
+
+
+def _reraise(exc: Exception) -> NoReturn:
+    """Raise what a driver failure means to the domain, or the failure itself."""
+    translated = _translated(exc)
+    if translated is exc:
+        raise exc
+    raise translated from exc
+
+
+def _translated(exc: Exception) -> Exception:
+    """Return what a driver failure means to the domain (the exception itself if nothing)."""
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return UniqueViolation(exc.constraint_name or "")
+    if isinstance(exc, _UNAVAILABLE_ERRORS):
+        _LOGGER.warning("database unavailable: %s", type(exc).__name__)
+        return Unavailable()
+    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == RATE_LIMIT_SQLSTATE:
+        return RateLimitExceeded()
+    return exc
