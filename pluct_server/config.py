@@ -79,6 +79,8 @@ class Settings:
     token_ttl: timedelta = timedelta(seconds=60)
     data_dir: Path = Path(".data")
     db_pool_size: int = 20
+    # Prepared statements cached per connection; 0 (for PgBouncer in transaction mode) uses none.
+    db_statement_cache_size: int = 100
     health_interval_seconds: float = 2.0
     shutdown_grace_seconds: float = 10.0
     http_max_body_bytes: int = 64 * 1024
@@ -166,6 +168,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         ),
         data_dir=Path(environ.get("PLUCT_DATA_DIR", "").strip() or Settings.data_dir),
         db_pool_size=_integer(environ, "PLUCT_DB_POOL_SIZE", Settings.db_pool_size, 1, 500),
+        db_statement_cache_size=_integer(
+            environ, "PLUCT_DB_STATEMENT_CACHE_SIZE", Settings.db_statement_cache_size, 0, 10_000
+        ),
         health_interval_seconds=float(
             _integer(
                 environ,

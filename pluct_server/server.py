@@ -96,7 +96,11 @@ class PluctServer:
         self.settings = settings
         # Workers share their ports (SO_REUSEPORT); a lone server refuses a port in use.
         self._reuse_port = reuse_port
-        self.database = Database(dsn, max_size=settings.db_pool_size)
+        self.database = Database(
+            dsn,
+            max_size=settings.db_pool_size,
+            statement_cache_size=settings.db_statement_cache_size,
+        )
         self.health = HealthMonitor(self.database, SERVICE_NAMES, settings.health_interval_seconds)
         self.api_keys = ApiKeys(ApiKeyStore(self.database))
         self.revocations = Revocations(RevocationStore(self.database), settings.token_ttl)

@@ -11,6 +11,7 @@ import jwt
 import pytest
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
+from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as token_pb
 
 from tests.support import ADMIN_METADATA, JWT_SECRET, WEBHOOK_METADATA, new_request_id
@@ -168,3 +169,38 @@ async def test_vends_across_two_servers_on_one_database_never_overdraw(
     assert sum(isinstance(r, token_pb.VendTokenResponse) for r in results) == 10
     balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
     assert balance.balance == 0
+
+
+async def test_without_prepared_statements_vends_still_never_overdraw(
+    database_dsn, data_dir, user_id
+):
+    # PLUCT_DB_STATEMENT_CACHE_SIZE=0, as PgBouncer's transaction mode needs: unnamed statements.
+    from pluct.token.v1 import token_service_pb2_grpc
+
+    from tests.support import running_server, settings_for_test
+
+    settings = settings_for_test(data_dir, db_statement_cache_size=0)
+    async with (
+        running_server(settings, database_dsn) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
+        credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+        token = token_service_pb2_grpc.TokenServiceStub(channel)
+        await credit.CreateUser(
+            credit_pb.CreateUserRequest(user_id=user_id, initial_credits=50),
+            metadata=ADMIN_METADATA,
+        )
+        results = await asyncio.gather(
+            *(
+                outcome(
+                    token.VendToken(
+                        token_pb.VendTokenRequest(user_id=user_id, request_id=f"no-cache-{i}"),
+                        metadata=ADMIN_METADATA,
+                    )
+                )
+                for i in range(100)
+            )
+        )
+
+    assert sum(isinstance(r, token_pb.VendTokenResponse) for r in results) == 50
+    assert Counter(r for r in results if isinstance(r, str)) == {"FAILED_PRECONDITION": 50}

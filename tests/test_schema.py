@@ -64,3 +64,25 @@ def test_migration_files_must_be_numbered_without_gaps(tmp_path):
 
     with pytest.raises(ValueError, match="0002"):
         load_migrations(tmp_path)
+
+
+# The tables the hot statements (vend, credit, create, read) write or read by key.
+USER_KEYED_TABLES = ("users", "ledger", "request_keys")
+
+
+@pytest.mark.parametrize("table", USER_KEYED_TABLES)
+async def test_hot_tables_carry_user_id_in_every_primary_and_unique_key(conn, table):
+    # What sharding by user (Citus) requires: no key that two users' rows could share.
+    keys = await conn.fetch(
+        """
+        SELECT c.conname, array_agg(a.attname ORDER BY a.attname) AS columns
+          FROM pg_constraint c
+          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+         WHERE c.conrelid = $1::regclass AND c.contype IN ('p', 'u')
+         GROUP BY c.conname
+        """,
+        table,
+    )
+
+    assert keys, f"{table} has no primary key"
+    assert all("user_id" in key["columns"] for key in keys), [dict(k) for k in keys]

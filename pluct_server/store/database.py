@@ -62,9 +62,11 @@ class Database:
         max_size: int = 20,
         connect_timeout: float = 5.0,
         command_timeout: float = 10.0,
+        statement_cache_size: int = 100,
     ) -> None:
         self._dsn = dsn
         self._max_size = max_size
+        self._statement_cache_size = statement_cache_size
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
@@ -80,6 +82,8 @@ class Database:
             # A connection idle this long is closed, so a restarted server is rediscovered quickly.
             max_inactive_connection_lifetime=60.0,
             reset=_keep_session,
+            # 0 turns named prepared statements off, which PgBouncer's transaction mode needs.
+            statement_cache_size=self._statement_cache_size,
         )
 
     async def close(self) -> None:

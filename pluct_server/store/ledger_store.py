@@ -140,7 +140,7 @@ SELECT k.fingerprint, k.expire_time < now() AS expired,
        l.balance_after, l.token_id, l.token_issued_at, l.token_expires_at
   FROM request_keys k
   LEFT JOIN users u ON u.user_id = k.user_id
-  LEFT JOIN ledger l ON l.id = k.ledger_id
+  LEFT JOIN ledger l ON l.user_id = k.user_id AND l.id = k.ledger_id
  WHERE k.user_id = $1 AND k.caller = $2 AND k.operation = $3 AND k.request_id = $4
 """
 
