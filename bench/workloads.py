@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-
-from pluct_server.store.ledger_store import _SPEND_ONE
 
 # wrk plays many mobile clients behind one trusted proxy: a random user and client address for
 # every request, so no counter or row is hotter than it would be in production.
@@ -43,25 +40,20 @@ def wrk_script(path: Path, name: str, users: int) -> Path:
 
 
 def pgbench_script(path: Path, spread: str, users: int) -> Path:
-    """Write the service's own spend statement as a pgbench script (uniform users, or one)."""
+    """Write the service's spend statement, one vend per call, as a pgbench script.
+
+    The service runs the same statement (pluct_spend_batch) with every vend that arrived
+    together; here each carries one, as an unbatched spend would: the database's own ceiling.
+    """
     user = "'u' || :uid" if spread == "uniform" else "'hot'"
-    arguments = {
-        1: user,
-        2: "'bench'",
-        3: "NULL",
-        4: "NULL",
-        5: "gen_random_uuid()",
-        6: "now()",
-        7: "now() + interval '60 seconds'",
-        # The per-user vend counter, charged as the service charges it.
-        8: f"ARRAY[{user}]",
-        9: "ARRAY['vend']",
-        10: "ARRAY[0.000001]::float8[]",
-        11: "ARRAY[0.999999]::float8[]",
-        12: "NULL",
-    }
-    statement = re.sub(r"\$(\d+)", lambda m: arguments[int(m[1])], _SPEND_ONE.strip())
     lines = [f"\\set uid random(1, {users})"] if spread == "uniform" else []
-    lines.append(" ".join(statement.split()) + ";")
+    lines.append(
+        "SELECT * FROM pluct_spend_batch("
+        f"ARRAY[{user}], ARRAY['bench'], ARRAY[NULL]::text[], ARRAY[NULL]::text[], "
+        "ARRAY[gen_random_uuid()], ARRAY[now()], ARRAY[now() + interval '60 seconds'], "
+        "ARRAY[NULL]::interval[], "
+        # The per-user vend counter, charged as the service charges it.
+        f"ARRAY[0], ARRAY[{user}], ARRAY['vend'], ARRAY[0.000001], ARRAY[0.999999]);"
+    )
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -79,6 +79,10 @@ class Settings:
     token_ttl: timedelta = timedelta(seconds=60)
     data_dir: Path = Path(".data")
     db_pool_size: int = 20
+    # Spends that arrive together go in one statement of at most this many; the first of a batch
+    # may wait this long for company (0: none; batches still form while the database is busy).
+    spend_batch_max: int = 32
+    spend_batch_wait: timedelta = timedelta(0)
     # Prepared statements cached per connection; 0 (for PgBouncer in transaction mode) uses none.
     db_statement_cache_size: int = 100
     health_interval_seconds: float = 2.0
@@ -168,6 +172,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         ),
         data_dir=Path(environ.get("PLUCT_DATA_DIR", "").strip() or Settings.data_dir),
         db_pool_size=_integer(environ, "PLUCT_DB_POOL_SIZE", Settings.db_pool_size, 1, 500),
+        spend_batch_max=_integer(environ, "PLUCT_SPEND_BATCH_MAX", Settings.spend_batch_max, 1, 64),
+        spend_batch_wait=timedelta(
+            microseconds=_integer(environ, "PLUCT_SPEND_BATCH_WAIT_US", 0, 0, 100_000)
+        ),
         db_statement_cache_size=_integer(
             environ, "PLUCT_DB_STATEMENT_CACHE_SIZE", Settings.db_statement_cache_size, 0, 10_000
         ),

@@ -35,6 +35,7 @@ from pluct_server.store.ledger_store import LedgerStore
 from pluct_server.store.limit_store import LimitStore
 from pluct_server.store.migrate import migrate
 from pluct_server.store.revocation_store import RevocationStore
+from pluct_server.store.spend_batch import SpendBatcher
 from pluct_server.tls import grpc_server_credentials, http_ssl_context
 from pluct_server.tokens import TokenKeys
 from pluct_server.vending import TokenVendor
@@ -104,6 +105,11 @@ class PluctServer:
         self.health = HealthMonitor(self.database, SERVICE_NAMES, settings.health_interval_seconds)
         self.api_keys = ApiKeys(ApiKeyStore(self.database))
         self.revocations = Revocations(RevocationStore(self.database), settings.token_ttl)
+        self.spends = SpendBatcher(
+            self.database,
+            max_size=settings.spend_batch_max,
+            max_wait=settings.spend_batch_wait,
+        )
         self.grpc_port = 0
         self.http_port = 0
         # What the shim checks before it calls; set by start(), read by a second shim in tests.
@@ -144,7 +150,7 @@ class PluctServer:
             legacy_webhook_secret=settings.webhook_legacy_secret,
         )
         ledger = Ledger(
-            LedgerStore(self.database),
+            LedgerStore(self.database, self.spends),
             limiter,
             settings.signup_allowance,
             settings.request_id_retention,

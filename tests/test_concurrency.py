@@ -35,8 +35,9 @@ async def ledger_rows(dsn: str, user_id: str) -> Counter[str]:
 
 
 async def test_500_concurrent_vends_on_50_credits_issue_exactly_50_tokens(
-    credit, token, database_dsn, user_id
+    credit, token, database_dsn, user_id, server
 ):
+    batches_before = server.spends.sent
     await credit.CreateUser(
         credit_pb.CreateUserRequest(user_id=user_id, initial_credits=50), metadata=ADMIN_METADATA
     )
@@ -58,6 +59,9 @@ async def test_500_concurrent_vends_on_50_credits_issue_exactly_50_tokens(
     balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
     assert balance.balance == 0
     assert await ledger_rows(database_dsn, user_id) == {"user_creation": 1, "spend": 50}
+    # They really went in batches, each spend with its own answer.
+    assert server.spends.largest > 1
+    assert server.spends.sent - batches_before < 500
 
 
 async def test_concurrent_credits_never_lose_an_update(credit, admin, database_dsn, user_id):

@@ -16,8 +16,8 @@ from pluct_server.models import (
     Transaction,
     UserSummary,
 )
-from pluct_server.store.database import Database, UniqueViolation
-from pluct_server.store.limit_store import CHARGE_CTE, charge_arguments
+from pluct_server.store.database import Database, RateLimitExceeded, UniqueViolation
+from pluct_server.store.spend_batch import LIMITED, TAKEN, SpendBatcher, SpendRequest
 
 if TYPE_CHECKING:
     from pluct_server.limits import Charge
@@ -66,41 +66,6 @@ WITH created AS (
     + """ FROM created WHERE $5::text IS NOT NULL
 )
 SELECT balance FROM created
-"""
-)
-
-# The conditional UPDATE is the whole overdraft rule: a row with balance 0 simply does not match,
-# and concurrent spends queue on the row lock and re-check the condition one after another. The
-# limits are charged in the same statement (CHARGE_CTE), so a vend is still one round trip.
-_SPEND_ONE = (
-    "WITH "
-    + CHARGE_CTE.format(subjects="$8", buckets="$9", steps="$10", tolerances="$11")
-    + """, spent AS (
-    UPDATE users
-       SET balance = balance - 1,
-           total_spent = total_spent + 1,
-           transaction_count = transaction_count + 1,
-           last_activity_at = now()
-     WHERE user_id = $1 AND balance >= 1 AND (SELECT ok FROM admitted)
- RETURNING user_id, balance
-), entry AS (
-    INSERT INTO ledger (user_id, type, amount, balance_after, request_id,
-                        token_id, token_issued_at, token_expires_at)
-    SELECT user_id, 'spend', 1, balance, $3, $5, $6, $7 FROM spent
-    RETURNING id, balance_after
-), claimed AS ("""
-    + _CLAIM.format(
-        user_id="$1",
-        caller="$2",
-        operation="'vend'",
-        request_id="$3",
-        fingerprint="$4",
-        ledger_id="id",
-        retention="$12",
-    )
-    + """ FROM entry WHERE $3::text IS NOT NULL
-)
-SELECT (SELECT ok FROM admitted) AS admitted, (SELECT balance_after FROM entry) AS balance_after
 """
 )
 
@@ -195,8 +160,9 @@ def _key_arguments(key: RequestKey | None) -> tuple[str | None, str | None, obje
 class LedgerStore:
     """Reads and writes users and ledger entries; reports what the database said, no policy."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, spends: SpendBatcher | None = None) -> None:
         self._db = database
+        self._spends = spends or SpendBatcher(database)
 
     async def create_user(
         self, user_id: str, initial_credits: int, reason: str, caller: str, key: RequestKey | None
@@ -260,27 +226,15 @@ class LedgerStore:
     ) -> int | None:
         """Charge the limits and spend one credit; return the balance after, None if none was left.
 
-        Raises RateLimitExceeded (nothing changed) or RequestKeyTaken.
+        Spends that arrive together share one statement (SpendBatcher), each with its own
+        outcome. Raises RateLimitExceeded (nothing changed) or RequestKeyTaken.
         """
-        request_id, fingerprint, retention = _key_arguments(key)
-        try:
-            row = await self._db.fetchrow(
-                _SPEND_ONE,
-                claims.user_id,
-                caller,
-                request_id,
-                fingerprint,
-                claims.token_id,
-                claims.issued_at,
-                claims.expires_at,
-                *charge_arguments(charges),
-                retention,
-            )
-        except UniqueViolation as exc:
-            raise _taken(exc) from exc
-        assert row is not None
-        balance = row["balance_after"]
-        return None if balance is None else int(balance)
+        done = await self._spends.spend(SpendRequest(claims, caller, key, charges))
+        if done.outcome == TAKEN:
+            raise RequestKeyTaken()
+        if done.outcome == LIMITED:
+            raise RateLimitExceeded()
+        return done.balance_after
 
     async def claim_request_key(self, user_id: str, key: RequestKey) -> None:
         """Claim a request key that answers with no ledger entry; RequestKeyTaken if it is taken."""

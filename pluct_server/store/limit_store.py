@@ -13,33 +13,29 @@ if TYPE_CHECKING:
 # GCRA per (subject, bucket): an event is admitted while the allowance, spent ahead of now, stays
 # within the tolerance; admitting it moves `tat` one step on. The CTE charges every counter of
 # the call, and pluct_rate_limited() aborts the whole statement when one refused, so a refused
-# call moves no counter. Statements that act on the outcome embed CHARGE_CTE and test `admitted`.
-CHARGE_CTE = """
-charged AS (
+# call moves no counter. (A vend charges its counters in pluct_spend_batch instead.)
+_CHARGE = """
+WITH charged AS (
     INSERT INTO rate_limits AS r (subject, bucket, tat, tolerance)
     SELECT w.subject, w.bucket, now() + make_interval(secs => w.step),
            make_interval(secs => w.tolerance)
-      FROM unnest({subjects}::text[], {buckets}::text[], {steps}::float8[], {tolerances}::float8[])
+      FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[])
            AS w(subject, bucket, step, tolerance)
     ON CONFLICT (subject, bucket) DO UPDATE
        SET tat = greatest(r.tat, now()) + (EXCLUDED.tat - now()),
            tolerance = EXCLUDED.tolerance
      WHERE greatest(r.tat, now()) - now() <= EXCLUDED.tolerance
     RETURNING 1
-), admitted AS (
-    SELECT CASE WHEN count(*) < cardinality({subjects}::text[]) THEN pluct_rate_limited()
-                ELSE true END AS ok
-      FROM charged
-)"""
-
-_CHARGE = "WITH " + CHARGE_CTE.format(subjects="$1", buckets="$2", steps="$3", tolerances="$4")
-_CHARGE += "\nSELECT ok FROM admitted"
+)
+SELECT CASE WHEN count(*) < cardinality($1::text[]) THEN pluct_rate_limited() ELSE true END
+  FROM charged
+"""
 
 _PURGE = "DELETE FROM rate_limits WHERE tat < now()"
 
 
-def charge_arguments(charges: Sequence[Charge]) -> tuple[Any, ...]:
-    """Return the four array parameters CHARGE_CTE reads, in its placeholder order."""
+def _charge_arguments(charges: Sequence[Charge]) -> tuple[Any, ...]:
+    """Return the four array parameters of _CHARGE, in its placeholder order."""
     return (
         [charge.subject for charge in charges],
         [charge.bucket for charge in charges],
@@ -57,7 +53,7 @@ class LimitStore:
     async def charge(self, charges: Sequence[Charge]) -> bool:
         """Count one event on each counter; False (and nothing counted) when one is spent."""
         try:
-            await self._db.fetchrow(_CHARGE, *charge_arguments(charges))
+            await self._db.fetchrow(_CHARGE, *_charge_arguments(charges))
         except RateLimitExceeded:
             return False
         return True
