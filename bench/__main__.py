@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -55,6 +56,7 @@ SPREAD_PROCESSES = 16
 # A database serves its peak with a few clients per core, and the workers' pools need the rest
 # of max_connections: pgbench runs 256 in flight as 64 clients.
 PGBENCH_MAX_CLIENTS = 64
+SETTLE_SECONDS = 1.0
 # Every limit on, as in production, at rates this load never reaches: the counters are charged
 # on every call, so their cost is in every figure.
 SERVICE_SETTINGS = {
@@ -90,7 +92,7 @@ class Progress:
 
     def __init__(self, runs: int, seconds_each: float) -> None:
         self._left = runs
-        self._each = seconds_each + 1.5  # warm-up and start-up
+        self._each = seconds_each + 2.5  # warm-up, settling and start-up
         self._started = time.monotonic()
 
     def step(self, label: str) -> None:
@@ -131,6 +133,21 @@ async def caller_key(service: Service) -> tuple[str, str]:
         # A vend tried once first: h2load counts a gRPC error (in the trailers) as a 200.
         vended = await tokens.VendToken(token_pb.VendTokenRequest(user_id="hot"), metadata=bearer)
         return str(made.secret), str(vended.token)
+
+
+async def settle(dsn: str) -> None:
+    """Start each run from the same state: the last run's stragglers done, dirty pages written.
+
+    Without it, a run could pay for the one before (a hot row's queue still draining) or for a
+    checkpoint that happens to fall into it.
+    """
+    await asyncio.sleep(SETTLE_SECONDS)
+    conn = await asyncpg.connect(dsn)
+    try:
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
 
 
 def server_cpu_seconds(service: Service) -> float:
@@ -248,6 +265,7 @@ async def run(plan: Plan) -> Path:
         for name, load, server_side in workloads:
             for concurrency in plan.concurrencies:
                 progress.step(f"{name} at {concurrency} in flight")
+                await settle(service.dsn)
                 results.append(
                     await measured(
                         service,
@@ -260,6 +278,7 @@ async def run(plan: Plan) -> Path:
                 )
         peak = max((r for r in results if r.workload == VEND), key=lambda r: r.throughput)
         progress.step(f"VendToken at half its peak rate ({peak.throughput / 2:.0f}/s)")
+        await settle(service.dsn)
         half = await measured(
             service,
             f"{VEND}, at half of peak",

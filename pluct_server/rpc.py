@@ -79,27 +79,27 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if guarded is not None:
             return guarded
         handler = await continuation(handler_call_details)
-        rule = self._rules.get(method)
-        if handler is None or rule is None:
+        if handler is None or method not in self._rules:
             return handler  # health, reflection, or an unknown method (UNIMPLEMENTED)
         if handler.unary_unary is None:
             # Only unary calls can be guarded here; refuse to serve anything else unguarded.
             raise RuntimeError(f"{method} is not unary, and the interceptor cannot guard it")
         guarded = grpc.unary_unary_rpc_method_handler(
-            self._guard(method, rule, handler.unary_unary, handler.request_deserializer),
-            request_deserializer=None,  # we decode after the caller check, see _guard
+            self.guard(method, handler.unary_unary, handler.request_deserializer),
+            request_deserializer=None,  # we decode after the caller check, see guard
             response_serializer=handler.response_serializer,
         )
         self._handlers[method] = guarded
         return guarded
 
-    def _guard(
-        self,
-        method: str,
-        rule: AccessRule,
-        behavior: Behavior,
-        deserialize: Callable[[bytes], Any],
+    def guard(
+        self, method: str, behavior: Behavior, deserialize: Callable[[bytes], Any]
     ) -> Behavior:
+        """Wrap one RPC's servicer method: caller check, then decoding, then errors to statuses.
+
+        gRPC calls get this wrapper through intercept_service; the HTTP shim calls it directly.
+        """
+        rule = self._rules[method]
         authenticator = self._authenticator
         limiter = self._limiter
         token = self._gateway_token

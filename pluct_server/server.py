@@ -21,6 +21,7 @@ from pluct_server.config import Settings
 from pluct_server.errors import Unavailable
 from pluct_server.gateway import Gateway, Guards, HttpLimits
 from pluct_server.health import HealthMonitor
+from pluct_server.inprocess import InProcessCalls
 from pluct_server.ledger import Ledger
 from pluct_server.limits import Limiter
 from pluct_server.maintenance import Maintenance
@@ -112,8 +113,10 @@ class PluctServer:
         )
         self.grpc_port = 0
         self.http_port = 0
-        # What the shim checks before it calls; set by start(), read by a second shim in tests.
+        # What the shim checks before it calls, and how it calls: set by start(), read by a
+        # second shim in tests.
         self.guards: Guards | None = None
+        self.calls: InProcessCalls | None = None
         self._server: grpc.aio.Server | None = None
         self._gateway: Gateway | None = None
         self._maintenance: Maintenance | None = None
@@ -171,16 +174,15 @@ class PluctServer:
         rules = access_rules(SERVICES)
         gateway_token = secrets.token_urlsafe(32)
 
+        interceptor = ServiceInterceptor(
+            authenticator,
+            rules,
+            limiter=limiter,
+            gateway_token=gateway_token,
+            trusted_proxies=settings.trusted_proxies,
+        )
         server = grpc.aio.server(
-            interceptors=[
-                ServiceInterceptor(
-                    authenticator,
-                    rules,
-                    limiter=limiter,
-                    gateway_token=gateway_token,
-                    trusted_proxies=settings.trusted_proxies,
-                )
-            ],
+            interceptors=[interceptor],
             options=[
                 ("grpc.so_reuseport", int(self._reuse_port)),
                 ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
@@ -189,13 +191,15 @@ class PluctServer:
             # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once.
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
-        credit_service_pb2_grpc.add_CreditServiceServicer_to_server(CreditServicer(ledger), server)
-        token_service_pb2_grpc.add_TokenServiceServicer_to_server(
-            TokenServicer(vendor, signer), server
+        servicers = (
+            CreditServicer(ledger),
+            TokenServicer(vendor, signer),
+            AdminServicer(ledger, self.api_keys, self.revocations),
         )
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(ledger, self.api_keys, self.revocations), server
-        )
+        credit_service_pb2_grpc.add_CreditServiceServicer_to_server(servicers[0], server)
+        token_service_pb2_grpc.add_TokenServiceServicer_to_server(servicers[1], server)
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(servicers[2], server)
+        self.calls = InProcessCalls(interceptor, zip(SERVICES, servicers, strict=True))
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         if settings.reflection:
             reflection.enable_server_reflection(
@@ -222,13 +226,13 @@ class PluctServer:
         gateway = Gateway(
             SERVICES,
             self.guards,
+            self.calls,
             probe=self.health.check_now,
             limits=HttpLimits(
                 max_body_bytes=settings.http_max_body_bytes,
                 max_concurrent_requests=settings.http_max_concurrent_requests,
             ),
         )
-        server.add_insecure_port(gateway.grpc_target)  # the shim's private way in
         await server.start()
         self._server = server
         self._gateway = gateway

@@ -106,14 +106,14 @@ async def raw_connection(
 
 @asynccontextmanager
 async def strict_gateway(server: PluctServer, **limits: Any) -> AsyncIterator[Gateway]:
-    """A second shim in front of `server`'s gRPC port, with tight limits a test can wait out."""
-    assert server.guards is not None
+    """A second shim in front of `server`'s RPCs, with tight limits a test can wait out."""
+    assert server.guards is not None and server.calls is not None
     gateway = Gateway(
         SERVICES,
         server.guards,
+        server.calls,
         probe=server.health.check_now,
         limits=HttpLimits(**limits),
-        grpc_target=f"127.0.0.1:{server.grpc_port}",
     )
     await gateway.start("127.0.0.1:0")
     try:

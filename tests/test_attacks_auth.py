@@ -708,7 +708,7 @@ async def test_an_api_key_secret_is_stored_nowhere_and_never_listed_again(admin,
     secret = created.secret
     key_id = created.api_key.key_id
     assert key_id_of(secret) == key_id
-    random_part = secret.rsplit("_", 1)[1]
+    random_part = secret.split("_", 2)[2]  # pluct_<key id>_<random part>, which may hold "_"
     await bare.credit.GetBalance(
         credit_pb.GetBalanceRequest(user_id="anyone"), metadata=bearer(secret)
     )
@@ -757,7 +757,7 @@ async def test_secrets_reach_no_log_record_and_no_error_answer(
         metadata=ADMIN_METADATA,
     )
     secret = created.secret
-    random_part = secret.rsplit("_", 1)[1]
+    random_part = secret.split("_", 2)[2]  # pluct_<key id>_<random part>, which may hold "_"
     await bare.token.VendToken(token_pb.VendTokenRequest(user_id=victim), metadata=bearer(secret))
     tampered = secret[:-1] + ("A" if secret[-1] != "A" else "B")
     attempts: list[tuple[Awaitable[Any], grpc.StatusCode]] = [

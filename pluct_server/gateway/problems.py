@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -54,10 +54,11 @@ class CallError(Exception):
         return cls(error.code, error.message, error.reason, error.metadata)
 
     @classmethod
-    def from_rpc(cls, error: grpc.aio.AioRpcError) -> CallError:
-        """Return the error a gRPC call ended with, reading the ErrorInfo our interceptor sends."""
-        code = error.code()
-        for key, value in error.trailing_metadata() or ():
+    def from_status(
+        cls, code: grpc.StatusCode, trailing_metadata: Sequence[tuple[str, Any]]
+    ) -> CallError:
+        """Return the error a call ended with, reading the ErrorInfo our interceptor sends."""
+        for key, value in trailing_metadata or ():
             if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
                 continue
             status = status_pb2.Status.FromString(value)

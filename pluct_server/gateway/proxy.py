@@ -1,17 +1,17 @@
-"""Calls the gRPC server over a real channel: HTTP meets the very same auth, checks and errors."""
+"""Calls the RPCs behind the routes: HTTP meets the very same auth, checks and errors as gRPC."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+import asyncio
+from collections.abc import Mapping, Sequence
 
 import grpc
-from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from pluct_server.auth import AUTHORIZATION_HEADER, WEBHOOK_HEADER
 from pluct_server.gateway.problems import CallError
 from pluct_server.gateway.routes import Route
+from pluct_server.inprocess import CallAborted, InProcessCalls
 from pluct_server.rpc import REQUEST_ID_KEYS
 
 Metadata = tuple[tuple[str, str], ...]
@@ -37,31 +37,22 @@ def forwarded_metadata(headers: Mapping[str, str]) -> Metadata:
 
 
 class RpcProxy:
-    """One unary callable per routed RPC, on one channel."""
+    """Calls the routed RPCs in-process, through the same guard gRPC callers meet."""
 
-    def __init__(self, channel: grpc.aio.Channel, routes: Iterable[Route], timeout: float) -> None:
+    def __init__(self, calls: InProcessCalls, timeout: float) -> None:
+        self._calls = calls
         self._timeout = timeout
-        self._calls: dict[str, Callable[..., Any]] = {}
-        for route in routes:
-            if route.rpc is None or route.rpc.path in self._calls:
-                continue
-            output = message_factory.GetMessageClass(route.rpc.method.output_type)
-            self._calls[route.rpc.path] = channel.unary_unary(
-                route.rpc.path,
-                request_serializer=_serialize,
-                response_deserializer=output.FromString,
-            )
 
     async def call(self, route: Route, request: Message, metadata: Metadata) -> Message:
         """Call the route's RPC; raise CallError with the status it failed with."""
         assert route.rpc is not None
         try:
-            response: Message = await self._calls[route.rpc.path](
-                request, metadata=metadata, timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as error:
-            raise CallError.from_rpc(error) from None
-        return response
+            async with asyncio.timeout(self._timeout):
+                return await self._calls.call(route.rpc.path, request, metadata)
+        except CallAborted as aborted:
+            raise CallError.from_status(aborted.code, aborted.trailing_metadata) from None
+        except TimeoutError:
+            raise CallError.from_status(grpc.StatusCode.DEADLINE_EXCEEDED, ()) from None
 
     async def call_all_pages(
         self, route: Route, request: Message, metadata: Metadata, page_size: int
@@ -95,10 +86,6 @@ def pages_everything(route: Route, request: Message, all_pages_size: int) -> boo
         and not getattr(request, _PAGE_SIZE)
         and not getattr(request, _PAGE_TOKEN)
     )
-
-
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
 
 
 def _copy(message: Message) -> Message:

@@ -1,15 +1,11 @@
-"""The shim's lifecycle: its private way into the gRPC server, the channel and the HTTP listener."""
+"""The shim's lifecycle: its routes, its in-process way to the RPCs, and the HTTP listener."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import ssl
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 
-import grpc
 from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 
@@ -22,6 +18,7 @@ from pluct_server.gateway.protocol import JsonErrorServer
 from pluct_server.gateway.proxy import RpcProxy
 from pluct_server.gateway.render import Renderer
 from pluct_server.gateway.routes import Route, Router, rpc_routes
+from pluct_server.inprocess import InProcessCalls
 
 _LOGGER = logging.getLogger(__name__)
 _LINGER_SECONDS = 1.0
@@ -34,10 +31,10 @@ class Gateway:
         self,
         services: Iterable[ServiceDescriptor],
         guards: Guards,
+        calls: InProcessCalls,
         *,
         probe: Probe,
         limits: HttpLimits | None = None,
-        grpc_target: str | None = None,
         profile: LegacyProfile = LEGACY,
     ) -> None:
         self.limits = limits or HttpLimits()
@@ -48,17 +45,11 @@ class Gateway:
         self.info = ServiceInfo.installed()
         self.openapi = openapi_document(self.routes, profile, renderer, self.info)
         self._guards = guards
+        # The RPCs are called in-process, through the guard gRPC applies: no second network hop.
+        self._calls = calls
         self._probe = probe
         self._profile = profile
-        self._socket_dir: Path | None = None
-        if grpc_target is None:
-            # A unix socket of our own: the shim reaches the gRPC server whatever grpc_listen is,
-            # and the folder (mode 0700) keeps other local users off that door.
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="pluct-shim-"))
-            grpc_target = f"unix:{self._socket_dir / 'grpc.sock'}"
-        self.grpc_target = grpc_target
         self.port = 0
-        self._channel: grpc.aio.Channel | None = None
         self._runner: web.ServerRunner | None = None
         self._handler: ShimHandler | None = None
 
@@ -67,10 +58,9 @@ class Gateway:
     ) -> int:
         """Open the channel and listen on `listen` (host:port, 0 picks a port); return the port."""
         host, _, port = listen.rpartition(":")
-        self._channel = grpc.aio.insecure_channel(self.grpc_target)
         self._handler = ShimHandler(
             router=self.router,
-            proxy=RpcProxy(self._channel, self.routes, self.limits.rpc_seconds),
+            proxy=RpcProxy(self._calls, self.limits.rpc_seconds),
             guards=self._guards,
             profile=self._profile,
             limits=self.limits,
@@ -121,9 +111,3 @@ class Gateway:
                 await self._runner.server.shutdown(grace)
             await self._runner.cleanup()
             self._runner = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-        if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
-            self._socket_dir = None
