@@ -26,19 +26,14 @@ DECLARE
     entry_id bigint;
 BEGIN
     -- Every lock up front, in one order for everyone (counters by key, then users by id), so
-    -- two batches can wait for each other but never in a circle. A missing counter is made
-    -- with its allowance whole (tat = now), which is the same as no counter.
-    INSERT INTO rate_limits (subject, bucket, tat, tolerance)
-    SELECT c.s, c.b, now(), make_interval(secs => c.t)
+    -- two batches can wait for each other but never in a circle. The upsert makes a missing
+    -- counter with its allowance whole (tat = now, the same as no counter) and locks an
+    -- existing one in one step, so a purge deleting it in between cannot leave it unlocked.
+    INSERT INTO rate_limits AS r (subject, bucket, tat, tolerance)
+    SELECT DISTINCT ON (c.s, c.b) c.s, c.b, now(), make_interval(secs => c.t)
       FROM unnest(p_charge_subjects, p_charge_buckets, p_charge_tolerances) AS c(s, b, t)
      ORDER BY c.s, c.b
-    ON CONFLICT (subject, bucket) DO NOTHING;
-    PERFORM 1
-       FROM rate_limits r
-      WHERE (r.subject, r.bucket) IN
-            (SELECT c.s, c.b FROM unnest(p_charge_subjects, p_charge_buckets) AS c(s, b))
-      ORDER BY r.subject, r.bucket
-        FOR UPDATE;
+    ON CONFLICT (subject, bucket) DO UPDATE SET tolerance = EXCLUDED.tolerance;
     PERFORM 1 FROM users WHERE user_id = ANY (p_users) ORDER BY user_id FOR UPDATE;
 
     FOR i IN 1 .. n LOOP
