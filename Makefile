@@ -9,7 +9,7 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 # Where googleapis-common-protos and grpcio-tools keep the .proto files our imports name.
 PROTO_INCLUDES = -I protos -I $$($(BIN)/python -c 'import google.api.annotations_pb2 as a, pathlib; print(pathlib.Path(a.__file__).parent.parent.parent)') -I $$($(BIN)/python -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
 
-.PHONY: help run migrate test check lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools fuzz clean
+.PHONY: help run migrate audit test check lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ run: $(STAMP) ## Start the service (embedded PostgreSQL unless DATABASE_URL is s
 
 migrate: $(STAMP) ## Apply pending database migrations and exit.
 	$(BIN)/python -m pluct_server migrate
+
+audit: $(STAMP) ## Check every balance against its ledger (exit 1, and who, when one differs).
+	$(BIN)/python -m pluct_server audit
 
 test: $(STAMP) ## Run the whole test suite against a real PostgreSQL and real servers.
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

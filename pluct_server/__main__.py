@@ -1,4 +1,4 @@
-"""Command line: `serve` runs the service, `migrate` applies the schema, `healthcheck` probes."""
+"""Command line: `serve` runs the service, `migrate` and `audit` look after the database."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pluct_server.audit import audit
 from pluct_server.config import (
     ConfigError,
     Settings,
@@ -21,6 +22,7 @@ from pluct_server.config import (
 )
 from pluct_server.errors import Unavailable
 from pluct_server.server import wait_and_migrate
+from pluct_server.store.audit_store import AuditStore
 from pluct_server.store.database import Database
 from pluct_server.store.embedded import EmbeddedPostgres
 from pluct_server.supervisor import LOG_FORMAT, Supervisor
@@ -40,13 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, help="server processes sharing the ports (env PLUCT_WORKERS)"
     )
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    commands.add_parser(
+        "audit", help="check every balance against its ledger; exit 1 and list who differs"
+    )
     commands.add_parser("healthcheck", help="exit 0 if the running server reports SERVING")
     args = parser.parse_args(argv)
     try:
         environ = read_environment()
         if getattr(args, "workers", None) is not None:
             environ["PLUCT_WORKERS"] = str(args.workers)
-        settings = load_settings(environ)
+        settings = load_settings(environ, serving=args.command == "serve")
     except ConfigError as error:
         print(f"pluct: configuration error: {error}", file=sys.stderr)
         return 2
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         with database_dsn(settings) as dsn:
             if args.command == "migrate":
                 asyncio.run(_migrate(dsn))
+            elif args.command == "audit":
+                return asyncio.run(_audit(dsn))
             else:
                 if not settings.production:
                     try:
@@ -115,6 +122,23 @@ async def check_health(settings: Settings) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+async def _audit(dsn: str) -> int:
+    database = Database(dsn, max_size=1, command_timeout=600.0)
+    await database.open()
+    try:
+        report = await audit(AuditStore(database))
+    finally:
+        await database.close()
+    for problem in report.problems:
+        print(
+            f"{problem.user_id}: balance {problem.balance}, ledger {problem.ledger_sum}: "
+            + "; ".join(problem.findings)
+        )
+    verdict = "clean" if report.clean else f"{len(report.problems)} user(s) disagree"
+    print(f"audited {report.users_checked} users: {verdict}")
+    return 0 if report.clean else 1
 
 
 async def _migrate(dsn: str) -> None:

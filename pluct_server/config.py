@@ -150,8 +150,11 @@ def read_environment(env_file: Path = Path(".env")) -> dict[str, str]:
     return merged
 
 
-def load_settings(environ: Mapping[str, str]) -> Settings:
-    """Build Settings from variables, raising ConfigError for the first bad one."""
+def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settings:
+    """Build Settings from variables, raising ConfigError for the first bad one.
+
+    Only a server needs its secrets: the operator commands (migrate, audit) check none.
+    """
     database_url = environ.get("DATABASE_URL", "").strip() or None
     if database_url is not None and not database_url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("DATABASE_URL must start with postgresql:// or postgres://")
@@ -244,9 +247,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             100_000,
         ),
     )
-    _check_tls(settings)
-    _check_token_keys(settings)
-    if settings.production:
+    if serving:
+        _check_tls(settings)
+        _check_token_keys(settings)
+    if settings.production and serving:
         check_strong_secret("ADMIN_SECRET", settings.admin_secret)
         for name, values in (
             ("JWT_SECRET", settings.jwt_secrets),

@@ -31,6 +31,7 @@ from pluct_server.services.admin import AdminServicer
 from pluct_server.services.credit import CreditServicer
 from pluct_server.services.token import TokenServicer
 from pluct_server.store.api_key_store import ApiKeyStore
+from pluct_server.store.audit_store import AuditStore
 from pluct_server.store.database import Database
 from pluct_server.store.ledger_store import LedgerStore
 from pluct_server.store.limit_store import LimitStore
@@ -194,7 +195,7 @@ class PluctServer:
         servicers = (
             CreditServicer(ledger),
             TokenServicer(vendor, signer),
-            AdminServicer(ledger, self.api_keys, self.revocations),
+            AdminServicer(ledger, self.api_keys, self.revocations, AuditStore(self.database)),
         )
         credit_service_pb2_grpc.add_CreditServiceServicer_to_server(servicers[0], server)
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(servicers[1], server)

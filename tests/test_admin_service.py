@@ -103,6 +103,7 @@ ADMIN_CALLS = [
     ("ListApiKeys", pb.ListApiKeysRequest()),
     ("RevokeApiKey", pb.RevokeApiKeyRequest(key_id="0123456789abcdef")),
     ("RevokeTokens", pb.RevokeTokensRequest(user_id="someone")),
+    ("AuditLedger", pb.AuditLedgerRequest()),
 ]
 
 
@@ -291,3 +292,13 @@ async def test_one_request_id_in_each_scope_is_its_own_request_and_replays_itsel
     assert first[0] == 3 and first[2:4] == (3, 4)
     balance = await credit.GetBalance(credit_pb.GetBalanceRequest(user_id=user_id))
     assert balance.balance == 4
+
+
+async def test_the_audit_rpc_finds_the_shared_books_clean(admin, credit, token, user_id):
+    await credit.CreateUser(credit_pb.CreateUserRequest(user_id=user_id, initial_credits=2))
+    await token.VendToken(token_pb.VendTokenRequest(user_id=user_id))
+
+    report = await admin.AuditLedger(pb.AuditLedgerRequest(), metadata=ADMIN_METADATA)
+
+    assert report.users_checked >= 1
+    assert list(report.problems) == []

@@ -352,3 +352,42 @@ def test_the_pool_is_split_so_every_worker_fits_the_server():
     assert plan_pool(wanted=20, workers=4, max_connections=30, reserved=3).per_worker == 4
     # Never less than one each, however small the server.
     assert plan_pool(wanted=20, workers=8, max_connections=10, reserved=3).per_worker == 1
+
+
+async def test_audit_exits_one_and_names_the_users_whose_books_disagree(production_dsn, tmp_path):
+    from pluct_server.store.database import Database
+    from pluct_server.store.migrate import migrate
+
+    database = Database(production_dsn, max_size=1)
+    await database.open()
+    try:
+        await migrate(database)
+    finally:
+        await database.close()
+    env = service_env(DATABASE_URL=production_dsn)  # an operator command needs no secrets
+    conn = await asyncpg.connect(production_dsn)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO users (user_id, balance, transaction_count) VALUES ('honest', 3, 1);
+            INSERT INTO ledger (user_id, type, amount, balance_after) VALUES
+                ('honest', 'admin_add', 3, 3);
+            """
+        )
+        clean = run_command("audit", env, tmp_path)
+        # What a bug or a hand in the database would leave: a balance its ledger does not explain.
+        await conn.execute(
+            """
+            INSERT INTO users (user_id, balance, transaction_count) VALUES ('tampered', 7, 1);
+            INSERT INTO ledger (user_id, type, amount, balance_after) VALUES
+                ('tampered', 'admin_add', 2, 2);
+            """
+        )
+        dirty = run_command("audit", env, tmp_path)
+    finally:
+        await conn.close()
+
+    assert (clean.returncode, clean.stdout.strip()) == (0, "audited 1 users: clean")
+    assert dirty.returncode == 1
+    assert "tampered: balance 7, ledger 2: balance differs from the ledger" in dirty.stdout
+    assert "honest" not in dirty.stdout

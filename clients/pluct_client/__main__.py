@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--jti", help="one token, by its jti (token_id)")
     target.add_argument("--user", help="every token this user holds now")
     commands.add_parser("jwks", help="show the public keys of token signing")
+    commands.add_parser("audit", help="check every balance against its ledger (admin)")
     return parser
 
 
@@ -99,6 +100,8 @@ async def _run(args: argparse.Namespace) -> object:
             return await client.revoke_tokens(jti=args.jti, user_id=args.user)
         if args.command == "jwks":
             return await client.jwks()
+        if args.command == "audit":
+            return await client.audit()
         return await client.grant(args.user_id, args.amount, args.reason, args.request_id)
 
 
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json_format.MessageToJson(answer, preserving_proto_field_name=True))
     else:
         print(answer)
-    return 0
+    # An audit that found problems is a failure, for scripts and cron alike.
+    return 1 if getattr(answer, "problems", None) else 0
 
 
 if __name__ == "__main__":

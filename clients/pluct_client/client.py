@@ -190,6 +190,13 @@ class PluctClient:
         reply: admin_pb.RevokeTokensResponse = await self._call(self._admin.RevokeTokens, request)
         return reply
 
+    async def audit(self) -> admin_pb.AuditLedgerResponse:
+        """Check every balance against its ledger (needs the admin scope)."""
+        reply: admin_pb.AuditLedgerResponse = await self._call(
+            self._admin.AuditLedger, admin_pb.AuditLedgerRequest()
+        )
+        return reply
+
     async def jwks(self) -> token_pb.GetJwksResponse:
         """Return the public keys that verify EdDSA tokens (empty for HS256)."""
         reply: token_pb.GetJwksResponse = await self._call(

@@ -7,21 +7,26 @@ from pluct.admin.v1 import admin_service_pb2 as pb
 from pluct.admin.v1 import admin_service_pb2_grpc
 
 from pluct_server.api_keys import ApiKeys
+from pluct_server.audit import audit
 from pluct_server.callers import current_caller
 from pluct_server.errors import InvalidArgument
 from pluct_server.ledger import Ledger
 from pluct_server.models import ApiKeyRecord
 from pluct_server.revocations import Revocations
 from pluct_server.services.convert import timestamp, transaction_message
+from pluct_server.store.audit_store import AuditStore
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     """Serves pluct.admin.v1.AdminService; the interceptor has already checked the admin scope."""
 
-    def __init__(self, ledger: Ledger, keys: ApiKeys, revocations: Revocations) -> None:
+    def __init__(
+        self, ledger: Ledger, keys: ApiKeys, revocations: Revocations, audits: AuditStore
+    ) -> None:
         self._ledger = ledger
         self._keys = keys
         self._revocations = revocations
+        self._audits = audits
 
     async def ListUsers(
         self, request: pb.ListUsersRequest, context: grpc.aio.ServicerContext
@@ -101,6 +106,24 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             raise InvalidArgument("target", "give jti (one token) or user_id (all of a user's)")
         return pb.RevokeTokensResponse(
             revoke_time=timestamp(revoked), expire_time=timestamp(expires)
+        )
+
+    async def AuditLedger(
+        self, request: pb.AuditLedgerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuditLedgerResponse:
+        """Check every user against its ledger."""
+        report = await audit(self._audits)
+        return pb.AuditLedgerResponse(
+            users_checked=report.users_checked,
+            problems=[
+                pb.LedgerProblem(
+                    user_id=p.user_id,
+                    balance=p.balance,
+                    ledger_sum=p.ledger_sum,
+                    findings=list(p.findings),
+                )
+                for p in report.problems
+            ],
         )
 
 

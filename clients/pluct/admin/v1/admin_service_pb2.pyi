@@ -157,3 +157,27 @@ class RevokeTokensResponse(_message.Message):
     revoke_time: _timestamp_pb2.Timestamp
     expire_time: _timestamp_pb2.Timestamp
     def __init__(self, revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AuditLedgerRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AuditLedgerResponse(_message.Message):
+    __slots__ = ("users_checked", "problems")
+    USERS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    users_checked: int
+    problems: _containers.RepeatedCompositeFieldContainer[LedgerProblem]
+    def __init__(self, users_checked: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[LedgerProblem, _Mapping]]] = ...) -> None: ...
+
+class LedgerProblem(_message.Message):
+    __slots__ = ("user_id", "balance", "ledger_sum", "findings")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_SUM_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    balance: int
+    ledger_sum: int
+    findings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., balance: _Optional[int] = ..., ledger_sum: _Optional[int] = ..., findings: _Optional[_Iterable[str]] = ...) -> None: ...

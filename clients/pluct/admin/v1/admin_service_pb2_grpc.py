@@ -70,6 +70,11 @@ class AdminServiceStub:
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensRequest.SerializeToString,
                 response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensResponse.FromString,
                 _registered_method=True)
+        self.AuditLedger = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/AuditLedger',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -125,6 +130,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuditLedger(self, request, context):
+        """AuditLedger checks every user against its ledger: balance = sum of entries, no negative balance, one token per spend. Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +174,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeTokens,
                     request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensRequest.FromString,
                     response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensResponse.SerializeToString,
+            ),
+            'AuditLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditLedger,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +371,33 @@ class AdminService:
             '/pluct.admin.v1.AdminService/RevokeTokens',
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensRequest.SerializeToString,
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/AuditLedger',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,
