@@ -21,6 +21,8 @@ WITH charged AS (
            make_interval(secs => w.tolerance)
       FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[])
            AS w(subject, bucket, step, tolerance)
+     -- The lock order of pluct_spend_batch (by key), so a call and a batch never deadlock.
+     ORDER BY w.subject, w.bucket
     ON CONFLICT (subject, bucket) DO UPDATE
        SET tat = greatest(r.tat, now()) + (EXCLUDED.tat - now()),
            tolerance = EXCLUDED.tolerance
