@@ -83,6 +83,8 @@ class Settings:
     # may wait this long for company (0: none; batches still form while the database is busy).
     spend_batch_max: int = 32
     spend_batch_wait: timedelta = timedelta(0)
+    # How long a statement may run before the call answers "outcome unknown" (or unavailable).
+    db_command_timeout_seconds: float = 10.0
     # Prepared statements cached per connection; 0 (for PgBouncer in transaction mode) uses none.
     db_statement_cache_size: int = 100
     health_interval_seconds: float = 2.0
@@ -178,6 +180,9 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
         spend_batch_max=_integer(environ, "PLUCT_SPEND_BATCH_MAX", Settings.spend_batch_max, 1, 64),
         spend_batch_wait=timedelta(
             microseconds=_integer(environ, "PLUCT_SPEND_BATCH_WAIT_US", 0, 0, 100_000)
+        ),
+        db_command_timeout_seconds=float(
+            _integer(environ, "PLUCT_DB_COMMAND_TIMEOUT_SECONDS", 10, 1, 600)
         ),
         db_statement_cache_size=_integer(
             environ, "PLUCT_DB_STATEMENT_CACHE_SIZE", Settings.db_statement_cache_size, 0, 10_000

@@ -123,3 +123,22 @@ class ReplayedTokenExpired(DomainError):
             "use a new request_id to buy a new token",
             field="request_id",
         )
+
+
+class OutcomeUnknown(DomainError):
+    """A write reached the database, and then the connection failed: it may have committed."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "OUTCOME_UNKNOWN"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the database may or may not have applied this call; retry it with the same "
+            "request_id, which applies it at most once"
+        )
+
+
+class OutcomeUnknownAfterTimeout(OutcomeUnknown):
+    """A write reached the database and took too long: it may yet have committed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -103,6 +103,7 @@ class PluctServer:
             dsn,
             max_size=settings.db_pool_size,
             statement_cache_size=settings.db_statement_cache_size,
+            command_timeout=settings.db_command_timeout_seconds,
         )
         self.health = HealthMonitor(self.database, SERVICE_NAMES, settings.health_interval_seconds)
         self.api_keys = ApiKeys(ApiKeyStore(self.database))

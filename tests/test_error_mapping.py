@@ -19,6 +19,8 @@ EXPECTED = [
     (errors.RateLimited(3), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.NotFound("no such key"), grpc.StatusCode.NOT_FOUND),
     (errors.ReplayedTokenExpired(), grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.OutcomeUnknown(), grpc.StatusCode.ABORTED),
+    (errors.OutcomeUnknownAfterTimeout(), grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
 

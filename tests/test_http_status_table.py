@@ -27,6 +27,8 @@ EXPECTED = [
     (errors.RateLimited(3), 429, "Too many requests"),
     (errors.NotFound("no API key has id 0123"), 404, None),
     (errors.ReplayedTokenExpired(), 400, None),
+    (errors.OutcomeUnknown(), 503, None),
+    (errors.OutcomeUnknownAfterTimeout(), 503, None),
 ]
 
 

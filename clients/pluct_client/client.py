@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 from types import TracebackType
 
@@ -18,7 +20,16 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 
 
 class RetryableError(Exception):
-    """The service could not be reached or its database was down; retry with the same request id."""
+    """The call still failed after its retries; retry later with the same request id."""
+
+
+# Codes after which the same call may simply be sent again: nothing happened (UNAVAILABLE), or
+# the outcome is unknown (DEADLINE_EXCEEDED, ABORTED) and the request id makes a retry safe.
+RETRIED_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+)
+DEFAULT_ATTEMPTS = 4
+FIRST_BACKOFF_SECONDS = 0.1
 
 
 def new_request_id() -> str:
@@ -42,6 +53,7 @@ class PluctClient:
         webhook_secret: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         credentials: grpc.ChannelCredentials | None = None,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target)
@@ -56,6 +68,7 @@ class PluctClient:
             (("x-webhook-secret", webhook_secret),) if webhook_secret else self._bearer_md
         )
         self._timeout = timeout
+        self._attempts = max(1, attempts)
 
     async def __aenter__(self) -> PluctClient:
         return self
@@ -205,11 +218,21 @@ class PluctClient:
         return reply
 
     async def _call(self, method, request, metadata: Metadata | None = None):  # type: ignore[no-untyped-def]
+        """Send a call, and again (same request, same request id) while it may be retried."""
         if metadata is None:
             metadata = self._bearer_md
-        try:
-            return await method(request, metadata=metadata, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise RetryableError(error.details() or error.code().name) from error
-            raise
+        # A mutation without an id gets one here, so that resending it can never apply it twice.
+        if hasattr(request, "request_id") and not request.request_id:
+            request.request_id = new_request_id()
+        for attempt in range(self._attempts):
+            try:
+                return await method(request, metadata=metadata, timeout=self._timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRIED_CODES:
+                    raise
+                if attempt + 1 == self._attempts:
+                    raise RetryableError(error.details() or error.code().name) from error
+                # Jitter spreads the retries of many clients apart; it needs no secrecy.
+                jitter = 0.5 + random.random()  # noqa: S311
+                await asyncio.sleep(FIRST_BACKOFF_SECONDS * 2**attempt * jitter)
+        raise AssertionError("unreachable")

@@ -31,9 +31,14 @@ HTTP_STATUS: Mapping[grpc.StatusCode, int] = MappingProxyType(
 )
 
 # Legacy exceptions to the table, by (code, ErrorInfo reason).
-# Mobile clients tell "out of credits" from every other refusal by a 403 alone.
+# Mobile clients tell "out of credits" from every other refusal by a 403 alone, and read 409 as
+# "the user exists"; an unknown outcome is a 503 to them, which they already retry.
 HTTP_STATUS_BY_REASON: Mapping[tuple[grpc.StatusCode, str], int] = MappingProxyType(
-    {(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS"): 403}
+    {
+        (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS"): 403,
+        (grpc.StatusCode.ABORTED, "OUTCOME_UNKNOWN"): 503,
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "OUTCOME_UNKNOWN"): 503,
+    }
 )
 
 # A 401 names the scheme that would succeed (RFC 9110), when there is one.

@@ -49,7 +49,9 @@ class ApiKeyStore:
         self, key_id: str, name: str, scopes: list[str], secret_hash: bytes, created_by: str
     ) -> ApiKeyRecord:
         """Store a new key and return it."""
-        row = await self._db.fetchrow(_INSERT, key_id, name, scopes, secret_hash, created_by)
+        row = await self._db.fetchrow(
+            _INSERT, key_id, name, scopes, secret_hash, created_by, writes=True
+        )
         assert row is not None
         return _record(row)
 
@@ -79,7 +81,7 @@ class ApiKeyStore:
 
     async def revoke(self, key_id: str) -> ApiKeyRecord | None:
         """Mark a key revoked (keeping the first revoke time); None if there is no such key."""
-        row = await self._db.fetchrow(_REVOKE, key_id)
+        row = await self._db.fetchrow(_REVOKE, key_id, writes=True)
         return None if row is None else _record(row)
 
 

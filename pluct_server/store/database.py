@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import asyncpg
 
-from pluct_server.errors import Unavailable
+from pluct_server.errors import OutcomeUnknown, OutcomeUnknownAfterTimeout, Unavailable
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -107,30 +107,40 @@ class Database:
         return self._pool.acquire(timeout=self._connect_timeout)
 
     # The one-statement calls below are every call's hot path: they acquire and translate
-    # inline, as the generator behind connection() costs a visible share of each call.
+    # inline, as the generator behind connection() costs a visible share of each call. A write
+    # that fails once it went out may have committed: `writes` says to report so.
 
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+    async def fetchrow(self, query: str, *args: Any, writes: bool = False) -> asyncpg.Record | None:
         """Run one statement and return its first row."""
+        sent = False
         try:
             async with self._acquire() as conn:
+                sent = writes
                 return await conn.fetchrow(query, *args)
         except Exception as exc:
-            _reraise(exc)
+            _reraise(exc, sent)
 
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def fetch(self, query: str, *args: Any, writes: bool = False) -> list[asyncpg.Record]:
         """Run one statement and return all its rows."""
+        sent = False
         try:
             async with self._acquire() as conn:
+                sent = writes
                 rows: list[asyncpg.Record] = await conn.fetch(query, *args)
                 return rows
         except Exception as exc:
-            _reraise(exc)
+            _reraise(exc, sent)
 
-    async def execute(self, query: str, *args: Any) -> str:
+    async def execute(self, query: str, *args: Any, writes: bool = False) -> str:
         """Run one statement and return its status, e.g. "DELETE 3"."""
-        async with self.connection() as conn:
-            status: str = await conn.execute(query, *args)
-            return status
+        sent = False
+        try:
+            async with self._acquire() as conn:
+                sent = writes
+                status: str = await conn.execute(query, *args)
+                return status
+        except Exception as exc:
+            _reraise(exc, sent)
 
     async def ping(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109 - a query timeout
         """Tell whether the database answers a trivial query within `timeout` seconds."""
@@ -142,21 +152,25 @@ class Database:
         return True
 
 
-def _reraise(exc: Exception) -> NoReturn:
+def _reraise(exc: Exception, write_sent: bool = False) -> NoReturn:
     """Raise what a driver failure means to the domain, or the failure itself."""
-    translated = _translated(exc)
+    translated = _translated(exc, write_sent)
     if translated is exc:
         raise exc
     raise translated from exc
 
 
-def _translated(exc: Exception) -> Exception:
+def _translated(exc: Exception, write_sent: bool = False) -> Exception:
     """Return what a driver failure means to the domain (the exception itself if nothing)."""
     if isinstance(exc, asyncpg.UniqueViolationError):
         return UniqueViolation(exc.constraint_name or "")
     if isinstance(exc, _UNAVAILABLE_ERRORS):
         _LOGGER.warning("database unavailable: %s", type(exc).__name__)
-        return Unavailable()
+        if not write_sent:
+            return Unavailable()  # nothing went out: retrying later is all there is to it
+        if isinstance(exc, TimeoutError):
+            return OutcomeUnknownAfterTimeout()
+        return OutcomeUnknown()
     if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == RATE_LIMIT_SQLSTATE:
         return RateLimitExceeded()
     return exc

@@ -182,6 +182,7 @@ class LedgerStore:
                 request_id,
                 fingerprint,
                 retention,
+                writes=True,
             )
         except UniqueViolation as exc:
             raise _taken(exc, UserExists) from exc
@@ -215,6 +216,7 @@ class LedgerStore:
                 request_id,
                 fingerprint,
                 retention,
+                writes=True,
             )
         except UniqueViolation as exc:
             raise _taken(exc) from exc
@@ -247,6 +249,7 @@ class LedgerStore:
                 key.request_id,
                 key.fingerprint,
                 key.retention,
+                writes=True,
             )
         except UniqueViolation as exc:
             raise _taken(exc) from exc

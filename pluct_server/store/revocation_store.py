@@ -37,7 +37,7 @@ class RevocationStore:
         self, token_id: str | None, user_id: str | None, revoked_by: str, keep: timedelta
     ) -> tuple[datetime, datetime]:
         """Record a revocation kept for `keep`; return its (revoke_time, expire_time)."""
-        row = await self._db.fetchrow(_REVOKE, token_id, user_id, revoked_by, keep)
+        row = await self._db.fetchrow(_REVOKE, token_id, user_id, revoked_by, keep, writes=True)
         assert row is not None
         return row["revoke_time"], row["expire_time"]
 

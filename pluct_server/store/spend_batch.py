@@ -129,7 +129,8 @@ class SpendBatcher:
 
     async def _run(self, batch: list[tuple[SpendRequest, asyncio.Future[SpendOutcome]]]) -> None:
         try:
-            rows = await self._db.fetch(_SPEND_BATCH, *batch_arguments([r for r, _ in batch]))
+            arguments = batch_arguments([r for r, _ in batch])
+            rows = await self._db.fetch(_SPEND_BATCH, *arguments, writes=True)
         except BaseException as error:
             for _, future in batch:
                 if not future.done():
