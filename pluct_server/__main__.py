@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +26,7 @@ from pluct_server.server import wait_and_migrate
 from pluct_server.store.audit_store import AuditStore
 from pluct_server.store.database import Database
 from pluct_server.store.embedded import EmbeddedPostgres
+from pluct_server.store.grants import DEV_SERVING_ROLE, ensure_login_role
 from pluct_server.supervisor import LOG_FORMAT, Supervisor
 from pluct_server.tls import grpc_channel_credentials
 
@@ -60,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stdout, format=LOG_FORMAT)
     try:
         with database_dsn(settings) as dsn:
+            if settings.database_url is None:
+                # The embedded server's superuser owns the schema; the service serves as a
+                # role that may only do what serving needs.
+                settings = replace(settings, migrate_database_url=dsn)
+                dsn = asyncio.run(ensure_login_role(dsn, DEV_SERVING_ROLE))
             if args.command == "migrate":
-                asyncio.run(_migrate(dsn))
+                asyncio.run(_migrate(dsn, settings.migrate_database_url))
             elif args.command == "audit":
                 return asyncio.run(_audit(dsn))
             else:
@@ -141,11 +148,11 @@ async def _audit(dsn: str) -> int:
     return 0 if report.clean else 1
 
 
-async def _migrate(dsn: str) -> None:
+async def _migrate(dsn: str, owner_dsn: str | None) -> None:
     database = Database(dsn, max_size=1)
     await database.open()
     try:
-        await wait_and_migrate(database)
+        await wait_and_migrate(database, owner_dsn)
     finally:
         await database.close()
 

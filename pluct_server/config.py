@@ -116,6 +116,8 @@ class Settings:
     grpc_max_concurrent_rpcs: int = 2000
     http_max_concurrent_requests: int = 1000
     dev_api_key: str | None = field(default=None, repr=False)
+    # The schema owner's DSN: migrations run as it and grant the serving role what it needs.
+    migrate_database_url: str | None = field(default=None, repr=False)
     # Server processes sharing the ports; the default, one per core, keeps every core busy.
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
@@ -160,8 +162,17 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
     database_url = environ.get("DATABASE_URL", "").strip() or None
     if database_url is not None and not database_url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("DATABASE_URL must start with postgresql:// or postgres://")
+    migrate_database_url = environ.get("PLUCT_MIGRATE_DATABASE_URL", "").strip() or None
+    if migrate_database_url is not None:
+        if database_url is None:
+            raise ConfigError("PLUCT_MIGRATE_DATABASE_URL needs DATABASE_URL (the serving role)")
+        if not migrate_database_url.startswith(("postgres://", "postgresql://")):
+            raise ConfigError(
+                "PLUCT_MIGRATE_DATABASE_URL must start with postgresql:// or postgres://"
+            )
     settings = Settings(
         database_url=database_url,
+        migrate_database_url=migrate_database_url,
         admin_secret=environ.get("ADMIN_SECRET", ""),
         jwt_secret=environ.get("JWT_SECRET", ""),
         webhook_secret=environ.get("WEBHOOK_SECRET", ""),

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,6 +34,7 @@ from pluct_server.services.token import TokenServicer
 from pluct_server.store.api_key_store import ApiKeyStore
 from pluct_server.store.audit_store import AuditStore
 from pluct_server.store.database import Database
+from pluct_server.store.grants import grant_serving_role
 from pluct_server.store.ledger_store import LedgerStore
 from pluct_server.store.limit_store import LimitStore
 from pluct_server.store.migrate import migrate
@@ -58,24 +60,46 @@ DEV_KEY_NAME = "dev key (make run)"
 
 
 async def wait_and_migrate(
-    database: Database, wait_seconds: float = _DATABASE_WAIT_SECONDS
+    database: Database,
+    owner_dsn: str | None = None,
+    wait_seconds: float = _DATABASE_WAIT_SECONDS,
 ) -> None:
-    """Apply pending migrations, retrying while the database is not reachable yet."""
+    """Apply pending migrations (as the owner, when given), retrying while the database is away."""
+    if owner_dsn is None:
+        await _retrying(lambda: _migrate(database), wait_seconds)
+        return
+    owner = Database(owner_dsn, max_size=1)
+    try:
+        await owner.open()
+        await _retrying(lambda: _migrate(owner), wait_seconds)
+        role = await database.fetchrow("SELECT current_user AS role")
+        assert role is not None
+        async with owner.connection() as conn:
+            await grant_serving_role(conn, role["role"])
+    finally:
+        await owner.close()
+
+
+async def _migrate(database: Database) -> None:
+    applied = await migrate(database)
+    if applied:
+        _LOGGER.info("database schema now at version %d", applied[-1])
+
+
+async def _retrying(step: Callable[[], Awaitable[None]], wait_seconds: float) -> None:
+    """Run `step`, again while the database is not reachable yet, for up to `wait_seconds`."""
     deadline = time.monotonic() + wait_seconds
     delay = 0.2
     while True:
         try:
-            applied = await migrate(database)
+            await step()
+            return
         except Unavailable:
             if time.monotonic() + delay > deadline:
                 raise
             _LOGGER.info("database not reachable yet; retrying in %.1fs", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-            continue
-        if applied:
-            _LOGGER.info("database schema now at version %d", applied[-1])
-        return
 
 
 def token_keys(settings: Settings, revocations: Revocations | None = None) -> TokenKeys:
@@ -128,7 +152,7 @@ class PluctServer:
         settings = self.settings
         await self.database.open()
         try:
-            await wait_and_migrate(self.database)
+            await wait_and_migrate(self.database, settings.migrate_database_url)
             if settings.dev_api_key:
                 await self.api_keys.ensure(settings.dev_api_key, DEV_KEY_NAME, GRANTABLE_SCOPES)
         except BaseException:

@@ -57,7 +57,7 @@ async def prepare_database(dsn: str, settings: Settings) -> PoolPlan:
     database = Database(dsn, max_size=1)
     await database.open()
     try:
-        await wait_and_migrate(database)
+        await wait_and_migrate(database, settings.migrate_database_url)
         async with database.connection() as conn:
             limits = await conn.fetchrow(
                 "SELECT current_setting('max_connections')::int AS max_connections, "
@@ -106,7 +106,12 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; return the exit status (1 if workers could not start)."""
         plan = asyncio.run(prepare_database(self._dsn, self._settings))
-        self._settings = replace(with_fixed_ports(self._settings), db_pool_size=plan.per_worker)
+        # Workers find the schema current: they never need the owner's credentials.
+        self._settings = replace(
+            with_fixed_ports(self._settings),
+            db_pool_size=plan.per_worker,
+            migrate_database_url=None,
+        )
         _LOGGER.info(
             "%d worker(s) x %d database connections (server max_connections %d)",
             self._settings.workers,

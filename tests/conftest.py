@@ -14,7 +14,9 @@ from pluct.token.v1 import token_service_pb2_grpc
 
 from pluct_server.server import PluctServer
 from pluct_server.store.embedded import EmbeddedPostgres
+from pluct_server.store.grants import ensure_login_role
 from tests.support import (
+    SERVING_ROLE,
     DefaultKey,
     caller_key,
     external_database_url,
@@ -52,9 +54,16 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-async def server(database_dsn: str, data_dir: Path) -> AsyncIterator[PluctServer]:
-    """The service, serving gRPC (and HTTP) on free ports, shared by the session."""
-    async with running_server(settings_for_test(data_dir), database_dsn) as running:
+async def serving_dsn(database_dsn: str) -> str:
+    """The test database as the serving role, which may do only what serving needs."""
+    return await ensure_login_role(database_dsn, SERVING_ROLE)
+
+
+@pytest.fixture(scope="session")
+async def server(database_dsn: str, serving_dsn: str, data_dir: Path) -> AsyncIterator[PluctServer]:
+    """The service as production runs it (the owner migrates, a lesser role serves), shared."""
+    settings = settings_for_test(data_dir, migrate_database_url=database_dsn)
+    async with running_server(settings, serving_dsn) as running:
         yield running
 
 

@@ -28,6 +28,8 @@ WEBHOOK_METADATA = (("x-webhook-secret", WEBHOOK_SECRET),)
 # What the public legacy routes allow, as the scopes of the key internal callers use in tests.
 CALLER_SCOPES = ("users:create", "credits:read", "tokens:vend", "tokens:validate")
 CREDENTIAL_KEYS = ("authorization", "x-webhook-secret")
+# The role the suite's server serves as; the test database's owner migrates for it.
+SERVING_ROLE = "pluct_serving"
 
 
 def settings_for_test(data_dir: Path, **overrides: object) -> Settings:

@@ -1,4 +1,4 @@
-"""Numbered SQL migrations, applied once each under an advisory lock."""
+"""Numbered SQL migrations, applied once each under a transaction-scoped advisory lock."""
 
 from __future__ import annotations
 
@@ -47,39 +47,65 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 async def migrate(database: Database) -> list[int]:
     """Apply every pending migration, each in its own transaction; return the versions applied."""
+    migrations = load_migrations()
+    done: list[int] = []
     async with database.connection() as conn:
-        # Replicas starting together queue here; the first applies, the rest find nothing to do.
-        await conn.execute(
-            "SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY, timeout=_MIGRATION_TIMEOUT_SECONDS
-        )
-        try:
-            return await _apply_pending(conn, load_migrations())
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _ADVISORY_LOCK_KEY)
+        while True:
+            async with conn.transaction():
+                # Replicas starting together queue here; the first applies, the rest find
+                # nothing to do. A transaction-scoped lock, as PgBouncer in transaction mode
+                # may run a session lock and its unlock on different server connections.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    _ADVISORY_LOCK_KEY,
+                    timeout=_MIGRATION_TIMEOUT_SECONDS,
+                )
+                applied = await _applied(conn)
+                pending = [m for m in migrations if m.version not in applied]
+                if not pending:
+                    return done
+                await _apply(conn, pending[0])
+            done.append(pending[0].version)
 
 
-async def _apply_pending(conn: asyncpg.Connection, migrations: list[Migration]) -> list[int]:
+async def _applied(conn: asyncpg.Connection) -> set[int]:
+    """Return the versions applied so far (none on a database we have never seen)."""
+    # Looked up first: a serving role with nothing to apply must not need the right to create.
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return set()
+    return {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
+    """Run one migration and record it, inside the caller's transaction."""
+    try:
+        await conn.execute(_SCHEMA_MIGRATIONS)
+        await conn.execute(migration.sql, timeout=_MIGRATION_TIMEOUT_SECONDS)
+    except asyncpg.InsufficientPrivilegeError as error:
+        raise MigrationNotAllowed(migration, str(error)) from None
     await conn.execute(
-        """
-        CREATE TABLE IF NOT EXISTS schema_migrations (
-            version    integer     PRIMARY KEY,
-            name       text        NOT NULL,
-            applied_at timestamptz NOT NULL DEFAULT now()
-        )
-        """
+        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+        migration.version,
+        migration.name,
     )
-    applied = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-    done = []
-    for migration in migrations:
-        if migration.version in applied:
-            continue
-        async with conn.transaction():
-            await conn.execute(migration.sql, timeout=_MIGRATION_TIMEOUT_SECONDS)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                migration.version,
-                migration.name,
-            )
-        _LOGGER.info("applied migration %04d_%s", migration.version, migration.name)
-        done.append(migration.version)
-    return done
+    _LOGGER.info("applied migration %04d_%s", migration.version, migration.name)
+
+
+class MigrationNotAllowed(RuntimeError):
+    """The role connected may serve but not change the schema."""
+
+    def __init__(self, migration: Migration, why: str) -> None:
+        super().__init__(
+            f"migration {migration.version:04d}_{migration.name} needs the schema's owner ({why}): "
+            "set PLUCT_MIGRATE_DATABASE_URL to the owner role, or run "
+            "`python -m pluct_server migrate` with it"
+        )
+
+
+_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
