@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from pluct.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2, credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2, token_service_pb2_grpc
@@ -26,6 +25,7 @@ from pluct_server.inprocess import InProcessCalls
 from pluct_server.ledger import Ledger
 from pluct_server.limits import Limiter
 from pluct_server.maintenance import Maintenance
+from pluct_server.reflection import enable_reflection
 from pluct_server.revocations import Revocations
 from pluct_server.rpc import ServiceInterceptor
 from pluct_server.services.admin import AdminServicer
@@ -228,13 +228,8 @@ class PluctServer:
         self.calls = InProcessCalls(interceptor, zip(SERVICES, servicers, strict=True))
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         if settings.reflection:
-            reflection.enable_server_reflection(
-                (
-                    *SERVICE_NAMES,
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
-                ),
-                server,
+            enable_reflection(
+                server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
             )
         credentials = grpc_server_credentials(settings)
         if credentials is None:
