@@ -56,9 +56,9 @@ build/pluct.binpb: $(PROTO_FILES) $(STAMP)
 lint-proto: build/pluct.binpb ## buf lint on protos/.
 	$(BIN)/buf lint $< --path pluct --config buf.yaml
 
-breaking: build/pluct.binpb ## buf breaking against main (BASE=<git ref> to pick another).
+breaking: build/pluct.binpb ## buf breaking against main's last commit (BASE=<git ref> to pick another).
 	@rm -rf build/base && mkdir -p build/base && git archive $${BASE:-main} protos | tar -x -C build/base
-	$(BIN)/python -m grpc_tools.protoc $(subst -I protos,-I build/base/protos,$(PROTO_INCLUDES)) --include_imports --include_source_info -o build/base.binpb $$(cd build/base && find protos -name '*.proto' | sort)
+	$(BIN)/python -m grpc_tools.protoc $(subst -I protos,-I build/base/protos,$(PROTO_INCLUDES)) --include_imports --include_source_info -o build/base.binpb $$(find build/base/protos -name '*.proto' | sort)
 	$(BIN)/buf breaking $< --against build/base.binpb --path pluct --config buf.yaml
 
 generate: $(STAMP) ## Regenerate the stubs under clients/ from protos/.
