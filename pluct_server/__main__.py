@@ -111,8 +111,9 @@ def database_dsn(settings: Settings) -> Iterator[str]:
     try:
         yield dsn
     finally:
-        # Another `make run` on the same folder may be using a server it found running.
-        if embedded.started_by_us:
+        # A server another live `make run` owns is its to stop; one we started or adopted
+        # (its owner killed) is ours.
+        if embedded.owns_server:
             embedded.stop()
             _LOGGER.info("embedded PostgreSQL stopped")
 

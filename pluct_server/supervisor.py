@@ -97,6 +97,7 @@ class Supervisor:
         self._settings = settings
         self._dsn = dsn
         self._context = multiprocessing.get_context("spawn")
+        _start_resource_tracker()
         self._ready: Any = self._context.SimpleQueue()
         self._workers: dict[int, BaseProcess] = {}
         self._started_at: dict[int, float] = {}
@@ -118,7 +119,7 @@ class Supervisor:
             plan.per_worker,
             plan.max_connections,
         )
-        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, self._stop) for sig in stop_signals()}
         try:
             for index in range(self._settings.workers):
                 self._start(index)
@@ -223,7 +224,7 @@ async def serve(
     log = logging.getLogger("pluct_server")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in stop_signals():
         loop.add_signal_handler(signum, stop.set)
     server = PluctServer(settings, dsn, reuse_port=reuse_port)
     await server.start()
@@ -233,6 +234,29 @@ async def serve(
     log.info("shutting down: draining calls in flight")
     await server.stop()
     log.info("stopped")
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """Return the signals that stop the service cleanly: SIGTERM, SIGINT and SIGHUP."""
+    # A hangup (a closed terminal or SSH session) would otherwise kill the process outright,
+    # skipping the drain and leaving the embedded PostgreSQL to its watchdog; under nohup it
+    # is ignored, and stays so.
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        return (signal.SIGTERM, signal.SIGINT)
+    return (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's helper process deaf to SIGHUP, as it is to SIGINT and SIGTERM."""
+    # A hangup reaches the whole process group: the helper would die of it and be relaunched,
+    # with warnings and tracebacks, while the workers drain.
+    from multiprocessing import resource_tracker
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def _die_with(parent: int) -> None:
