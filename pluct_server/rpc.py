@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -12,11 +14,22 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from pluct_server.access import (
+    CURRENT_CALL,
+    REQUEST_ID_HEADER,
+    CallRecord,
+    log_access,
+    note_caller,
+    note_code,
+    note_user,
+    request_id_from,
+)
 from pluct_server.addresses import Network
 from pluct_server.auth import Authenticator
 from pluct_server.callers import ADMIN, AccessRule, set_current_caller
 from pluct_server.errors import ERROR_DOMAIN, DomainError, InvalidArgument, RateLimited
 from pluct_server.limits import HTTP, Limiter
+from pluct_server.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED, REFUSALS
 from pluct_server.origin import call_origin
 
 _LOGGER = logging.getLogger(__name__)
@@ -85,7 +98,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # Only unary calls can be guarded here; refuse to serve anything else unguarded.
             raise RuntimeError(f"{method} is not unary, and the interceptor cannot guard it")
         guarded = grpc.unary_unary_rpc_method_handler(
-            self.guard(method, handler.unary_unary, handler.request_deserializer),
+            observed(method, self.guard(method, handler.unary_unary, handler.request_deserializer)),
             request_deserializer=None,  # we decode after the caller check, see guard
             response_serializer=handler.response_serializer,
         )
@@ -118,6 +131,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     charges = limiter.charges((HTTP, origin.address))
                     caller = replace(caller, deferred_charges=charges)
                 set_current_caller(caller)
+                note_caller(caller.id)
                 if is_admin_method:
                     _LOGGER.info(
                         "admin action: method=%s key_id=%s address=%s",
@@ -129,12 +143,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     request = deserialize(raw_request)
                 except DecodeError as exc:
                     raise InvalidArgument("request", "request is not a valid message") from exc
+                note_user(getattr(request, "user_id", ""))
                 return await behavior(request, context)
             except DomainError as error:
+                note_code(error.code.name)
+                REFUSALS.labels(method, error.reason).inc()
                 await context.abort(
                     error.code,
                     error.message,
-                    trailing_metadata=((STATUS_DETAILS_KEY, status_details(error)),),
+                    trailing_metadata=(
+                        (STATUS_DETAILS_KEY, status_details(error)),
+                        *_request_id_trailer(),
+                    ),
                 )
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
@@ -143,7 +163,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 _LOGGER.exception(
                     "unexpected error in %s (request id %s)", method, _request_id(context)
                 )
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                note_code(grpc.StatusCode.INTERNAL.name)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    "internal error",
+                    trailing_metadata=_request_id_trailer(),
+                )
 
         return guarded
 
@@ -153,3 +178,46 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
         if key in REQUEST_ID_KEYS:
             return str(value)[:128]
     return "-"
+
+
+def observed(method: str, behavior: Behavior) -> Behavior:
+    """Wrap a gRPC call with its metrics and its access line (HTTP calls have their own)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    labels = ("unary", service, name)
+    started = GRPC_STARTED.labels(*labels)
+    handling_seconds = GRPC_HANDLING_SECONDS.labels(*labels)
+
+    async def observe(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        record = CallRecord(
+            "grpc", method, context.peer(), request_id_from(_metadata(context, REQUEST_ID_HEADER))
+        )
+        # Each gRPC call runs in a task of its own, so the record is this call's alone.
+        CURRENT_CALL.set(record)
+        started.inc()
+        begin = time.perf_counter()
+        try:
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
+            return await behavior(raw_request, context)
+        except asyncio.CancelledError:
+            record.code = grpc.StatusCode.CANCELLED.name
+            raise
+        finally:
+            elapsed = time.perf_counter() - begin
+            handling_seconds.observe(elapsed)
+            GRPC_HANDLED.labels(*labels, record.code).inc()
+            log_access(record, elapsed)
+
+    return observe
+
+
+def _request_id_trailer() -> tuple[tuple[str, str], ...]:
+    """Return the trailer that echoes the current call's request id (an abort replaces all)."""
+    record = CURRENT_CALL.get()
+    return () if record is None else ((REQUEST_ID_HEADER, record.request_id),)
+
+
+def _metadata(context: grpc.aio.ServicerContext, wanted: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == wanted:
+            return str(value)
+    return None

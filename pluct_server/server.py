@@ -185,7 +185,7 @@ class PluctServer:
             settings.request_id_retention,
         )
         maintenance = Maintenance(
-            refreshers=[self.api_keys.refresh, self.revocations.refresh],
+            refreshers=[self.database.report_pool, self.api_keys.refresh, self.revocations.refresh],
             purgers=[
                 limiter.forget_spent_counters,
                 ledger.forget_expired_requests,

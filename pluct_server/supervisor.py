@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
@@ -19,11 +20,12 @@ from types import FrameType
 from typing import Any
 
 from pluct_server.config import Settings
+from pluct_server.logs import setup_logging
+from pluct_server.metrics import MULTIPROCESS_DIR_ENV, forget_worker, serve_metrics
 from pluct_server.server import PluctServer, wait_and_migrate
 from pluct_server.store.database import Database
 
 _LOGGER = logging.getLogger("pluct_server.supervisor")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Connections left for migrations, operators and other clients of the same server.
 _SPARE_CONNECTIONS = 10
@@ -120,7 +122,12 @@ class Supervisor:
             plan.max_connections,
         )
         previous = {sig: signal.signal(sig, self._stop) for sig in stop_signals()}
+        # Every worker writes its metrics here; /metrics on any of them adds them all up.
+        samples = tempfile.TemporaryDirectory(prefix="pluct-metrics-")
+        os.environ[MULTIPROCESS_DIR_ENV] = samples.name
         try:
+            if self._settings.metrics_listen:
+                serve_metrics(self._settings.metrics_listen)
             for index in range(self._settings.workers):
                 self._start(index)
             if not self._wait_until_ready():
@@ -133,6 +140,8 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            os.environ.pop(MULTIPROCESS_DIR_ENV, None)
+            samples.cleanup()
         _LOGGER.info("all workers stopped")
         return 0
 
@@ -174,6 +183,8 @@ class Supervisor:
     def _replace(self, index: int) -> None:
         died = self._workers[index]
         died.join()
+        if died.pid is not None:
+            forget_worker(died.pid)
         lived = time.monotonic() - self._started_at[index]
         delay = self._delays.get(index, _RESTART_DELAY_SECONDS)
         delay = _RESTART_DELAY_SECONDS if lived > _HEALTHY_SECONDS else delay
@@ -208,8 +219,7 @@ class Supervisor:
 def run_worker(settings: Settings, dsn: str, index: int, parent: int, ready: Any) -> None:
     """Serve in a worker process until SIGTERM; the entry point of every worker."""
     _die_with(parent)
-    worker_format = LOG_FORMAT.replace("%(name)s", f"[worker {index}] %(name)s")
-    logging.basicConfig(level=settings.log_level, stream=sys.stdout, format=worker_format)
+    setup_logging(settings.log_level, settings.log_format, index, access_log=settings.access_log)
     try:
         asyncio.run(serve(settings, dsn, on_ready=lambda: ready.put(index), reuse_port=True))
     except Exception:

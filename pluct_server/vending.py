@@ -8,6 +8,7 @@ from uuid import uuid4
 
 from pluct_server.callers import Caller
 from pluct_server.ledger import Ledger
+from pluct_server.metrics import CREDITS_SPENT, TOKENS_VENDED
 from pluct_server.models import TokenClaims
 from pluct_server.tokens import TokenSigner
 
@@ -37,6 +38,9 @@ class TokenVendor:
             user_id=user_id, token_id=uuid4(), issued_at=now, expires_at=now + self._ttl
         )
         spend = await self._ledger.spend_for_token(claims, request_id, caller)
+        if spend.claims.token_id == claims.token_id:  # a new spend, not a retry's first answer
+            TOKENS_VENDED.inc()
+            CREDITS_SPENT.inc()
         return VendedToken(
             token=self._signer.sign(spend.claims),
             claims=spend.claims,

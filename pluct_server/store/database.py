@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import asyncpg
 
 from pluct_server.errors import OutcomeUnknown, OutcomeUnknownAfterTimeout, Unavailable
+from pluct_server.metrics import DB_POOL_CONNECTIONS, DB_POOL_IN_USE, DB_POOL_WAITS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -102,9 +103,19 @@ class Database:
             _reraise(exc)
 
     def _acquire(self) -> Any:
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("Database.open() was not called")
-        return self._pool.acquire(timeout=self._connect_timeout)
+        if pool.get_idle_size() == 0:
+            DB_POOL_WAITS.inc()  # a new connection to open, or a busy pool to queue on
+        return pool.acquire(timeout=self._connect_timeout)
+
+    async def report_pool(self) -> None:
+        """Publish the pool's size and the connections in use as metrics."""
+        if self._pool is not None:
+            size = self._pool.get_size()
+            DB_POOL_CONNECTIONS.set(size)
+            DB_POOL_IN_USE.set(size - self._pool.get_idle_size())
 
     # The one-statement calls below are every call's hot path: they acquire and translate
     # inline, as the generator behind connection() costs a visible share of each call. A write

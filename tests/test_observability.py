@@ -1,0 +1,178 @@
+"""Operators' view: one access line per call, Prometheus metrics summed over every worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+
+import grpc
+import pytest
+from pluct.credit.v1 import credit_service_pb2 as credit_pb
+from pluct.credit.v1 import credit_service_pb2_grpc
+from pluct.token.v1 import token_service_pb2 as token_pb
+from prometheus_client.parser import text_string_to_metric_families
+
+from pluct_server.logs import JsonFormatter
+from pluct_server.metrics import exposition
+from tests.support import ADMIN_METADATA, ADMIN_SECRET, free_port, new_request_id
+from tests.test_process import ServiceProcess, production_dsn, service_env  # noqa: F401
+
+ACCESS = "pluct_server.access"
+
+
+def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of this process's metrics, by name and labels."""
+    text, _ = exposition()
+    return parse(text.decode())
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def handled(method: str, code: str, service: str = "pluct.token.v1.TokenService") -> Key:
+    labels = {"grpc_type": "unary", "grpc_service": service, "grpc_method": method}
+    return ("grpc_server_handled_total", tuple(sorted({**labels, "grpc_code": code}.items())))
+
+
+def access_lines(caplog: pytest.LogCaptureFixture, request_id: str) -> list[dict[str, object]]:
+    return [
+        record.fields  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.name == ACCESS and record.fields["request_id"] == request_id  # type: ignore[attr-defined]
+    ]
+
+
+async def fund(credit, user_id: str, credits: int) -> None:
+    await credit.CreateUser(
+        credit_pb.CreateUserRequest(user_id=user_id, initial_credits=credits),
+        metadata=ADMIN_METADATA,
+    )
+
+
+async def test_a_grpc_call_writes_one_access_line_and_echoes_its_request_id(
+    server, credit, token, user_id, caplog
+):
+    await fund(credit, user_id, 1)
+    request_id = new_request_id()
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    call = token.VendToken(
+        token_pb.VendTokenRequest(user_id=user_id), metadata=(("x-request-id", request_id),)
+    )
+    vended = await call
+    trailers = dict(await call.trailing_metadata())
+
+    (line,) = access_lines(caplog, request_id)
+    assert trailers["x-request-id"] == request_id
+    assert line["method"] == "/pluct.token.v1.TokenService/VendToken"
+    assert (line["code"], line["user_id"], line["protocol"]) == ("OK", user_id, "grpc")
+    assert str(line["key_id"]) not in ("-", "")
+    assert float(str(line["duration_ms"])) > 0
+    # Never the token it sold, nor any credential.
+    text = caplog.text
+    assert vended.token not in text
+    assert ADMIN_SECRET not in text
+
+
+async def test_a_refused_call_logs_its_code_and_still_returns_the_request_id(
+    server, credit, token, user_id, caplog
+):
+    await fund(credit, user_id, 0)
+    request_id = new_request_id()
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await token.VendToken(
+            token_pb.VendTokenRequest(user_id=user_id), metadata=(("x-request-id", request_id),)
+        )
+
+    (line,) = access_lines(caplog, request_id)
+    assert line["code"] == "FAILED_PRECONDITION"
+    assert dict(raised.value.trailing_metadata() or ())["x-request-id"] == request_id
+
+
+async def test_a_request_id_that_could_forge_a_log_line_is_replaced(server, credit, caplog):
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    call = credit.GetBalance(
+        credit_pb.GetBalanceRequest(user_id="nobody-here"),
+        metadata=(("x-request-id", "a code=OK forged"),),
+    )
+    await call
+    echoed = dict(await call.trailing_metadata())["x-request-id"]
+    assert echoed != "a code=OK forged" and echoed.isalnum()
+
+
+async def test_metrics_count_calls_by_code_and_what_was_sold(server, credit, token, user_id):
+    await fund(credit, user_id, 2)
+    before = samples()
+    for _ in range(3):
+        try:
+            await token.VendToken(token_pb.VendTokenRequest(user_id=user_id))
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    after = samples()
+
+    def grew(key: Key) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew(handled("VendToken", "OK")) == 2
+    assert grew(handled("VendToken", "FAILED_PRECONDITION")) == 1
+    assert grew(("pluct_tokens_vended_total", ())) == 2
+    assert grew(("pluct_credits_spent_total", ())) == 2
+    refused = (
+        ("method", "/pluct.token.v1.TokenService/VendToken"),
+        ("reason", "INSUFFICIENT_CREDITS"),
+    )
+    assert grew(("pluct_refusals_total", refused)) == 1
+
+
+def test_json_logs_are_one_object_per_line_with_the_access_fields():
+    record = logging.LogRecord(ACCESS, logging.INFO, __file__, 1, "line", None, None)
+    record.fields = {"method": "/x", "code": "OK"}
+    entry = json.loads(JsonFormatter(worker=3).format(record))
+    assert (entry["logger"], entry["method"], entry["code"], entry["worker"]) == (
+        ACCESS,
+        "/x",
+        "OK",
+        3,
+    )
+
+
+async def test_metrics_add_up_every_worker(production_dsn, tmp_path):  # noqa: F811
+    metrics_port = free_port()
+    env = service_env(
+        DATABASE_URL=production_dsn,
+        ADMIN_SECRET=ADMIN_SECRET,
+        JWT_SECRET="j" * 16 + "k" * 16 + "0123456789",
+        WEBHOOK_SECRET="w" * 16 + "v" * 16 + "0123456789",
+        PLUCT_WORKERS="2",
+        PLUCT_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
+    )
+    service = ServiceProcess(env, tmp_path)
+    calls = 40
+    try:
+        await service.wait_serving()
+        # A channel per call: the kernel spreads new connections over both workers.
+        for index in range(calls):
+            async with grpc.aio.insecure_channel(service.grpc_target) as channel:
+                stub = credit_service_pb2_grpc.CreditServiceStub(channel)
+                await stub.GetBalance(
+                    credit_pb.GetBalanceRequest(user_id=f"absent-{index}"),
+                    metadata=ADMIN_METADATA,
+                )
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: ASYNC210
+            scraped = parse(reply.read().decode())
+    finally:
+        service.kill()
+
+    key = handled("GetBalance", "OK", "pluct.credit.v1.CreditService")
+    assert scraped.get(key) == calls, service.output[-2000:]
+    assert "worker 1" in service.output  # two workers served
