@@ -36,6 +36,7 @@ from pluct_server.pagination import (
     encode_page_token,
     id_position,
     time_and_name_position,
+    xid_and_id_position,
 )
 from pluct_server.store.database import RateLimitExceeded
 from pluct_server.store.ledger_store import LedgerStore, RequestKeyTaken, UserExists
@@ -56,6 +57,11 @@ ADMIN_DEFAULT_REASON = "Manual credit addition by admin"
 USER_TRANSACTIONS_PAGE = (50, 100)  # (default, maximum)
 ALL_TRANSACTIONS_PAGE = (100, 100)
 USERS_PAGE = (100, 1000)
+
+# Listing names inside page tokens (stored by callers between calls; never rename one without
+# retiring the old name in pagination.py).
+USERS_LISTING = "users_by_create_time"
+FOLLOW_LISTING = "admin_transactions_oldest_first"
 
 
 @dataclass(frozen=True)
@@ -387,10 +393,27 @@ class Ledger:
             token = encode_page_token(listing, user_id, [rows[-1].id])
         return TransactionPage(rows, token)
 
+    async def followed_transactions(
+        self, user_id: str | None, page_size: int, page_token: str
+    ) -> TransactionPage:
+        """Return the next page of the ledger (or a user's) for a consumer following it.
+
+        Oldest first, settled entries only (LedgerStore.followed_transactions), so an entry
+        that commits late is still ahead of the position; the ledger grows, so the token is
+        always set, and a short page means the consumer has caught up for now.
+        """
+        if user_id is not None:
+            check_user_id(user_id)
+        size = clamp_page_size(page_size, *ALL_TRANSACTIONS_PAGE)
+        position = decode_page_token(page_token, FOLLOW_LISTING, user_id)
+        after = xid_and_id_position(position) or (0, 0)
+        rows, after = await self._store.followed_transactions(user_id, size, after)
+        return TransactionPage(rows, encode_page_token(FOLLOW_LISTING, user_id, list(after)))
+
     async def users(self, page_size: int, page_token: str) -> UserPage:
-        """Return one page of users, most recently active first."""
+        """Return one page of users, newest first: create time and user id never change."""
         size = clamp_page_size(page_size, *USERS_PAGE)
-        position = decode_page_token(page_token, "users", None)
+        position = decode_page_token(page_token, USERS_LISTING, None)
         after = time_and_name_position(position, lambda name: len(name) <= USER_ID_MAX_CHARS)
         rows = await self._store.users(size + 1, after)
         token = ""
@@ -398,6 +421,21 @@ class Ledger:
             rows = rows[:size]
             last = rows[-1]
             token = encode_page_token(
-                "users", None, [last.last_activity_time.isoformat(), last.user_id]
+                USERS_LISTING, None, [last.create_time.isoformat(), last.user_id]
             )
         return UserPage(rows, token)
+
+    async def users_by_activity(self, page_size: int, page_token: str) -> UserPage:
+        """Return every user (at most `page_size` when set), most recently active first.
+
+        Activity moves while a scan pages, so this order is never paged: it is read in one
+        statement, at one moment, and there is no next page.
+        """
+        if page_size < 0:
+            raise InvalidArgument("page_size", "page_size must not be negative")
+        if page_token:
+            raise InvalidArgument(
+                "page_token", "page_token does not apply: activity order comes in one response"
+            )
+        rows = await self._store.users_by_activity(page_size or None)
+        return UserPage(rows, "")

@@ -12,6 +12,10 @@ from typing import Any
 from pluct_server.errors import InvalidArgument
 
 _MAX_TOKEN_CHARS = 512
+# Listing -> the listing it replaced: a token of the old one names a position in an order that
+# is gone, and its caller is told so, not merely that the token is wrong.
+_REPLACED_LISTINGS = {"users_by_create_time": "users"}
+_BIGINT_LIMIT = 2**63
 
 
 def clamp_page_size(requested: int, default: int, maximum: int) -> int:
@@ -43,6 +47,12 @@ def decode_page_token(token: str, listing: str, scope: str | None) -> list[Any] 
         raise invalid from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("p"), list):
         raise invalid
+    replaced = _REPLACED_LISTINGS.get(listing)
+    if replaced is not None and payload.get("l") == replaced:
+        raise InvalidArgument(
+            "page_token",
+            "page_token was issued before this list changed its order; start again without one",
+        )
     if payload.get("l") != listing or payload.get("s") != scope:
         # AIP-158: a token only continues the very listing, with the same filter, that issued it.
         raise InvalidArgument("page_token", "page_token belongs to a different request")
@@ -54,15 +64,31 @@ def _not_ours() -> InvalidArgument:
     return InvalidArgument("page_token", "page_token is not a token this list returned")
 
 
+def _bigint(value: object, minimum: int) -> int:
+    """Return `value` if it is a whole number from `minimum` up that a bigint holds."""
+    # A forged token may carry any JSON value; only such a number can be a real position.
+    if isinstance(value, int) and not isinstance(value, bool) and minimum <= value < _BIGINT_LIMIT:
+        return value
+    raise _not_ours()
+
+
 def id_position(position: list[Any] | None) -> int | None:
     """Return the id a token resumes after: a positive bigint, or None for the first page."""
     if position is None:
         return None
-    entry_id = position[0] if len(position) == 1 else None
-    # A forged token may carry any JSON number; only a real id (a positive bigint) is one.
-    if not isinstance(entry_id, int) or isinstance(entry_id, bool) or not 0 < entry_id < 2**63:
+    if len(position) != 1:
         raise _not_ours()
-    return entry_id
+    return _bigint(position[0], 1)
+
+
+def xid_and_id_position(position: list[Any] | None) -> tuple[int, int] | None:
+    """Return the (transaction id, entry id) a token resumes after, or None for the first page."""
+    if position is None:
+        return None
+    if len(position) != 2:
+        raise _not_ours()
+    # (0, 0), before every entry, is where a follower that has seen nothing yet resumes.
+    return _bigint(position[0], 0), _bigint(position[1], 0)
 
 
 def time_and_name_position(

@@ -158,7 +158,7 @@ async def test_list_users_shows_balances_counts_and_spending(admin, credit, toke
     page = await admin.ListUsers(pb.ListUsersRequest(page_size=1), metadata=ADMIN_METADATA)
 
     [user] = page.users
-    assert user.user_id == user_id  # the most recently active user comes first
+    assert user.user_id == user_id  # the newest user comes first
     assert (user.balance, user.transaction_count, user.total_spent) == (3, 3, 2)
     assert user.last_activity_time.ToDatetime() >= user.create_time.ToDatetime()
     assert page.next_page_token

@@ -1341,8 +1341,8 @@ def bad_page_tokens(listing: str, scope: str | None, real: str) -> dict[str, str
         "truncated-by-half": real[: len(real) // 2],
         "first-char-dropped": real[1:],
     }
-    if listing in ("users", "api_keys"):
-        name = "someone" if listing == "users" else "0123456789abcdef"
+    if listing in ("users_by_create_time", "api_keys"):
+        name = "0123456789abcdef" if listing == "api_keys" else "someone"
         moment = "2024-01-01T00:00:00+00:00"
         tokens |= {
             "time-not-a-time": forge({"l": listing, "s": scope, "p": ["yesterday", name]}),
@@ -1360,7 +1360,9 @@ LISTINGS = {
     "credit.ListTransactions": ("transactions", True),
     "admin.ListTransactions": ("admin_transactions", False),
     "admin.ListTransactions(user)": ("admin_transactions", True),
-    "admin.ListUsers": ("users", False),
+    "admin.ListTransactions(oldest)": ("admin_transactions_oldest_first", False),
+    "admin.ListTransactions(oldest,user)": ("admin_transactions_oldest_first", True),
+    "admin.ListUsers": ("users_by_create_time", False),
     "admin.ListApiKeys": ("api_keys", False),
 }
 
@@ -1373,8 +1375,10 @@ async def list_page(stubs: Stubs, listing: str, user: str, page_token: str, size
         )
     if listing.startswith("admin.ListTransactions"):
         request = admin_pb.ListTransactionsRequest(page_token=page_token, page_size=size)
-        if listing.endswith("(user)"):
+        if listing.endswith("user)"):
             request.user_id = user
+        if "(oldest" in listing:
+            request.order = admin_pb.TRANSACTION_ORDER_OLDEST_FIRST
         return await stubs.admin.ListTransactions(request, metadata=ADMIN_METADATA)
     if listing == "admin.ListUsers":
         return await stubs.admin.ListUsers(
@@ -1426,7 +1430,7 @@ async def test_forged_page_tokens_are_invalid_argument_never_internal(
 HTTP_LISTINGS = {
     "user-transactions": ("transactions", True, "/user/{user}/transactions", {}),
     "admin-transactions": ("admin_transactions", False, "/admin/transactions", ADMIN_HEADERS),
-    "admin-users": ("users", False, "/admin/users", ADMIN_HEADERS),
+    "admin-users": ("users_by_create_time", False, "/admin/users", ADMIN_HEADERS),
 }
 
 

@@ -40,7 +40,7 @@ OUT_OF_RANGE_TIMES = {
     "year-1-east-of-utc": "0001-01-01T00:00:00+14:00",
     "year-9999-west-of-utc": "9999-12-31T23:59:59-14:00",
 }
-TIME_LISTINGS = {"users": "someone", "api_keys": "0123456789abcdef"}
+TIME_LISTINGS = {"users_by_create_time": "someone", "api_keys": "0123456789abcdef"}
 
 
 @pytest.mark.parametrize("moment", OUT_OF_RANGE_TIMES.values(), ids=OUT_OF_RANGE_TIMES)
@@ -52,7 +52,7 @@ async def test_a_page_token_with_an_out_of_range_time_is_invalid_argument_not_in
     page_token = forge({"l": listing, "s": None, "p": [moment, TIME_LISTINGS[listing]]})
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        if listing == "users":
+        if listing == "users_by_create_time":
             await stubs.admin.ListUsers(
                 admin_pb.ListUsersRequest(page_token=page_token), metadata=ADMIN_METADATA
             )
@@ -67,10 +67,13 @@ async def test_a_page_token_with_an_out_of_range_time_is_invalid_argument_not_in
 
 @pytest.mark.parametrize("moment", OUT_OF_RANGE_TIMES.values(), ids=OUT_OF_RANGE_TIMES)
 async def test_an_out_of_range_page_token_over_http_is_400_not_500(http, moment):
-    page_token = forge({"l": "users", "s": None, "p": [moment, "someone"]})
+    page_token = forge({"l": "users_by_create_time", "s": None, "p": [moment, "someone"]})
 
     reply = await call(
-        http, "GET", f"/admin/users?page_token={quote(page_token)}", headers=ADMIN_HEADERS
+        http,
+        "GET",
+        f"/admin/users?order=USER_ORDER_NEWEST_FIRST&page_token={quote(page_token)}",
+        headers=ADMIN_HEADERS,
     )
 
     expect_http(reply, 400, reason="INVALID_ARGUMENT", field="pageToken")

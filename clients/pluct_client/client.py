@@ -138,20 +138,33 @@ class PluctClient:
         return reply
 
     async def list_users(
-        self, page_size: int = 0, page_token: str = ""
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        order: admin_pb.UserOrder.ValueType = admin_pb.USER_ORDER_UNSPECIFIED,
     ) -> admin_pb.ListUsersResponse:
-        """Return one page of users, most recently active first (needs the admin secret)."""
-        request = admin_pb.ListUsersRequest(page_size=page_size, page_token=page_token)
+        """Return one page of users, newest first unless `order` says (needs the admin secret)."""
+        request = admin_pb.ListUsersRequest(page_size=page_size, page_token=page_token, order=order)
         reply: admin_pb.ListUsersResponse = await self._call(
             self._admin.ListUsers, request, self._bearer_md
         )
         return reply
 
     async def all_transactions(
-        self, page_size: int = 0, page_token: str = "", user_id: str | None = None
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        user_id: str | None = None,
+        order: admin_pb.TransactionOrder.ValueType = admin_pb.TRANSACTION_ORDER_UNSPECIFIED,
     ) -> admin_pb.ListTransactionsResponse:
-        """Return one page of everyone's ledger, or one user's (needs the admin secret)."""
-        request = admin_pb.ListTransactionsRequest(page_size=page_size, page_token=page_token)
+        """Return one page of everyone's ledger, or one user's (needs the admin secret).
+
+        With TRANSACTION_ORDER_OLDEST_FIRST the ledger is followed: keep the last token and call
+        again with it later; a page shorter than `page_size` means caught up for now.
+        """
+        request = admin_pb.ListTransactionsRequest(
+            page_size=page_size, page_token=page_token, order=order
+        )
         if user_id is not None:
             request.user_id = user_id
         reply: admin_pb.ListTransactionsResponse = await self._call(

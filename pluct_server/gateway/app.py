@@ -31,7 +31,7 @@ from pluct_server.gateway.describe import (
 )
 from pluct_server.gateway.legacy import LegacyProfile
 from pluct_server.gateway.problems import CallError, HttpProblem, to_problem
-from pluct_server.gateway.proxy import RpcProxy, forwarded_metadata, pages_everything
+from pluct_server.gateway.proxy import RpcProxy, forwarded_metadata
 from pluct_server.gateway.render import Renderer
 from pluct_server.gateway.routes import NoRoute, Route, Router, WrongMethod
 from pluct_server.gateway.transcode import (
@@ -196,13 +196,7 @@ class ShimHandler:
                 webhook_signature=presented.webhook_signature,
                 deferred_http_charge=deferred,
             )
-            shape = self._profile.route_shape(route.rpc.method.full_name)
-            if pages_everything(route, message, shape.all_pages_size):
-                answer = await self._proxy.call_all_pages(
-                    route, message, metadata, shape.all_pages_size
-                )
-            else:
-                answer = await self._proxy.call(route, message, metadata)
+            answer = await self._proxy.call(route, message, metadata)
             return json_response(self._renderer.response(route, message, answer, datetime.now(UTC)))
         except NoRoute:
             return problem_response(HttpProblem(404, "Not found", "NOT_FOUND"))

@@ -38,9 +38,9 @@ class RouteShape:
     count_of: str | None = None
     # Adds "timestamp": when the answer was made.
     timestamp: bool = False
-    # For bare arrays that must list everything: follow next_page_token, asking this many per
-    # call, unless the caller asked for a page size itself.
-    all_pages_size: int = 0
+    # Request fields (proto name -> JSON value) the route sets when its caller gives none: what
+    # the legacy engine did by default, where the RPC's own default differs.
+    request_defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,11 @@ LEGACY = LegacyProfile(
             before={"success": True},
             after={"message": "Manually added {amount} credits to {user_id}"},
         ),
-        # Legacy listed every user; the RPC pages, so the shim collects the pages.
-        "pluct.admin.v1.AdminService.ListUsers": RouteShape(all_pages_size=1000),
+        # Legacy listed every user, most recently active first: that order moves under a
+        # scan, so it is never stitched from pages but read whole, in one statement.
+        "pluct.admin.v1.AdminService.ListUsers": RouteShape(
+            request_defaults={"order": "USER_ORDER_RECENT_ACTIVITY"}
+        ),
     },
     # `limit=N` is legacy for page_size, but 0 meant nothing sensible there: it is refused,
     # where page_size=0 means "the default".

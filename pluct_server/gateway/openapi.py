@@ -207,6 +207,9 @@ def _request_schema(request: Descriptor, route: Route) -> dict[str, Any]:
 def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
     schema = scalar_schema(field)
     schema.update(_FIELD_RULES.get(field.name, {}))
+    if field.enum_type is not None:
+        # A request names an enum value as protobuf's JSON mapping does: by its full name.
+        schema["enum"] = [value.name for value in field.enum_type.values]
     if field.type in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32):
         schema.setdefault("maximum", 2**31 - 1)
     if field.is_repeated:

@@ -98,6 +98,7 @@ class Transcoder:
 
     def __init__(self, profile: LegacyProfile) -> None:
         self._aliases: Mapping[str, QueryAlias] = {a.name: a for a in profile.query_aliases}
+        self._profile = profile
 
     def request(
         self,
@@ -137,8 +138,18 @@ class Transcoder:
             _set_from_json(
                 message, field, _from_text(field, text, field.json_name), field.json_name
             )
+        self._apply_defaults(message, route, bound)
         _apply_idempotency_key(message, descriptor, idempotency_key)
         return message
+
+    def _apply_defaults(self, message: Message, route: Route, bound: set[str]) -> None:
+        """Set the route's legacy defaults on the fields its caller did not give."""
+        assert route.rpc is not None
+        defaults = self._profile.route_shape(route.rpc.method.full_name).request_defaults
+        for name, value in defaults.items():
+            if name not in bound:
+                field = route.rpc.method.input_type.fields_by_name[name]
+                _set_from_json(message, field, value, field.json_name)
 
     def _apply_query(
         self, message: Message, descriptor: Descriptor, query: str, bound: set[str]
@@ -248,6 +259,9 @@ def _from_text(field: FieldDescriptor, text: str, shown: str) -> Any:
             return float(text)
         except ValueError:
             raise _wrong(field, shown) from None
+    # By name only, as the OpenAPI document lists them: protobuf's parser would also take "2".
+    if field.enum_type is not None and text not in field.enum_type.values_by_name:
+        raise _wrong(field, shown)
     return text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from pluct.admin.v1 import admin_service_pb2 as pb
 from pluct.admin.v1 import admin_service_pb2_grpc
 
@@ -31,8 +32,13 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
     async def ListUsers(
         self, request: pb.ListUsersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsersResponse:
-        """Return one page of users, most recently active first."""
-        page = await self._ledger.users(request.page_size, request.page_token)
+        """Return one page of users, newest first, or every user by recent activity."""
+        if request.order in _PAGED_USER_ORDERS:
+            page = await self._ledger.users(request.page_size, request.page_token)
+        elif request.order == pb.USER_ORDER_RECENT_ACTIVITY:
+            page = await self._ledger.users_by_activity(request.page_size, request.page_token)
+        else:
+            raise _unknown_order(pb.UserOrder)
         users = [
             pb.User(
                 user_id=user.user_id,
@@ -49,11 +55,18 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
     async def ListTransactions(
         self, request: pb.ListTransactionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTransactionsResponse:
-        """Return one page of everyone's (or one user's) ledger, newest first."""
+        """Return one page of everyone's (or one user's) ledger, newest or oldest first."""
         user_id = request.user_id if request.HasField("user_id") else None
-        page = await self._ledger.transactions(
-            user_id, request.page_size, request.page_token, admin_view=True
-        )
+        if request.order in _NEWEST_FIRST_TRANSACTIONS:
+            page = await self._ledger.transactions(
+                user_id, request.page_size, request.page_token, admin_view=True
+            )
+        elif request.order == pb.TRANSACTION_ORDER_OLDEST_FIRST:
+            page = await self._ledger.followed_transactions(
+                user_id, request.page_size, request.page_token
+            )
+        else:
+            raise _unknown_order(pb.TransactionOrder)
         return pb.ListTransactionsResponse(
             transactions=[transaction_message(e, with_actor=True) for e in page.transactions],
             next_page_token=page.next_page_token,
@@ -125,6 +138,19 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
                 for p in report.problems
             ],
         )
+
+
+# Unset means the default order, as AIP-132 has it.
+_PAGED_USER_ORDERS = frozenset({pb.USER_ORDER_UNSPECIFIED, pb.USER_ORDER_NEWEST_FIRST})
+_NEWEST_FIRST_TRANSACTIONS = frozenset(
+    {pb.TRANSACTION_ORDER_UNSPECIFIED, pb.TRANSACTION_ORDER_NEWEST_FIRST}
+)
+
+
+def _unknown_order(enum: EnumTypeWrapper) -> InvalidArgument:
+    """Refuse an order this server does not know (a newer client's, say) rather than guess."""
+    names = ", ".join(value.name for value in enum.DESCRIPTOR.values if value.number)
+    return InvalidArgument("order", f"order must be one of {names}")
 
 
 def _api_key(record: ApiKeyRecord) -> pb.ApiKey:

@@ -139,14 +139,35 @@ _ALL_TRANSACTIONS_AFTER = f"""
 SELECT {_TRANSACTION_COLUMNS} FROM ledger WHERE id < $2 ORDER BY id DESC LIMIT $1
 """
 
-_USER_COLUMNS = "user_id, balance, transaction_count, total_spent, last_activity_at, created_at"
-_USERS_FIRST = f"""
-SELECT {_USER_COLUMNS} FROM users ORDER BY last_activity_at DESC, user_id DESC LIMIT $1
+# Following the ledger oldest first: only entries whose writing transaction, and every older
+# one, has finished (xid below the snapshot's xmin), so none can ever appear behind a position
+# once read; in (xid, id) order, since an old transaction may yet add a high id below a younger
+# one's lower id (migration 0007 says why). The horizon is STABLE, so ledger_by_xid serves it.
+_FOLLOWED_TRANSACTIONS = f"""
+SELECT {_TRANSACTION_COLUMNS}, xid FROM ledger
+ WHERE (xid, id) > ($2, $3) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY xid, id LIMIT $1
 """
-_USERS_AFTER = f"""
+_FOLLOWED_USER_TRANSACTIONS = f"""
+SELECT {_TRANSACTION_COLUMNS}, xid FROM ledger
+ WHERE user_id = $4 AND (xid, id) > ($2, $3) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY xid, id LIMIT $1
+"""
+
+_USER_COLUMNS = "user_id, balance, transaction_count, total_spent, last_activity_at, created_at"
+# Paged by create time and user id, which never change, so a scan neither skips nor repeats.
+_USERS_NEWEST_FIRST = f"""
+SELECT {_USER_COLUMNS} FROM users ORDER BY created_at DESC, user_id DESC LIMIT $1
+"""
+_USERS_NEWEST_AFTER = f"""
 SELECT {_USER_COLUMNS} FROM users
- WHERE (last_activity_at, user_id) < ($2, $3)
- ORDER BY last_activity_at DESC, user_id DESC LIMIT $1
+ WHERE (created_at, user_id) < ($2, $3)
+ ORDER BY created_at DESC, user_id DESC LIMIT $1
+"""
+# Activity moves, so this order is never paged: one statement reads it at one moment
+# (LIMIT NULL is every user).
+_USERS_BY_ACTIVITY = f"""
+SELECT {_USER_COLUMNS} FROM users ORDER BY last_activity_at DESC, user_id DESC LIMIT $1
 """
 
 
@@ -309,23 +330,29 @@ class LedgerStore:
             rows = await self._db.fetch(_USER_TRANSACTIONS_AFTER, user_id, limit, before_id)
         return [_transaction(row) for row in rows]
 
-    async def users(self, limit: int, after: tuple[datetime, str] | None) -> list[UserSummary]:
-        """Return up to `limit` users after the cursor, most recently active first."""
-        if after is None:
-            rows = await self._db.fetch(_USERS_FIRST, limit)
+    async def followed_transactions(
+        self, user_id: str | None, limit: int, after: tuple[int, int]
+    ) -> tuple[list[Transaction], tuple[int, int]]:
+        """Return up to `limit` settled entries past (xid, id), oldest first, and where they end."""
+        if user_id is None:
+            rows = await self._db.fetch(_FOLLOWED_TRANSACTIONS, limit, *after)
         else:
-            rows = await self._db.fetch(_USERS_AFTER, limit, after[0], after[1])
-        return [
-            UserSummary(
-                user_id=row["user_id"],
-                balance=int(row["balance"]),
-                transaction_count=int(row["transaction_count"]),
-                total_spent=int(row["total_spent"]),
-                last_activity_time=row["last_activity_at"],
-                create_time=row["created_at"],
-            )
-            for row in rows
-        ]
+            rows = await self._db.fetch(_FOLLOWED_USER_TRANSACTIONS, limit, *after, user_id)
+        if rows:
+            after = (int(rows[-1]["xid"]), int(rows[-1]["id"]))
+        return [_transaction(row) for row in rows], after
+
+    async def users(self, limit: int, after: tuple[datetime, str] | None) -> list[UserSummary]:
+        """Return up to `limit` users created before the cursor, newest first."""
+        if after is None:
+            rows = await self._db.fetch(_USERS_NEWEST_FIRST, limit)
+        else:
+            rows = await self._db.fetch(_USERS_NEWEST_AFTER, limit, after[0], after[1])
+        return [_user(row) for row in rows]
+
+    async def users_by_activity(self, limit: int | None) -> list[UserSummary]:
+        """Return every user (or the first `limit`), most recently active first, at one moment."""
+        return [_user(row) for row in await self._db.fetch(_USERS_BY_ACTIVITY, limit)]
 
 
 def _taken(violation: UniqueViolation, otherwise: type[Exception] | None = None) -> Exception:
@@ -335,6 +362,17 @@ def _taken(violation: UniqueViolation, otherwise: type[Exception] | None = None)
     if otherwise is not None and violation.constraint == _USER_EXISTS:
         return otherwise()
     return violation
+
+
+def _user(row: asyncpg.Record) -> UserSummary:
+    return UserSummary(
+        user_id=row["user_id"],
+        balance=int(row["balance"]),
+        transaction_count=int(row["transaction_count"]),
+        total_spent=int(row["total_spent"]),
+        last_activity_time=row["last_activity_at"],
+        create_time=row["created_at"],
+    )
 
 
 def _transaction(row: asyncpg.Record) -> Transaction:

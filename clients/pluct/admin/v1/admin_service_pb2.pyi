@@ -5,12 +5,31 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from pluct.api.v1 import auth_pb2 as _auth_pb2
 from pluct.credit.v1 import ledger_pb2 as _ledger_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class UserOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    USER_ORDER_UNSPECIFIED: _ClassVar[UserOrder]
+    USER_ORDER_NEWEST_FIRST: _ClassVar[UserOrder]
+    USER_ORDER_RECENT_ACTIVITY: _ClassVar[UserOrder]
+
+class TransactionOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSACTION_ORDER_UNSPECIFIED: _ClassVar[TransactionOrder]
+    TRANSACTION_ORDER_NEWEST_FIRST: _ClassVar[TransactionOrder]
+    TRANSACTION_ORDER_OLDEST_FIRST: _ClassVar[TransactionOrder]
+USER_ORDER_UNSPECIFIED: UserOrder
+USER_ORDER_NEWEST_FIRST: UserOrder
+USER_ORDER_RECENT_ACTIVITY: UserOrder
+TRANSACTION_ORDER_UNSPECIFIED: TransactionOrder
+TRANSACTION_ORDER_NEWEST_FIRST: TransactionOrder
+TRANSACTION_ORDER_OLDEST_FIRST: TransactionOrder
 
 class User(_message.Message):
     __slots__ = ("user_id", "balance", "transaction_count", "total_spent", "last_activity_time", "create_time")
@@ -29,12 +48,14 @@ class User(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., balance: _Optional[int] = ..., transaction_count: _Optional[int] = ..., total_spent: _Optional[int] = ..., last_activity_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListUsersRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "order")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    order: UserOrder
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[UserOrder, str]] = ...) -> None: ...
 
 class ListUsersResponse(_message.Message):
     __slots__ = ("users", "next_page_token")
@@ -45,14 +66,16 @@ class ListUsersResponse(_message.Message):
     def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListTransactionsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "user_id")
+    __slots__ = ("page_size", "page_token", "user_id", "order")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     user_id: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+    order: TransactionOrder
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., user_id: _Optional[str] = ..., order: _Optional[_Union[TransactionOrder, str]] = ...) -> None: ...
 
 class ListTransactionsResponse(_message.Message):
     __slots__ = ("transactions", "next_page_token")

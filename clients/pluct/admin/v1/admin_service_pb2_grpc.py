@@ -82,14 +82,14 @@ class AdminServiceServicer:
     """
 
     def ListUsers(self, request, context):
-        """ListUsers pages through every user, most recently active first. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """ListUsers pages through every user, newest first, or lists every user at once, most recently active first (the order GET /admin/users uses). Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTransactions(self, request, context):
-        """ListTransactions pages through the whole ledger, or one user's, newest first. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """ListTransactions pages through the whole ledger, or one user's, newest first, or oldest first for a consumer that follows it. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
