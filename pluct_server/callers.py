@@ -15,6 +15,7 @@ from pluct_server.limits import Charge
 ADMIN = "admin"
 PUBLIC = "public"
 PAYMENTS = "credits:grant"
+METRICS_READ = "metrics:read"
 
 
 def _scope_name(enum_name: str) -> str:

@@ -21,6 +21,7 @@ from pluct_server.errors import (
 from pluct_server.limits import SIGNUP as LIMIT_SIGNUP
 from pluct_server.limits import VEND as LIMIT_VEND
 from pluct_server.limits import Limiter, retry_after_seconds
+from pluct_server.metrics import CREDITS_GRANTED
 from pluct_server.models import (
     EntryType,
     PriorRequest,
@@ -159,6 +160,8 @@ SIGNATURE = "webhook_signature"
 # A signature is only valid within its time window, so it need be remembered little longer.
 SIGNATURE_MEMORY = timedelta(seconds=2 * TOLERANCE_SECONDS + 60)
 SIGNED_PAYMENT_PREFIX = "sig:"
+# The source label of pluct_credits_granted_total, by the kind of credit.
+_GRANT_SOURCES = {EntryType.ADD_WEBHOOK: "payment", EntryType.ADMIN_ADD: "admin"}
 
 
 class Ledger:
@@ -213,9 +216,11 @@ class Ledger:
         key = self._key(caller, CREATE_USER, request_id, "create_user", user_id, initial_credits)
         for _ in range(2):
             try:
-                return await self._store.create_user(
+                balance = await self._store.create_user(
                     user_id, initial_credits, USER_CREATION_REASON, caller.id, key
                 )
+                CREDITS_GRANTED.labels("signup").inc(initial_credits)
+                return balance
             except (UserExists, RequestKeyTaken) as taken:
                 # A retry of a create that went through finds its own user: answer as before.
                 prior = None if key is None else await self._prior(user_id, key)
@@ -291,9 +296,11 @@ class Ledger:
         key = self._key(caller, operation, request_id, entry_type.value, user_id, amount, reason)
         for _ in range(2):
             try:
-                return await self._store.credit(
+                balance = await self._store.credit(
                     user_id, amount, entry_type, reason, caller.id, operation, key
                 )
+                CREDITS_GRANTED.labels(_GRANT_SOURCES[entry_type]).inc(amount)
+                return balance
             except RequestKeyTaken:
                 assert key is not None
                 prior = await self._prior(user_id, key)

@@ -56,11 +56,17 @@ async def call(
     data: Any = None,
     headers: Mapping[str, str] | None = None,
 ) -> Reply:
-    """Make one request and return its status, headers and JSON body (every answer is JSON)."""
+    """Make one request and return its status, headers and JSON body.
+
+    Every answer is JSON, but for a scrape of /metrics that succeeds (Prometheus text).
+    """
     async with http.request(
         method, path, json=json_body, data=data, headers=headers, allow_redirects=False
     ) as response:
         raw = await response.read()
+        if path == "/metrics" and response.status == 200:
+            assert response.content_type == "text/plain", raw[:200]
+            return Reply(response.status, dict(response.headers), raw.decode(), raw)
         assert response.content_type == "application/json", (method, path, raw[:200])
         body = json.loads(raw) if method != "HEAD" else None
         return Reply(response.status, dict(response.headers), body, raw)

@@ -86,3 +86,11 @@ async def test_command_line_manages_keys_with_the_admin_secret(server):
     assert key_id in listed and secret not in listed
     assert json.loads(revoked)["api_key"]["revoke_time"]
     assert (after, refused.split(":")[0]) == (1, "UNAUTHENTICATED")
+
+
+def test_the_command_line_offers_exactly_the_scopes_a_key_may_hold():
+    from pluct_client.__main__ import SCOPES
+
+    from pluct_server.callers import GRANTABLE_SCOPES
+
+    assert set(SCOPES) == GRANTABLE_SCOPES

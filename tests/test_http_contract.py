@@ -37,7 +37,8 @@ CONTRACT_ROUTES = {
     "POST /admin/credits/add",
 }
 # Routes added since, which old callers never notice (the contract's last section).
-ADDED_ROUTES = {"GET /.well-known/jwks.json"}
+# /metrics is for operators' scrapers (a key with metrics:read); no legacy caller asks for it.
+ADDED_ROUTES = {"GET /.well-known/jwks.json", "GET /metrics"}
 SERVED_ROUTES = CONTRACT_ROUTES | ADDED_ROUTES
 
 

@@ -10,7 +10,7 @@ from google.api import annotations_pb2  # type: ignore[import-untyped]
 from pluct_server.server import SERVICES
 from tests.http_support import ADMIN_HEADERS, WEBHOOK_HEADERS, call
 
-BUILTIN = {("GET", "/"), ("GET", "/health"), ("GET", "/openapi.json")}
+BUILTIN = {("GET", "/"), ("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/metrics")}
 VERBS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -89,8 +89,18 @@ async def test_operations_document_their_json_schemas_and_statuses(document):
         for operation in operations.values():
             assert operation["operationId"] and operation["summary"]
             assert "200" in operation["responses"]
-            for response in operation["responses"].values():
-                assert "schema" in response["content"]["application/json"]
+            for status, response in operation["responses"].items():
+                # Every answer is JSON but a successful scrape, which is Prometheus text.
+                media = (
+                    "text/plain"
+                    if (operation["operationId"], status)
+                    == (
+                        "metrics",
+                        "200",
+                    )
+                    else "application/json"
+                )
+                assert "schema" in response["content"][media]
 
 
 async def test_legacy_shapes_are_what_the_document_says(document):

@@ -15,7 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pluct_server.logs import JsonFormatter
 from pluct_server.metrics import exposition
-from tests.support import ADMIN_METADATA, ADMIN_SECRET, free_port, new_request_id
+from tests.http_support import call
+from tests.support import (
+    ADMIN_METADATA,
+    ADMIN_SECRET,
+    WEBHOOK_METADATA,
+    caller_key,
+    free_port,
+    new_request_id,
+)
 from tests.test_process import ServiceProcess, production_dsn, service_env  # noqa: F401
 
 ACCESS = "pluct_server.access"
@@ -49,6 +57,11 @@ def access_lines(caplog: pytest.LogCaptureFixture, request_id: str) -> list[dict
         for record in caplog.records
         if record.name == ACCESS and record.fields["request_id"] == request_id  # type: ignore[attr-defined]
     ]
+
+
+def header(reply, name: str) -> str:
+    """Return a response header, whatever case the server spelled it in."""
+    return str({key.lower(): value for key, value in reply.headers.items()}[name.lower()])
 
 
 async def fund(credit, user_id: str, credits: int) -> None:
@@ -110,27 +123,38 @@ async def test_a_request_id_that_could_forge_a_log_line_is_replaced(server, cred
 
 
 async def test_metrics_count_calls_by_code_and_what_was_sold(server, credit, token, user_id):
+    payment = credit_pb.AddCreditsRequest(user_id=user_id, amount=5, request_id=new_request_id())
+    vend = token_pb.VendTokenRequest(user_id=user_id, request_id=new_request_id())
+    start = samples()
     await fund(credit, user_id, 2)
-    before = samples()
-    for _ in range(3):
+    for _ in range(2):  # the retry of a payment credits nothing more
+        await credit.AddCredits(payment, metadata=WEBHOOK_METADATA)
+    for _ in range(2):  # nor does the retry of a vend sell another token
+        await token.VendToken(vend)
+    refused = 0
+    for _ in range(7):  # 6 credits left: the seventh is refused
         try:
             await token.VendToken(token_pb.VendTokenRequest(user_id=user_id))
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    after = samples()
+            refused += 1
+    end = samples()
 
     def grew(key: Key) -> float:
-        return after.get(key, 0.0) - before.get(key, 0.0)
+        return end.get(key, 0.0) - start.get(key, 0.0)
 
-    assert grew(handled("VendToken", "OK")) == 2
+    assert refused == 1
+    assert grew(("pluct_credits_granted_total", (("source", "signup"),))) == 2
+    assert grew(("pluct_credits_granted_total", (("source", "payment"),))) == 5
+    assert grew(handled("VendToken", "OK")) == 8
     assert grew(handled("VendToken", "FAILED_PRECONDITION")) == 1
-    assert grew(("pluct_tokens_vended_total", ())) == 2
-    assert grew(("pluct_credits_spent_total", ())) == 2
-    refused = (
+    assert grew(("pluct_tokens_vended_total", ())) == 7
+    assert grew(("pluct_credits_spent_total", ())) == 7
+    insufficient = (
         ("method", "/pluct.token.v1.TokenService/VendToken"),
         ("reason", "INSUFFICIENT_CREDITS"),
     )
-    assert grew(("pluct_refusals_total", refused)) == 1
+    assert grew(("pluct_refusals_total", insufficient)) == 1
 
 
 def test_json_logs_are_one_object_per_line_with_the_access_fields():
@@ -176,3 +200,57 @@ async def test_metrics_add_up_every_worker(production_dsn, tmp_path):  # noqa: F
     key = handled("GetBalance", "OK", "pluct.credit.v1.CreditService")
     assert scraped.get(key) == calls, service.output[-2000:]
     assert "worker 1" in service.output  # two workers served
+
+
+async def test_an_http_request_is_logged_named_by_its_route_and_echoes_its_id(
+    server, credit, http, user_id, caplog
+):
+    await fund(credit, user_id, 1)
+    request_id = new_request_id()
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    reply = await call(
+        http,
+        "POST",
+        "/vend-token",
+        json_body={"userId": user_id},
+        headers={"X-Request-Id": request_id},
+    )
+    anonymous = await call(http, "GET", f"/user/{user_id}/balance")
+
+    assert reply.status == 200
+    assert header(reply, "X-Request-Id") == request_id
+    (line,) = access_lines(caplog, request_id)
+    assert (line["protocol"], line["method"], line["code"]) == ("http", "POST /vend-token", "200")
+    assert line["user_id"] == user_id
+    assert reply.body["token"] not in caplog.text
+    # A request without an id gets one, so its log lines can still be found.
+    made = header(anonymous, "X-Request-Id")
+    assert made and len(access_lines(caplog, made)) == 1
+
+
+async def test_http_metrics_name_routes_not_raw_paths(server, http):
+    before = samples()
+    for n in range(3):
+        await call(http, "GET", f"/no-such-thing-{n}")
+    after = samples()
+    unmatched = (
+        "http_server_requests_total",
+        (("code", "404"), ("method", "GET"), ("route", "unmatched")),
+    )
+    assert after.get(unmatched, 0) - before.get(unmatched, 0) == 3
+    assert not any("no-such-thing" in str(labels) for _, labels in after)
+
+
+async def test_metrics_on_the_http_port_need_the_metrics_scope(server, http):
+    reader = await caller_key(server, scopes=("metrics:read",), name="prometheus")
+    other = await caller_key(server)
+
+    anonymous = await call(http, "GET", "/metrics")
+    wrong_key = await call(http, "GET", "/metrics", headers={"Authorization": f"Bearer {other}"})
+    scraped = await call(http, "GET", "/metrics", headers={"Authorization": f"Bearer {reader}"})
+    admin = await call(http, "GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN_SECRET}"})
+
+    assert (anonymous.status, wrong_key.status) == (401, 403)
+    assert scraped.status == admin.status == 200
+    assert "grpc_server_handled_total" in scraped.body
+    assert "pluct_tokens_vended_total" in scraped.body

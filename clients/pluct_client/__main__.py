@@ -19,6 +19,7 @@ SCOPES = (
     "credits:grant",
     "tokens:vend",
     "tokens:validate",
+    "metrics:read",
     "admin",
 )
 

@@ -17,16 +17,25 @@ from google.protobuf.message import Message
 from pluct.api.v1 import auth_pb2
 
 from pluct_server import webhooks
+from pluct_server.access import (
+    CURRENT_CALL,
+    REQUEST_ID_HEADER,
+    CallRecord,
+    log_access,
+    request_id_from,
+)
 from pluct_server.addresses import UNKNOWN, Network, client_address
 from pluct_server.auth import AUTHORIZATION_HEADER, WEBHOOK_HEADER, Authenticator, Presented
-from pluct_server.callers import ADMIN, AccessRule
+from pluct_server.callers import ADMIN, METRICS_READ, AccessRule
 from pluct_server.errors import DomainError
 from pluct_server.gateway.describe import (
     DESCRIBE,
     HEALTH,
+    METRICS,
     OPENAPI,
     ServiceInfo,
     health_body,
+    route_key,
     self_description,
 )
 from pluct_server.gateway.legacy import LegacyProfile
@@ -41,6 +50,7 @@ from pluct_server.gateway.transcode import (
     split_path,
 )
 from pluct_server.limits import HTTP, Limiter
+from pluct_server.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, exposition
 from pluct_server.origin import gateway_metadata
 from pluct_server.webhooks import SIGNATURE_HEADER
 
@@ -91,6 +101,12 @@ def problem_response(problem: HttpProblem) -> web.Response:
 
 # The access rule of every path under an admin-only prefix, known route or not.
 _ADMIN_PREFIX_RULE = AccessRule(ADMIN, auth_pb2.CALLER_AUTH_ADMIN)
+# Scraping metrics needs a key with this scope (the admin secret holds it too).
+_METRICS_RULE = AccessRule(METRICS_READ, auth_pb2.CALLER_AUTH_ADMIN)
+# As HTTP callers spell it (request headers are read case-insensitively anyway).
+_REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
+# What a request is named by when no route matched (or it failed before routing).
+_UNROUTED = "unmatched"
 # Routes whose RPC charges the per-address limit inside its own statement, so that a vend stays
 # one database round trip; every other route pays it in a statement of its own first.
 _FOLDS_ADDRESS_CHARGE = frozenset({"tokens:vend"})
@@ -137,28 +153,54 @@ class ShimHandler:
             DESCRIBE.name: self._describe,
             HEALTH.name: self._health,
             OPENAPI.name: self._openapi_document,
+            METRICS.name: self._metrics,
         }
         self._in_flight = 0
         self.draining = False
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; every failure becomes a JSON error, never a stack trace."""
-        if self._in_flight >= self._limits.max_concurrent_requests:
-            # Shed load rather than queue it: a flood must not take the memory with it.
-            busy = HttpProblem(503, "Server busy", "OVERLOADED", headers={"Retry-After": "1"})
-            return problem_response(busy)
-        self._in_flight += 1
+        record = CallRecord(
+            "http",
+            _UNROUTED,
+            request.remote or "-",
+            request_id_from(request.headers.get(REQUEST_ID_HEADER)),
+        )
+        # A connection's requests share its task: each one sets, and then resets, its own record.
+        token = CURRENT_CALL.set(record)
+        begin = time.perf_counter()
+        response: web.StreamResponse | None = None
         try:
-            return await self._serve(request)
+            if self._in_flight >= self._limits.max_concurrent_requests:
+                # Shed load rather than queue it: a flood must not take the memory with it.
+                busy = HttpProblem(503, "Server busy", "OVERLOADED", headers={"Retry-After": "1"})
+                response = problem_response(busy)
+                return response
+            self._in_flight += 1
+            try:
+                response = await self._serve(request)
+                return response
+            finally:
+                self._in_flight -= 1
         finally:
-            self._in_flight -= 1
+            status = response.status if response is not None else 499
+            if response is not None:
+                response.headers[_REQUEST_ID_RESPONSE_HEADER] = record.request_id
+            _observe_http(request.method, record, status, time.perf_counter() - begin)
+            CURRENT_CALL.reset(token)
+
+    def _note_route(self, route: Route) -> None:
+        """Name the request by its route template: raw paths would grow the metrics unbounded."""
+        record = CURRENT_CALL.get()
+        if record is not None:
+            record.method = route_key(route)
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         route: Route | None = None
         bearer = False
         try:
             parts = split_path(request.rel_url.raw_path)
-            metadata = forwarded_metadata(request.headers)
+            metadata = forwarded_metadata(request.headers, _current_request_id())
             address = client_address(
                 request.remote or UNKNOWN,
                 # Every line of it: a proxy may add its own line after the client's forged one.
@@ -172,9 +214,12 @@ class ShimHandler:
                 # Strangers learn nothing about /admin/...: no token, no 404 or 405 either.
                 await self._admit("/admin", _ADMIN_PREFIX_RULE, presented, address)
             route, variables = self._router.resolve(request.method, parts)
+            self._note_route(route)
             if route.rpc is None:
                 if route is not HEALTH:  # orchestrators probe it often; it stays unmetered
                     await self._charge_address(address)
+                if route is METRICS:
+                    await self._admit("/metrics", _METRICS_RULE, presented, address)
                 return await self._builtins[route.name]()
             rule = self._guards.rules[route.rpc.path]
             deferred = rule.scope in _FOLDS_ADDRESS_CHARGE
@@ -339,6 +384,26 @@ class ShimHandler:
 
     async def _openapi_document(self) -> web.Response:
         return json_response(self._openapi)
+
+    async def _metrics(self) -> web.Response:
+        body, content_type = exposition()
+        response = web.Response(body=body, headers={"Content-Type": content_type})
+        response.headers[SERVER_HEADER] = SERVER_NAME
+        return response
+
+
+def _current_request_id() -> str | None:
+    record = CURRENT_CALL.get()
+    return None if record is None else record.request_id
+
+
+def _observe_http(method: str, record: CallRecord, status: int, seconds: float) -> None:
+    """Count and log one answered request."""
+    route = record.method
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_REQUEST_SECONDS.labels(method, route).observe(seconds)
+    record.code = str(status)
+    log_access(record, seconds)
 
 
 def _presented(metadata: Sequence[tuple[str, str]]) -> Presented:

@@ -28,7 +28,12 @@ HEALTH = _builtin(
 OPENAPI = _builtin(
     "/openapi.json", "openapi", "The OpenAPI 3 document of every route, generated from the protos."
 )
-BUILTIN_ROUTES = (DESCRIBE, HEALTH, OPENAPI)
+METRICS = _builtin(
+    "/metrics",
+    "metrics",
+    "Prometheus metrics of every worker (a key with the metrics:read scope, or the admin secret).",
+)
+BUILTIN_ROUTES = (DESCRIBE, HEALTH, OPENAPI, METRICS)
 
 # How a caller proves each caller_auth requirement over HTTP.
 AUTH_HEADERS = {
@@ -128,4 +133,5 @@ def builtin_schemas() -> dict[str, dict[str, Any]]:
             },
         },
         OPENAPI.name: {"type": "object", "required": ["openapi", "paths"]},
+        METRICS.name: {"type": "string"},
     }

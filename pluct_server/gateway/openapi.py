@@ -102,10 +102,29 @@ def openapi_document(
 
 
 def _builtin_operation(route: Route, schema: dict[str, Any]) -> dict[str, Any]:
+    if route.name == "metrics":
+        return _metrics_operation(route)
     responses = {"200": _json_response("OK", schema)}
     if route.name == "health":
         responses["503"] = _json_response("Unhealthy: the database is unreachable", schema)
     return {"operationId": route.name, "summary": route.summary, "responses": responses}
+
+
+def _metrics_operation(route: Route) -> dict[str, Any]:
+    """Describe /metrics: Prometheus text for a scraper with the key, JSON errors otherwise."""
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    responses: dict[str, Any] = {"200": {"description": "Prometheus text format", "content": text}}
+    for status in (401, 403, 429):
+        responses[str(status)] = _json_response(_REASONS.get(status, "Error"), _ERROR_REF)
+    operation: dict[str, Any] = {
+        "operationId": route.name,
+        "summary": route.summary,
+        "responses": responses,
+    }
+    security = _SECURITY.get(auth_pb2.CALLER_AUTH_ADMIN)
+    if security:
+        operation["security"] = security
+    return operation
 
 
 def _rpc_operation(route: Route, profile: LegacyProfile, renderer: Renderer) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import grpc
 from google.protobuf.message import Message
 
+from pluct_server.access import REQUEST_ID_HEADER
 from pluct_server.auth import AUTHORIZATION_HEADER, WEBHOOK_HEADER
 from pluct_server.gateway.problems import CallError
 from pluct_server.gateway.routes import Route
@@ -21,10 +22,12 @@ Metadata = tuple[tuple[str, str], ...]
 FORWARDED_HEADERS = (AUTHORIZATION_HEADER, WEBHOOK_HEADER, *REQUEST_ID_KEYS)
 
 
-def forwarded_metadata(headers: Mapping[str, str]) -> Metadata:
-    """Return the gRPC metadata for an HTTP request's headers."""
-    metadata = []
+def forwarded_metadata(headers: Mapping[str, str], request_id: str | None = None) -> Metadata:
+    """Return the gRPC metadata for an HTTP request's headers (and the request's id, if given)."""
+    metadata = [] if request_id is None else [(REQUEST_ID_HEADER, request_id)]
     for name in FORWARDED_HEADERS:
+        if request_id is not None and name == REQUEST_ID_HEADER:
+            continue
         value = headers.get(name)
         # gRPC metadata is printable ASCII; anything else could not be a valid secret anyway,
         # and dropping it lets the service answer "missing" rather than the channel failing.

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pluct/api/v1/auth.proto\x12\x0cpluct.api.v1\x1a google/protobuf/descriptor.proto\"V\n\x06\x41\x63\x63\x65ss\x12\"\n\x05scope\x18\x01 \x01(\x0e\x32\x13.pluct.api.v1.Scope\x12(\n\x06legacy\x18\x02 \x01(\x0e\x32\x18.pluct.api.v1.CallerAuth*\xbc\x01\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12SCOPE_USERS_CREATE\x10\x01\x12\x16\n\x12SCOPE_CREDITS_READ\x10\x02\x12\x17\n\x13SCOPE_CREDITS_GRANT\x10\x03\x12\x15\n\x11SCOPE_TOKENS_VEND\x10\x04\x12\x19\n\x15SCOPE_TOKENS_VALIDATE\x10\x05\x12\x0f\n\x0bSCOPE_ADMIN\x10\x06\x12\x10\n\x0cSCOPE_PUBLIC\x10\x07*q\n\nCallerAuth\x12\x1b\n\x17\x43\x41LLER_AUTH_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LLER_AUTH_PUBLIC\x10\x01\x12\x17\n\x13\x43\x41LLER_AUTH_WEBHOOK\x10\x02\x12\x15\n\x11\x43\x41LLER_AUTH_ADMIN\x10\x03:F\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x14.pluct.api.v1.Accessb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pluct/api/v1/auth.proto\x12\x0cpluct.api.v1\x1a google/protobuf/descriptor.proto\"V\n\x06\x41\x63\x63\x65ss\x12\"\n\x05scope\x18\x01 \x01(\x0e\x32\x13.pluct.api.v1.Scope\x12(\n\x06legacy\x18\x02 \x01(\x0e\x32\x18.pluct.api.v1.CallerAuth*\xd4\x01\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12SCOPE_USERS_CREATE\x10\x01\x12\x16\n\x12SCOPE_CREDITS_READ\x10\x02\x12\x17\n\x13SCOPE_CREDITS_GRANT\x10\x03\x12\x15\n\x11SCOPE_TOKENS_VEND\x10\x04\x12\x19\n\x15SCOPE_TOKENS_VALIDATE\x10\x05\x12\x0f\n\x0bSCOPE_ADMIN\x10\x06\x12\x10\n\x0cSCOPE_PUBLIC\x10\x07\x12\x16\n\x12SCOPE_METRICS_READ\x10\x08*q\n\nCallerAuth\x12\x1b\n\x17\x43\x41LLER_AUTH_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LLER_AUTH_PUBLIC\x10\x01\x12\x17\n\x13\x43\x41LLER_AUTH_WEBHOOK\x10\x02\x12\x15\n\x11\x43\x41LLER_AUTH_ADMIN\x10\x03:F\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x14.pluct.api.v1.Accessb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pluct.api.v1.auth_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCOPE']._serialized_start=164
-  _globals['_SCOPE']._serialized_end=352
-  _globals['_CALLERAUTH']._serialized_start=354
-  _globals['_CALLERAUTH']._serialized_end=467
+  _globals['_SCOPE']._serialized_end=376
+  _globals['_CALLERAUTH']._serialized_start=378
+  _globals['_CALLERAUTH']._serialized_end=491
   _globals['_ACCESS']._serialized_start=75
   _globals['_ACCESS']._serialized_end=161
 # @@protoc_insertion_point(module_scope)

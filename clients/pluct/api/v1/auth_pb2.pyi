@@ -16,6 +16,7 @@ class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCOPE_TOKENS_VALIDATE: _ClassVar[Scope]
     SCOPE_ADMIN: _ClassVar[Scope]
     SCOPE_PUBLIC: _ClassVar[Scope]
+    SCOPE_METRICS_READ: _ClassVar[Scope]
 
 class CallerAuth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +32,7 @@ SCOPE_TOKENS_VEND: Scope
 SCOPE_TOKENS_VALIDATE: Scope
 SCOPE_ADMIN: Scope
 SCOPE_PUBLIC: Scope
+SCOPE_METRICS_READ: Scope
 CALLER_AUTH_UNSPECIFIED: CallerAuth
 CALLER_AUTH_PUBLIC: CallerAuth
 CALLER_AUTH_WEBHOOK: CallerAuth
