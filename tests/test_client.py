@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from pluct_client import PluctClient
@@ -14,6 +16,17 @@ from pluct_client.client import new_request_id
 from tests.support import ADMIN_SECRET, WEBHOOK_SECRET, caller_key
 
 pytestmark = pytest.mark.usefixtures("database_dsn")
+
+# What the command line reads; a test passes what it means to, and nothing leaks in.
+CLI_SETTINGS = (
+    "ADMIN_SECRET",
+    "PLUCT_API_KEY",
+    "PLUCT_DEV_API_KEY",
+    "WEBHOOK_SECRET",
+    "PLUCT_GRPC_LISTEN",
+    "PLUCT_DATA_DIR",
+    "PLUCT_TARGET",
+)
 
 
 async def test_client_covers_a_users_life(server, user_id):
@@ -37,17 +50,23 @@ async def test_client_covers_a_users_life(server, user_id):
 
 
 async def cli(server, *args: str, **env_vars: str) -> tuple[int, str, str]:
-    """Run `python -m pluct_client` without blocking the server that shares this event loop."""
-    env = {**os.environ, "PLUCT_TARGET": f"127.0.0.1:{server.grpc_port}", **env_vars}
-    for name in ("ADMIN_SECRET", "PLUCT_API_KEY", "WEBHOOK_SECRET"):
-        if name not in env_vars:
-            env.pop(name, None)
+    """Run `python -m pluct_client --json` against the server under test."""
+    env_vars = {"PLUCT_TARGET": f"127.0.0.1:{server.grpc_port}", **env_vars}
+    return await run_cli("--json", *args, workdir=None, **env_vars)
+
+
+async def run_cli(*args: str, workdir: Path | None = None, **env_vars: str) -> tuple[int, str, str]:
+    """Run `python -m pluct_client` in `workdir` (by default, one with no settings files)."""
+    env = {name: value for name, value in os.environ.items() if name not in CLI_SETTINGS}
+    env.update(env_vars)
+    # A subprocess, so the server sharing this event loop keeps answering.
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "pluct_client",
         *args,
         env=env,
+        cwd=workdir or tempfile.gettempdir(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -94,3 +113,21 @@ def test_the_command_line_offers_exactly_the_scopes_a_key_may_hold():
     from pluct_server.callers import GRANTABLE_SCOPES
 
     assert set(SCOPES) == GRANTABLE_SCOPES
+
+
+async def test_the_command_line_reads_the_servers_own_settings_and_prints_tables(
+    server, user_id, tmp_path
+):
+    # As `make run` leaves them: where gRPC listens in .env, the dev key in the data folder.
+    key = await caller_key(server, scopes=("users:create", "credits:read", "admin"), name="dev")
+    (tmp_path / ".env").write_text(f"PLUCT_GRPC_LISTEN=0.0.0.0:{server.grpc_port}\n")
+    (tmp_path / ".data").mkdir()
+    (tmp_path / ".data" / "dev-secrets.env").write_text(f"PLUCT_DEV_API_KEY={key}\n")
+
+    created, _, _ = await run_cli("create-user", user_id, "--credits", "4", workdir=tmp_path)
+    code, shown, errors = await run_cli("users", workdir=tmp_path)
+
+    assert (created, code) == (0, 0), errors
+    header, *rows = shown.splitlines()
+    assert header.split()[0] == "user_id"
+    assert any(row.split()[0] == user_id for row in rows)

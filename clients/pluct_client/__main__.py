@@ -1,10 +1,10 @@
-"""Command line for operators: `python -m pluct_client <command> ...` against a running service."""
+"""Command line for operators: `pluct <command>` (or `python -m pluct_client`) against a service."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import json
 import sys
 
 import grpc
@@ -12,6 +12,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from pluct_client.client import PluctClient, RetryableError
+from pluct_client.settings import read_settings
+from pluct_client.tables import as_table
 
 SCOPES = (
     "users:create",
@@ -26,15 +28,18 @@ SCOPES = (
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pluct_client",
+        prog="pluct",
         description=__doc__,
-        epilog="Credentials come from the environment: PLUCT_API_KEY (or ADMIN_SECRET) is sent "
-        "with every call, WEBHOOK_SECRET with payments.",
+        epilog="Settings are the server's own, read from the environment, then .env, then the "
+        "dev secrets of `make run` (.data/dev-secrets.env): PLUCT_API_KEY (or the dev key, or "
+        "ADMIN_SECRET) is sent with every call, WEBHOOK_SECRET with payments; the server is "
+        "PLUCT_TARGET, or where PLUCT_GRPC_LISTEN has it listen.",
     )
     parser.add_argument(
-        "--target",
-        default=os.environ.get("PLUCT_TARGET", "127.0.0.1:50051"),
-        help="host:port of the gRPC server (env PLUCT_TARGET)",
+        "--target", help="host:port of the gRPC server (env PLUCT_TARGET or PLUCT_GRPC_LISTEN)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print answers as JSON, for scripts (default: tables)"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create-user", help="create a user")
@@ -49,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     vend.add_argument("--request-id", default="")
     commands.add_parser("validate", help="check a token").add_argument("token")
     commands.add_parser("users", help="list users (admin)")
-    grant = commands.add_parser("grant", help="grant credits by hand (admin)")
+    grant = commands.add_parser(
+        "credit", aliases=["grant"], help="credit a user by hand, an admin grant (admin)"
+    )
     grant.add_argument("user_id")
     grant.add_argument("amount", type=int)
     grant.add_argument("--reason")
@@ -73,11 +80,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> object:
+    settings = read_settings()
     async with PluctClient(
-        args.target,
-        api_key=os.environ.get("PLUCT_API_KEY"),
-        admin_secret=os.environ.get("ADMIN_SECRET"),
-        webhook_secret=os.environ.get("WEBHOOK_SECRET"),
+        args.target or settings.target,
+        api_key=settings.api_key,
+        admin_secret=settings.admin_secret,
+        webhook_secret=settings.webhook_secret,
     ) as client:
         if args.command == "create-user":
             return await client.create_user(args.user_id, args.credits)
@@ -117,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.aio.AioRpcError as error:
         print(f"{error.code().name}: {error.details()}", file=sys.stderr)
         return 1
-    if isinstance(answer, Message):
+    if not args.json:
+        print(as_table(answer))
+    elif isinstance(answer, Message):
         print(json_format.MessageToJson(answer, preserving_proto_field_name=True))
     else:
-        print(answer)
+        print(json.dumps(answer))
     # An audit that found problems is a failure, for scripts and cron alike.
     return 1 if getattr(answer, "problems", None) else 0
 
