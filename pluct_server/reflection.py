@@ -18,8 +18,10 @@ V1ALPHA_SERVICE_NAME = reflection.SERVICE_NAME
 
 
 def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
-    """Serve reflection (v1 and v1alpha) for `service_names` and for both reflection services."""
-    names = (*service_names, V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME)
+    """Serve reflection (v1 and v1alpha) for `service_names` and itself."""
+    # Only v1alpha is listed: tools describe every listed service, and v1's descriptor is not
+    # in any package we depend on. Asked on v1, the same answers come back.
+    names = (*service_names, V1ALPHA_SERVICE_NAME)
     servicer = reflection.aio.ReflectionServicer(names)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
