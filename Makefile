@@ -9,7 +9,7 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 # Where googleapis-common-protos and grpcio-tools keep the .proto files our imports name.
 PROTO_INCLUDES = -I protos -I $$($(BIN)/python -c 'import google.api.annotations_pb2 as a, pathlib; print(pathlib.Path(a.__file__).parent.parent.parent)') -I $$($(BIN)/python -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
 
-.PHONY: help run migrate audit test check lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools fuzz clean
+.PHONY: help run migrate audit test check check-deploy lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools chaos fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ audit: $(STAMP) ## Check every balance against its ledger (exit 1, and who, when
 test: $(STAMP) ## Run the whole test suite against a real PostgreSQL and real servers.
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-check: lint typecheck lint-proto check-generated ## Every static check CI runs.
+check: lint typecheck lint-proto check-generated check-deploy ## Every static check CI runs.
 
 lint: $(STAMP) ## ruff lint and format check.
 	$(BIN)/ruff check .
@@ -47,7 +47,7 @@ format: $(STAMP) ## Apply ruff's formatting and safe fixes.
 	$(BIN)/ruff format .
 
 typecheck: $(STAMP) ## mypy on hand-written code.
-	$(BIN)/mypy pluct_server tests clients/pluct_client
+	$(BIN)/mypy pluct_server tests clients/pluct_client chaos
 
 build/pluct.binpb: $(PROTO_FILES) $(STAMP)
 	@mkdir -p build
@@ -60,6 +60,9 @@ breaking: build/pluct.binpb ## buf breaking against main's last commit (BASE=<gi
 	@rm -rf build/base && mkdir -p build/base && git archive $${BASE:-main} protos | tar -x -C build/base
 	$(BIN)/python -m grpc_tools.protoc $(subst -I protos,-I build/base/protos,$(PROTO_INCLUDES)) --include_imports --include_source_info -o build/base.binpb $$(find build/base/protos -name '*.proto' | sort)
 	$(BIN)/buf breaking $< --against build/base.binpb --path pluct --config buf.yaml
+
+check-deploy: $(STAMP) ## Validate the Kubernetes manifests in deploy/ against the API's schemas.
+	$(BIN)/kubernetes-validate --strict --quiet deploy/*.yaml
 
 generate: $(STAMP) ## Regenerate the stubs under clients/ from protos/.
 	$(BIN)/python clients/generate.py clients
@@ -82,6 +85,12 @@ bench-smoke: $(STAMP) ## A few seconds of every workload, to prove the benchmark
 bench-tools: ## Install the load generators the benchmark drives (Debian: h2load, wrk).
 	@command -v h2load >/dev/null && command -v wrk >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq nghttp2-client wrk >/dev/null)
+
+chaos: $(STAMP) ## Workers killed, PostgreSQL restarted and failed over, PgBouncer, under load; chaos/out/.
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] \
+		|| (apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null) \
+		|| echo "pgbouncer could not be installed: its scenario will be skipped"
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 clean: ## Remove the virtualenv and build output (keeps .data, the dev database).
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

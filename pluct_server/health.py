@@ -15,6 +15,9 @@ _LOGGER = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# For liveness probes: SERVING while the process runs, whatever the database does. Restarting
+# a server because its database is down would only add a restart to the outage.
+LIVENESS_SERVICE = "pluct.liveness"
 
 
 class HealthMonitor:
@@ -39,6 +42,7 @@ class HealthMonitor:
         """Publish NOT_SERVING, check once, then keep checking in the background."""
         for name in self._names:
             await self.servicer.set(name, NOT_SERVING)
+        await self.servicer.set(LIVENESS_SERVICE, SERVING)
         await self.check_now()
         self._task = asyncio.create_task(self._run(), name="health-monitor")
 

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
+from pluct_server.health import LIVENESS_SERVICE
 from pluct_server.server import SERVICE_NAMES
 from tests.support import (
     WEBHOOK_METADATA,
@@ -76,6 +77,8 @@ async def _outage_and_recovery(own_postgres, channel: grpc.aio.Channel) -> None:
     await wait_for_health(channel, NOT_SERVING)
     for service in ("", *SERVICE_NAMES):
         assert await health_of(channel, service) == NOT_SERVING
+    # Alive all the same: a liveness probe must not restart a server for its database's outage.
+    assert await health_of(channel, LIVENESS_SERVICE) == SERVING
 
     await asyncio.to_thread(own_postgres.start)
 
