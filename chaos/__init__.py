@@ -1,0 +1,1 @@
+"""`make chaos`: the service under killed workers, database restarts, PgBouncer and failover."""
