@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 settings = replace(settings, migrate_database_url=dsn)
                 dsn = asyncio.run(ensure_login_role(dsn, DEV_SERVING_ROLE))
             if args.command == "migrate":
-                asyncio.run(_migrate(dsn, settings.migrate_database_url))
+                asyncio.run(_migrate(dsn, settings))
             elif args.command == "audit":
-                return asyncio.run(_audit(dsn))
+                return asyncio.run(_audit(dsn, settings))
             else:
                 if not settings.production:
                     try:
@@ -142,8 +142,13 @@ async def check_health(settings: Settings) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-async def _audit(dsn: str) -> int:
-    database = Database(dsn, max_size=1, command_timeout=600.0)
+async def _audit(dsn: str, settings: Settings) -> int:
+    database = Database(
+        dsn,
+        max_size=1,
+        command_timeout=600.0,
+        statement_cache_size=settings.db_statement_cache_size,
+    )
     await database.open()
     try:
         report = await audit(AuditStore(database))
@@ -159,11 +164,11 @@ async def _audit(dsn: str) -> int:
     return 0 if report.clean else 1
 
 
-async def _migrate(dsn: str, owner_dsn: str | None) -> None:
-    database = Database(dsn, max_size=1)
+async def _migrate(dsn: str, settings: Settings) -> None:
+    database = Database(dsn, max_size=1, statement_cache_size=settings.db_statement_cache_size)
     await database.open()
     try:
-        await wait_and_migrate(database, owner_dsn)
+        await wait_and_migrate(database, settings.migrate_database_url)
     finally:
         await database.close()
 

@@ -49,7 +49,8 @@ def setup_logging(
             logging.Formatter(TEXT_FORMAT.replace("%(name)s", prefix + "%(name)s"))
         )
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # Access lines are INFO; switched off, only the access logger's warnings would remain.
+    # Access lines are INFO and follow the level like any line; switched off, only the access
+    # logger's warnings would remain.
     logging.getLogger("pluct_server.access").setLevel(
-        logging.INFO if access_log else logging.WARNING
+        logging.NOTSET if access_log else logging.WARNING
     )

@@ -68,7 +68,8 @@ async def wait_and_migrate(
     if owner_dsn is None:
         await _retrying(lambda: _migrate(database), wait_seconds)
         return
-    owner = Database(owner_dsn, max_size=1)
+    # The owner's path may cross the same PgBouncer: it prepares statements no more than ours.
+    owner = Database(owner_dsn, max_size=1, statement_cache_size=database.statement_cache_size)
     try:
         await owner.open()
         await _retrying(lambda: _migrate(owner), wait_seconds)

@@ -37,6 +37,8 @@ _HEALTHY_SECONDS = 30.0
 # Beyond the drain grace, how long stopping workers get before they are killed.
 _STOP_SLACK_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
+# How often the supervisor looks up from waiting on its workers (to notice a stop request).
+_WATCH_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def plan_pool(wanted: int, workers: int, max_connections: int, reserved: int) ->
 
 async def prepare_database(dsn: str, settings: Settings) -> PoolPlan:
     """Apply migrations once for every worker, and read the server's connection limit."""
-    database = Database(dsn, max_size=1)
+    database = Database(dsn, max_size=1, statement_cache_size=settings.db_statement_cache_size)
     await database.open()
     try:
         await wait_and_migrate(database, settings.migrate_database_url)
@@ -170,17 +172,28 @@ class Supervisor:
         return True
 
     def _watch(self) -> None:
+        # Dead workers waiting for their replacement, and when it is due (monotonic). Several
+        # can be waiting at once: one worker's back-off never delays another's replacement.
+        due: dict[int, float] = {}
         while not self._stopping:
-            sentinels = {process.sentinel: index for index, process in self._workers.items()}
-            for sentinel in wait(list(sentinels), timeout=0.5):
-                if self._stopping:
-                    break
+            live = {p.sentinel: i for i, p in self._workers.items() if i not in due}
+            timeout = _WATCH_SECONDS
+            if due:
+                timeout = max(0.0, min(timeout, min(due.values()) - time.monotonic()))
+            ended = wait(list(live), timeout=timeout) if live else _sleep(timeout)
+            for sentinel in ended:
                 assert isinstance(sentinel, int)  # a process sentinel is a file descriptor
-                self._replace(sentinels[sentinel])
+                index = live[sentinel]
+                due[index] = time.monotonic() + self._bury(index)
+            for index, when in sorted(due.items(), key=lambda item: item[1]):
+                if when <= time.monotonic() and not self._stopping:
+                    del due[index]
+                    self._start(index)
             while not self._ready.empty():
                 self._ready.get()
 
-    def _replace(self, index: int) -> None:
+    def _bury(self, index: int) -> float:
+        """Account for a worker that died; return how long to wait before replacing it."""
         died = self._workers[index]
         died.join()
         if died.pid is not None:
@@ -188,6 +201,7 @@ class Supervisor:
         lived = time.monotonic() - self._started_at[index]
         delay = self._delays.get(index, _RESTART_DELAY_SECONDS)
         delay = _RESTART_DELAY_SECONDS if lived > _HEALTHY_SECONDS else delay
+        self._delays[index] = min(delay * 2, _RESTART_DELAY_MAX_SECONDS)
         _LOGGER.warning(
             "worker %d (pid %s) exited with %s after %.1f s; replacing it in %.1f s",
             index,
@@ -196,12 +210,7 @@ class Supervisor:
             lived,
             delay,
         )
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline and not self._stopping:
-            time.sleep(0.05)
-        if not self._stopping:
-            self._delays[index] = min(delay * 2, _RESTART_DELAY_MAX_SECONDS)
-            self._start(index)
+        return delay
 
     def _stop_all(self) -> None:
         for process in self._workers.values():
@@ -267,6 +276,12 @@ def _start_resource_tracker() -> None:
         resource_tracker.ensure_running()
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def _sleep(seconds: float) -> list[object]:
+    """Sleep when there is no live worker to wait on; nothing ends meanwhile."""
+    time.sleep(seconds)
+    return []
 
 
 def _die_with(parent: int) -> None:

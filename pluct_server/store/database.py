@@ -24,6 +24,9 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
+    # A connection still busy with the error of a server that went away, or (several hosts)
+    # no host that takes writes, as during a switchover.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -71,6 +74,11 @@ class Database:
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+
+    @property
+    def statement_cache_size(self) -> int:
+        """Return how many prepared statements each connection keeps (0 behind PgBouncer)."""
+        return self._statement_cache_size
 
     async def open(self) -> None:
         """Create the pool; connections open lazily, so a down database does not block start-up."""
@@ -177,7 +185,7 @@ def _translated(exc: Exception, write_sent: bool = False) -> Exception:
         return UniqueViolation(exc.constraint_name or "")
     if isinstance(exc, _UNAVAILABLE_ERRORS):
         _LOGGER.warning("database unavailable: %s", type(exc).__name__)
-        if not write_sent:
+        if not write_sent or _refused_before_sending(exc):
             return Unavailable()  # nothing went out: retrying later is all there is to it
         if isinstance(exc, TimeoutError):
             return OutcomeUnknownAfterTimeout()
@@ -185,3 +193,12 @@ def _translated(exc: Exception, write_sent: bool = False) -> Exception:
     if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == RATE_LIMIT_SQLSTATE:
         return RateLimitExceeded()
     return exc
+
+
+def _refused_before_sending(exc: Exception) -> bool:
+    """Tell whether the driver refused to start the statement at all."""
+    if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
+        return True
+    return isinstance(exc, asyncpg.exceptions.InternalClientError) and str(exc).startswith(
+        "cannot switch to state"
+    )
