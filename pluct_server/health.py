@@ -37,6 +37,8 @@ class HealthMonitor:
         self._task: asyncio.Task[None] | None = None
         self._ping: asyncio.Future[bool] | None = None
         self._stopping = False
+        self._suspicion: asyncio.Task[bool] | None = None
+        database.on_outage = self._suspect
 
     async def start(self) -> None:
         """Publish NOT_SERVING, check once, then keep checking in the background."""
@@ -61,6 +63,13 @@ class HealthMonitor:
         if not self._stopping:
             await self._publish(ok)
         return ok
+
+    def _suspect(self) -> None:
+        """Check now, not at the next interval: a call just found the database gone."""
+        # Once NOT_SERVING, the interval's pings watch for the way back; one check at a time.
+        idle = self._suspicion is None or self._suspicion.done()
+        if self._serving and not self._stopping and idle:
+            self._suspicion = asyncio.ensure_future(self.check_now())
 
     async def stop(self) -> None:
         """Report NOT_SERVING for good (so balancers drain us) and stop pinging."""

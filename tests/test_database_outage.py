@@ -106,3 +106,25 @@ async def test_start_gives_up_with_unavailable_when_database_stays_down(own_post
             await wait_and_migrate(server.database, wait_seconds=0.5)
     finally:
         await server.database.close()
+
+
+async def test_a_call_that_finds_the_database_gone_makes_health_check_at_once(
+    own_postgres, tmp_path
+):
+    # Health pings rarely here: only the failed call can tell it before a balancer would ask.
+    settings = settings_for_test(tmp_path, health_interval_seconds=600.0)
+    async with running_server(settings, own_postgres.dsn) as server:
+        key = DefaultKey(await caller_key(server))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}", interceptors=[key])
+        async with channel:
+            credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+            assert await health_of(channel, "") == SERVING
+            await asyncio.to_thread(own_postgres.stop)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await credit.GetBalance(
+                    credit_pb.GetBalanceRequest(user_id="anyone"), timeout=CALL_DEADLINE_SECONDS
+                )
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            # A hang guard far below the 600 s interval, not a timing claim.
+            await asyncio.wait_for(wait_for_health(channel, NOT_SERVING), CALL_DEADLINE_SECONDS)
+            await asyncio.to_thread(own_postgres.start)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
@@ -74,6 +74,8 @@ class Database:
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        # Told at once when a call finds the database gone (health then checks, not waits).
+        self.on_outage: Callable[[], None] | None = None
 
     @property
     def statement_cache_size(self) -> int:
@@ -108,7 +110,7 @@ class Database:
             async with self._acquire() as conn:
                 yield conn
         except Exception as exc:
-            _reraise(exc)
+            self._reraise(exc)
 
     def _acquire(self) -> Any:
         pool = self._pool
@@ -137,7 +139,7 @@ class Database:
                 sent = writes
                 return await conn.fetchrow(query, *args)
         except Exception as exc:
-            _reraise(exc, sent)
+            self._reraise(exc, sent)
 
     async def fetch(self, query: str, *args: Any, writes: bool = False) -> list[asyncpg.Record]:
         """Run one statement and return all its rows."""
@@ -148,7 +150,7 @@ class Database:
                 rows: list[asyncpg.Record] = await conn.fetch(query, *args)
                 return rows
         except Exception as exc:
-            _reraise(exc, sent)
+            self._reraise(exc, sent)
 
     async def execute(self, query: str, *args: Any, writes: bool = False) -> str:
         """Run one statement and return its status, e.g. "DELETE 3"."""
@@ -159,24 +161,26 @@ class Database:
                 status: str = await conn.execute(query, *args)
                 return status
         except Exception as exc:
-            _reraise(exc, sent)
+            self._reraise(exc, sent)
+
+    def _reraise(self, exc: Exception, write_sent: bool = False) -> NoReturn:
+        """Raise what a driver failure means to the domain, telling on_outage of an outage."""
+        translated = _translated(exc, write_sent)
+        if isinstance(translated, Unavailable | OutcomeUnknown) and self.on_outage is not None:
+            self.on_outage()
+        if translated is exc:
+            raise exc
+        raise translated from exc
 
     async def ping(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109 - a query timeout
         """Tell whether the database answers a trivial query within `timeout` seconds."""
         try:
-            async with self.connection() as conn:
-                await conn.fetchval("SELECT 1", timeout=timeout)
-        except Unavailable:
+            # Waiting for a pooled connection counts too: a busy pool must not hold the answer.
+            async with asyncio.timeout(timeout), self.connection() as conn:
+                await conn.fetchval("SELECT 1")
+        except (Unavailable, TimeoutError):
             return False
         return True
-
-
-def _reraise(exc: Exception, write_sent: bool = False) -> NoReturn:
-    """Raise what a driver failure means to the domain, or the failure itself."""
-    translated = _translated(exc, write_sent)
-    if translated is exc:
-        raise exc
-    raise translated from exc
 
 
 def _translated(exc: Exception, write_sent: bool = False) -> Exception:
