@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ from pluct_server.store.revocation_store import RevocationStore
 from pluct_server.store.spend_batch import SpendBatcher
 from pluct_server.tls import grpc_server_credentials, http_ssl_context
 from pluct_server.tokens import TokenKeys
+from pluct_server.tracing import flush_traces, server_interceptors, tracing_wanted
 from pluct_server.vending import TokenVendor
 
 _LOGGER = logging.getLogger(__name__)
@@ -208,8 +210,10 @@ class PluctServer:
             gateway_token=gateway_token,
             trusted_proxies=settings.trusted_proxies,
         )
+        # Tracing goes outermost, so a call's span covers our interceptor's checks too.
+        tracers = server_interceptors() if tracing_wanted(os.environ) else []
         server = grpc.aio.server(
-            interceptors=[interceptor],
+            interceptors=[*tracers, interceptor],
             options=[
                 ("grpc.so_reuseport", int(self._reuse_port)),
                 ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
@@ -285,6 +289,7 @@ class PluctServer:
             await self._maintenance.stop()
             self._maintenance = None
         await self.database.close()
+        await asyncio.to_thread(flush_traces)
 
 
 def _with_port(listen: str, port: int) -> str:
