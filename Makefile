@@ -9,7 +9,7 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 # Where googleapis-common-protos and grpcio-tools keep the .proto files our imports name.
 PROTO_INCLUDES = -I protos -I $$($(BIN)/python -c 'import google.api.annotations_pb2 as a, pathlib; print(pathlib.Path(a.__file__).parent.parent.parent)') -I $$($(BIN)/python -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
 
-.PHONY: help run migrate audit test check check-deploy lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools chaos fuzz clean
+.PHONY: help run migrate audit test check check-deploy check-generated-ts generate-ts lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools chaos fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ audit: $(STAMP) ## Check every balance against its ledger (exit 1, and who, when
 test: $(STAMP) ## Run the whole test suite against a real PostgreSQL and real servers.
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-check: lint typecheck lint-proto check-generated check-deploy ## Every static check CI runs.
+check: lint typecheck lint-proto check-generated check-generated-ts check-deploy ## Every static check CI runs.
 
 lint: $(STAMP) ## ruff lint and format check.
 	$(BIN)/ruff check .
@@ -60,6 +60,26 @@ breaking: build/pluct.binpb ## buf breaking against main's last commit (BASE=<gi
 	@rm -rf build/base && mkdir -p build/base && git archive $${BASE:-main} protos | tar -x -C build/base
 	$(BIN)/python -m grpc_tools.protoc $(subst -I protos,-I build/base/protos,$(PROTO_INCLUDES)) --include_imports --include_source_info -o build/base.binpb $$(find build/base/protos -name '*.proto' | sort)
 	$(BIN)/buf breaking $< --against build/base.binpb --path pluct --config buf.yaml
+
+# TypeScript stubs for internal services not written in Python: buf generate with protoc-gen-es,
+# a local plugin from npm (pinned in clients/ts/package-lock.json). Needs Node.js 20+ and npm.
+TS_DIR := clients/ts
+TS_PLUGIN := $(TS_DIR)/node_modules/.bin/protoc-gen-es
+
+$(TS_PLUGIN): $(TS_DIR)/package-lock.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+generate-ts: build/pluct.binpb $(TS_PLUGIN) ## Regenerate the TypeScript stubs under clients/ts/gen from protos/.
+	@rm -rf $(TS_DIR)/gen
+	$(BIN)/buf generate $< --template $(TS_DIR)/buf.gen.yaml -o $(TS_DIR)/gen --exclude-path google/protobuf
+
+check-generated-ts: build/pluct.binpb ## Fail when clients/ts/gen is stale or does not type-check (skipped without npm).
+	@if ! command -v npm >/dev/null; then echo "npm not found: TypeScript stubs not checked"; exit 0; fi; \
+	$(MAKE) --no-print-directory $(TS_PLUGIN) \
+	&& rm -rf build/ts && $(BIN)/buf generate $< --template $(TS_DIR)/buf.gen.yaml -o build/ts --exclude-path google/protobuf \
+	&& (diff -r build/ts $(TS_DIR)/gen || (echo "clients/ts/gen is stale: run 'make generate-ts' and commit the result" && exit 1)) \
+	&& cd $(TS_DIR) && node_modules/.bin/tsc -p tsconfig.json
 
 check-deploy: $(STAMP) ## Validate the Kubernetes manifests in deploy/ against the API's schemas.
 	$(BIN)/kubernetes-validate --strict --quiet deploy/*.yaml
