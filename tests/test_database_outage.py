@@ -128,3 +128,11 @@ async def test_a_call_that_finds_the_database_gone_makes_health_check_at_once(
             # A hang guard far below the 600 s interval, not a timing claim.
             await asyncio.wait_for(wait_for_health(channel, NOT_SERVING), CALL_DEADLINE_SECONDS)
             await asyncio.to_thread(own_postgres.start)
+
+
+def test_an_outage_is_logged_with_the_server_it_concerns_never_the_password():
+    from pluct_server.store.database import server_of
+
+    dsn = "postgresql://app:s3cret-pw@db1:5432,db2:5433/pluct?target_session_attrs=read-write"
+    assert server_of(dsn) == "db1:5432,db2:5433/pluct"
+    assert server_of("postgresql://postgres@/pluct?host=/run/pg&port=5432") == "/run/pg:5432/pluct"

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -74,6 +75,7 @@ class Database:
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        self._where = server_of(dsn)
         # Told at once when a call finds the database gone (health then checks, not waits).
         self.on_outage: Callable[[], None] | None = None
 
@@ -166,8 +168,10 @@ class Database:
     def _reraise(self, exc: Exception, write_sent: bool = False) -> NoReturn:
         """Raise what a driver failure means to the domain, telling on_outage of an outage."""
         translated = _translated(exc, write_sent)
-        if isinstance(translated, Unavailable | OutcomeUnknown) and self.on_outage is not None:
-            self.on_outage()
+        if isinstance(translated, Unavailable | OutcomeUnknown):
+            _LOGGER.warning("database unavailable at %s: %s", self._where, type(exc).__name__)
+            if self.on_outage is not None:
+                self.on_outage()
         if translated is exc:
             raise exc
         raise translated from exc
@@ -188,7 +192,6 @@ def _translated(exc: Exception, write_sent: bool = False) -> Exception:
     if isinstance(exc, asyncpg.UniqueViolationError):
         return UniqueViolation(exc.constraint_name or "")
     if isinstance(exc, _UNAVAILABLE_ERRORS):
-        _LOGGER.warning("database unavailable: %s", type(exc).__name__)
         if not write_sent or _refused_before_sending(exc):
             return Unavailable()  # nothing went out: retrying later is all there is to it
         if isinstance(exc, TimeoutError):
@@ -206,3 +209,13 @@ def _refused_before_sending(exc: Exception) -> bool:
     return isinstance(exc, asyncpg.exceptions.InternalClientError) and str(exc).startswith(
         "cannot switch to state"
     )
+
+
+def server_of(dsn: str) -> str:
+    """Return the hosts, ports and database a DSN names, for logs: never the user or password."""
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    hosts = parts.netloc.rpartition("@")[2] or ",".join(query.get("host", [])) or "localhost"
+    ports = query.get("port", [])
+    where = f"{hosts}:{ports[0]}" if ports and ":" not in hosts else hosts
+    return f"{where}/{parts.path.lstrip('/') or '-'}"
