@@ -186,6 +186,8 @@ def observed(method: str, behavior: Behavior) -> Behavior:
     labels = ("unary", service, name)
     started = GRPC_STARTED.labels(*labels)
     handling_seconds = GRPC_HANDLING_SECONDS.labels(*labels)
+    # The counter of each status code this method has answered with, looked up once.
+    handled_by_code: dict[str, Any] = {}
 
     async def observe(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
         record = CallRecord(
@@ -204,7 +206,10 @@ def observed(method: str, behavior: Behavior) -> Behavior:
         finally:
             elapsed = time.perf_counter() - begin
             handling_seconds.observe(elapsed)
-            GRPC_HANDLED.labels(*labels, record.code).inc()
+            handled = handled_by_code.get(record.code)
+            if handled is None:
+                handled = handled_by_code[record.code] = GRPC_HANDLED.labels(*labels, record.code)
+            handled.inc()
             log_access(record, elapsed)
 
     return observe
