@@ -145,9 +145,18 @@ async def test_every_admin_call_needs_the_admin_scope(
     assert ADMIN_SECRET not in (raised.value.details() or "")
 
 
-async def test_bearer_scheme_is_case_insensitive(admin):
-    metadata = (("authorization", f"bearer {ADMIN_SECRET}"),)
-    await admin.ListUsers(pb.ListUsersRequest(page_size=1), metadata=metadata)
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
+async def test_bearer_scheme_is_case_insensitive(admin, credit, user_id, scheme):
+    await credit.AddCredits(
+        credit_pb.AddCreditsRequest(user_id=user_id, amount=4), metadata=WEBHOOK_METADATA
+    )
+    metadata = (("authorization", f"{scheme} {ADMIN_SECRET}"),)
+
+    page = await admin.ListTransactions(
+        pb.ListTransactionsRequest(user_id=user_id), metadata=metadata
+    )
+
+    assert [(t.user_id, t.amount) for t in page.transactions] == [(user_id, 4)]
 
 
 async def test_list_users_shows_balances_counts_and_spending(admin, credit, token, user_id):
@@ -184,12 +193,41 @@ async def test_list_users_pages_through_every_user_once(admin, credit):
     assert made <= set(seen)
 
 
+async def every_user(admin) -> list[pb.User]:
+    """Page through ListUsers to the end."""
+    users: list[pb.User] = []
+    page_token = ""
+    while True:
+        page = await admin.ListUsers(
+            pb.ListUsersRequest(page_size=1000, page_token=page_token), metadata=ADMIN_METADATA
+        )
+        users += page.users
+        page_token = page.next_page_token
+        if not page_token:
+            return users
+
+
+async def every_transaction(admin) -> list[ledger_pb2.Transaction]:
+    """Page through the admin ledger listing to the end, newest first."""
+    rows: list[ledger_pb2.Transaction] = []
+    page_token = ""
+    while True:
+        page = await admin.ListTransactions(
+            pb.ListTransactionsRequest(page_size=100, page_token=page_token),
+            metadata=ADMIN_METADATA,
+        )
+        rows += page.transactions
+        page_token = page.next_page_token
+        if not page_token:
+            return rows
+
+
 async def test_list_users_includes_users_without_ledger_entries(admin, credit, user_id):
     await credit.CreateUser(credit_pb.CreateUserRequest(user_id=user_id, initial_credits=0))
 
-    page = await admin.ListUsers(pb.ListUsersRequest(page_size=1), metadata=ADMIN_METADATA)
+    mine = [u for u in await every_user(admin) if u.user_id == user_id]
 
-    assert [(u.user_id, u.balance, u.transaction_count) for u in page.users] == [(user_id, 0, 0)]
+    assert [(u.balance, u.transaction_count, u.total_spent) for u in mine] == [(0, 0, 0)]
 
 
 async def test_list_transactions_shows_everyone_newest_first(admin, credit, user_id):
@@ -201,12 +239,12 @@ async def test_list_transactions_shows_everyone_newest_first(admin, credit, user
         credit_pb.AddCreditsRequest(user_id=other, amount=2), metadata=WEBHOOK_METADATA
     )
 
-    page = await admin.ListTransactions(
-        pb.ListTransactionsRequest(page_size=2), metadata=ADMIN_METADATA
-    )
+    everyone = await every_transaction(admin)
 
-    assert [(t.user_id, t.amount) for t in page.transactions] == [(other, 2), (user_id, 1)]
-    assert page.transactions[0].id > page.transactions[1].id
+    ours = [(t.user_id, t.amount) for t in everyone if t.user_id in (user_id, other)]
+    assert ours == [(other, 2), (user_id, 1)]  # both users, the later first
+    ids = [t.id for t in everyone]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids)
 
 
 async def test_list_transactions_filters_by_user(admin, credit, user_id):
@@ -226,14 +264,20 @@ async def test_list_transactions_filters_by_user(admin, credit, user_id):
 
 
 async def test_list_transactions_returns_at_most_100(admin, credit, user_id):
-    for _ in range(3):
+    for _ in range(101):
         await credit.AddCredits(
             credit_pb.AddCreditsRequest(user_id=user_id, amount=1), metadata=WEBHOOK_METADATA
         )
     page = await admin.ListTransactions(
-        pb.ListTransactionsRequest(page_size=5000), metadata=ADMIN_METADATA
+        pb.ListTransactionsRequest(user_id=user_id, page_size=5000), metadata=ADMIN_METADATA
     )
-    assert len(page.transactions) <= 100
+    rest = await admin.ListTransactions(
+        pb.ListTransactionsRequest(user_id=user_id, page_token=page.next_page_token),
+        metadata=ADMIN_METADATA,
+    )
+
+    assert len(page.transactions) == 100  # 5000 asked, the maximum given
+    assert [len(rest.transactions), rest.next_page_token] == [1, ""]
 
 
 @pytest.mark.parametrize("page_size", [-1, -100])

@@ -29,11 +29,32 @@ async def test_postgres_refuses_a_negative_balance(conn):
 
 @pytest.mark.parametrize(
     "statement",
-    ["UPDATE ledger SET amount = amount + 1", "DELETE FROM ledger", "TRUNCATE ledger CASCADE"],
+    [
+        "UPDATE ledger SET amount = amount + 1 WHERE user_id = $1",
+        "DELETE FROM ledger WHERE user_id = $1",
+        "TRUNCATE ledger CASCADE",
+    ],
 )
 async def test_the_ledger_is_append_only(conn, statement):
-    with pytest.raises(asyncpg.RaiseError, match="append-only"):
-        await conn.execute(statement)
+    # Even as the owner, on a row of the test's own; in a transaction rolled back whatever
+    # happens, so a missing trigger fails this test and changes nothing.
+    user_id = new_user_id()
+    await conn.execute(
+        "INSERT INTO users (user_id, balance, transaction_count) VALUES ($1, 1, 1)", user_id
+    )
+    await conn.execute(
+        "INSERT INTO ledger (user_id, type, amount, balance_after) VALUES ($1, 'admin_add', 1, 1)",
+        user_id,
+    )
+    before = await conn.fetch("SELECT id, amount FROM ledger WHERE user_id = $1", user_id)
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await conn.execute(statement, *([user_id] if "$1" in statement else []))
+    finally:
+        await transaction.rollback()
+    assert await conn.fetch("SELECT id, amount FROM ledger WHERE user_id = $1", user_id) == before
 
 
 async def test_replicas_migrating_at_once_apply_each_migration_once(request):
