@@ -41,7 +41,7 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def status_details(error: DomainError) -> bytes:
-    """Serialize a google.rpc.Status with an ErrorInfo (and RetryInfo when a limit refused)."""
+    """Serialize a google.rpc.Status: ErrorInfo, and BadRequest or RetryInfo when they apply."""
     detail = any_pb2.Any()
     detail.Pack(
         error_details_pb2.ErrorInfo(
@@ -49,6 +49,15 @@ def status_details(error: DomainError) -> bytes:
         )
     )
     details = [detail]
+    field = error.metadata.get("field")
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT and field:
+        # AIP-193: which field was wrong, for clients that should not parse the message.
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=field, description=error.message
+        )
+        bad_request = any_pb2.Any()
+        bad_request.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        details.append(bad_request)
     if isinstance(error, RateLimited):
         retry = any_pb2.Any()
         retry.Pack(

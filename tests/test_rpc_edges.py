@@ -6,6 +6,7 @@ import logging
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
@@ -77,3 +78,18 @@ async def test_a_bug_is_internal_with_no_details_on_the_wire_and_a_logged_stack(
     [record] = caplog.records
     assert "req-77" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is ZeroDivisionError
+
+
+async def test_a_bad_field_is_named_in_a_bad_request_detail(credit):
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await credit.GetBalance(credit_pb.GetBalanceRequest(user_id="bad id!"))
+    trailers = dict(raised.value.trailing_metadata() or ())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    found = []
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            found += [(v.field, bool(v.description)) for v in bad_request.field_violations]
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert found == [("user_id", True)]
