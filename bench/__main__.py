@@ -47,7 +47,7 @@ from bench.report import (
     write_chart,
 )
 from bench.workloads import pgbench_script, wrk_script
-from pluct_server.store.embedded import postgres_tool
+from pluct_server.runtime.embedded_postgres import postgres_tool
 
 OUT = Path(__file__).parent / "out"
 ADMIN = (("authorization", f"Bearer {SECRETS['ADMIN_SECRET']}"),)

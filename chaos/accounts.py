@@ -9,9 +9,9 @@ import subprocess
 import warnings
 from pathlib import Path
 
-from pluct_server.store.embedded import postgres_tool
+from pluct_server.runtime.embedded_postgres import postgres_tool
 
-# The account pluct_server/store/embedded.py runs PostgreSQL as: both refuse to run as root.
+# The account pluct_server/runtime/embedded_postgres.py runs PostgreSQL as: both refuse to run as root.
 SYSTEM_USER = "embedded_postgres"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from chaos.accounts import run
-from pluct_server.store.embedded import postgres_tool
+from pluct_server.runtime.embedded_postgres import postgres_tool
 
 SUPERUSER = "postgres"
 TIMEOUT_SECONDS = 60

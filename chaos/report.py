@@ -15,7 +15,7 @@ import psutil
 
 from chaos.outcome import Outcome
 from chaos.pgbouncer import find_pgbouncer
-from pluct_server.store.embedded import postgres_tool
+from pluct_server.runtime.embedded_postgres import postgres_tool
 
 _COLUMNS = ("Scenario", "Verdict", "Seconds", "Calls", "Attempts", "Retries", "Errors by code")
 _MOST_FAULTS_LISTED = 12

@@ -24,12 +24,12 @@ from pluct_server.config import (
 )
 from pluct_server.errors import Unavailable
 from pluct_server.logs import setup_logging
+from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
+from pluct_server.runtime.supervisor import Supervisor
 from pluct_server.server import wait_and_migrate
 from pluct_server.store.audit_store import AuditStore
 from pluct_server.store.database import Database
-from pluct_server.store.embedded import EmbeddedPostgres
 from pluct_server.store.grants import DEV_SERVING_ROLE, ensure_login_role
-from pluct_server.supervisor import Supervisor
 from pluct_server.tls import grpc_channel_credentials
 
 _LOGGER = logging.getLogger("pluct_server")

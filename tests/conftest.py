@@ -12,8 +12,8 @@ from pluct.admin.v1 import admin_service_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2_grpc
 
+from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
 from pluct_server.server import PluctServer
-from pluct_server.store.embedded import EmbeddedPostgres
 from pluct_server.store.grants import ensure_login_role
 from tests.support import (
     SERVING_ROLE,

@@ -12,8 +12,8 @@ import psutil
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server.store.embedded import EmbeddedPostgres
-from pluct_server.supervisor import stop_signals
+from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
+from pluct_server.runtime.supervisor import stop_signals
 from tests.support import ADMIN_METADATA, ADMIN_SECRET, new_user_id
 from tests.test_process import ServiceProcess, service_env
 

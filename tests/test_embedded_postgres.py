@@ -10,13 +10,13 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from pluct_server.store.embedded import EmbeddedPostgres
+from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 # A process that starts the server, says so, and stops it when told to (a line on stdin).
 OWNER_SCRIPT = """
 import sys
-from pluct_server.store.embedded import EmbeddedPostgres
+from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
 server = EmbeddedPostgres(sys.argv[1])
 server.start()
 print("owns" if server.owns_server else "visits", flush=True)

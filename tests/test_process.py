@@ -344,7 +344,7 @@ async def test_workers_share_the_ports_and_a_killed_worker_is_replaced(productio
 
 
 def test_the_pool_is_split_so_every_worker_fits_the_server():
-    from pluct_server.supervisor import plan_pool
+    from pluct_server.runtime.supervisor import plan_pool
 
     # 200 connections, 3 reserved for superusers, 10 kept spare: 187 to share.
     assert plan_pool(wanted=20, workers=2, max_connections=200, reserved=3).per_worker == 20

@@ -40,7 +40,7 @@ _WATCHDOG_EXIT_TIMEOUT_S = 10
 _IMPORT_ROOT = Path(__file__).resolve().parents[2]
 _WATCHDOG_LOG_FORMAT = "%(asctime)s %(levelname)s pluct watchdog: %(message)s"
 _WATCHDOG_CODE = (
-    "import sys; from pluct_server.store.embedded import watch_owner; "
+    "import sys; from pluct_server.runtime.embedded_postgres import watch_owner; "
     "watch_owner(sys.argv[1], sys.argv[2])"
 )
 

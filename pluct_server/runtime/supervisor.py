@@ -25,7 +25,7 @@ from pluct_server.metrics import MULTIPROCESS_DIR_ENV, forget_worker, serve_metr
 from pluct_server.server import PluctServer, wait_and_migrate
 from pluct_server.store.database import Database
 
-_LOGGER = logging.getLogger("pluct_server.supervisor")
+_LOGGER = logging.getLogger("pluct_server.runtime.supervisor")
 
 # Connections left for migrations, operators and other clients of the same server.
 _SPARE_CONNECTIONS = 10
