@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pluct_server.runtime.embedded_postgres import postgres_tool
 
-# The account pluct_server/runtime/embedded_postgres.py runs PostgreSQL as: both refuse to run as root.
+# The account runtime/embedded_postgres.py runs PostgreSQL as: both refuse to run as root.
 SYSTEM_USER = "embedded_postgres"
 
 
