@@ -1279,7 +1279,7 @@ async def test_a_vend_id_replayed_after_its_token_expired_is_refused_then_forgot
             assert first.balance_after == 4
             assert (await stubs.token.VendToken(request, metadata=metadata)).token == first.token
 
-            await asyncio.sleep(max(0.0, first.expires_at.seconds - time.time()) + 0.2)
+            await asyncio.sleep(max(0.0, first.expire_time.seconds - time.time()) + 0.2)
             # The premise, read where it is kept: the id is still remembered.
             assert await db.fetchval(
                 "SELECT expire_time > now() FROM request_keys WHERE request_id = $1",
@@ -1798,7 +1798,7 @@ async def test_algorithm_and_key_attacks_are_invalid_signature_never_an_error(to
     for name, forged in forged_tokens(our_kid).items():
         verdict = await token.ValidateToken(token_pb.ValidateTokenRequest(token=forged))
         assert (verdict.valid, verdict.reason) == (False, INVALID_SIGNATURE), name
-        assert not verdict.HasField("user_id") and not verdict.HasField("expires_at"), name
+        assert not verdict.HasField("user_id") and not verdict.HasField("expire_time"), name
         reply = await call(http, "POST", "/validate-token", json_body={"token": forged})
         assert (reply.status, reply.body) == (200, {"valid": False, "reason": INVALID_SIGNATURE})
     # The control: our own secret, our kid, a sane lifetime is valid.

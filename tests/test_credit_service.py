@@ -115,7 +115,7 @@ async def test_unknown_user_has_balance_zero(credit, user_id):
     balance = await credit.GetBalance(pb.GetBalanceRequest(user_id=user_id))
 
     assert (balance.user_id, balance.balance) == (user_id, 0)
-    assert balance.timestamp.seconds > 0
+    assert balance.read_time.seconds > 0
 
 
 async def test_get_balance_rejects_blank_user_id(credit):

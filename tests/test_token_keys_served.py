@@ -77,7 +77,7 @@ async def test_a_revoked_token_is_refused_by_every_server_within_seconds(
             admin_pb.RevokeTokensRequest(jti=revoked.token_id), metadata=ADMIN_METADATA
         )
 
-        assert answer.expire_time.ToDatetime() >= revoked.expires_at.ToDatetime()
+        assert answer.expire_time.ToDatetime() >= revoked.expire_time.ToDatetime()
         assert (await here.verdict(revoked.token)).reason == "Token revoked"
         await _until_revoked(there, revoked.token)
         legacy = await call(http, "POST", "/validate-token", json_body={"token": revoked.token})

@@ -48,7 +48,7 @@ async def test_vend_spends_one_credit_and_returns_a_token_downstream_can_verify(
     assert claims["jti"] == vended.token_id
     uuid.UUID(claims["jti"])
     assert claims["exp"] - claims["iat"] == 60
-    assert claims["exp"] == vended.expires_at.seconds
+    assert claims["exp"] == vended.expire_time.seconds
     assert abs(claims["iat"] - time.time()) < 60
     assert jwt.get_unverified_header(vended.token)["kid"]
 
@@ -155,7 +155,7 @@ async def test_validate_accepts_a_vended_token(credit, token, user_id):
 
     assert verdict.valid
     assert verdict.user_id == user_id
-    assert verdict.expires_at == vended.expires_at
+    assert verdict.expire_time == vended.expire_time
     assert not verdict.HasField("reason")
 
 

@@ -99,9 +99,12 @@ _PLAIN_ROUTE = RouteShape()
 # "reason"}; balance_after stays a gRPC extra.
 _TRANSACTION_ROW = MessageShape(
     proto_names=True,
-    fields=("id", "user_id", "type", "amount", "timestamp", "reason"),
+    fields=("id", "user_id", "type", "amount", "create_time", "reason"),
+    rename={"create_time": "timestamp"},
     null_when_unset=frozenset({"reason"}),
 )
+# The protos name times as AIP-142 does (*_time); legacy callers read the names they always had.
+_TOKEN_TIMES = MessageShape(rename={"expire_time": "expiresAt"})
 
 LEGACY = LegacyProfile(
     int64_as_number=True,
@@ -110,6 +113,9 @@ LEGACY = LegacyProfile(
     timestamp_fraction_digits=3,
     messages={
         "pluct.credit.v1.Transaction": _TRANSACTION_ROW,
+        "pluct.credit.v1.GetBalanceResponse": MessageShape(rename={"read_time": "timestamp"}),
+        "pluct.token.v1.VendTokenResponse": _TOKEN_TIMES,
+        "pluct.token.v1.ValidateTokenResponse": _TOKEN_TIMES,
         "pluct.admin.v1.User": MessageShape(
             proto_names=True,
             fields=("user_id", "transaction_count", "total_spent", "balance"),

@@ -41,7 +41,7 @@ def transaction_message(entry: Transaction, *, with_actor: bool = False) -> ledg
         user_id=entry.user_id,
         type=_TRANSACTION_TYPES[entry.type],
         amount=entry.amount,
-        timestamp=timestamp(entry.timestamp),
+        create_time=timestamp(entry.timestamp),
         balance_after=entry.balance_after,
     )
     if entry.reason is not None:

@@ -33,7 +33,7 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
         """Return a user's balance (0 for an unknown user)."""
         balance = await self._ledger.balance(request.user_id)
         return pb.GetBalanceResponse(
-            user_id=request.user_id, balance=balance, timestamp=timestamp_now()
+            user_id=request.user_id, balance=balance, read_time=timestamp_now()
         )
 
     async def ListTransactions(

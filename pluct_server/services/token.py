@@ -26,7 +26,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignor
         vended = await self._vendor.vend(request.user_id, request.request_id, current_caller())
         return pb.VendTokenResponse(
             token=vended.token,
-            expires_at=timestamp(vended.claims.expires_at),
+            expire_time=timestamp(vended.claims.expires_at),
             balance_after=vended.balance_after,
             token_id=str(vended.claims.token_id),
         )
@@ -40,7 +40,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignor
         if verdict.user_id is not None:
             response.user_id = verdict.user_id
         if verdict.expires_at is not None:
-            response.expires_at.CopyFrom(timestamp(verdict.expires_at))
+            response.expire_time.CopyFrom(timestamp(verdict.expires_at))
         if verdict.reason is not None:
             response.reason = verdict.reason
         return response

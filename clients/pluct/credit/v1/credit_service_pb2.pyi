@@ -37,14 +37,14 @@ class GetBalanceRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class GetBalanceResponse(_message.Message):
-    __slots__ = ("user_id", "balance", "timestamp")
+    __slots__ = ("user_id", "balance", "read_time")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
-    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    READ_TIME_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     balance: int
-    timestamp: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., balance: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    read_time: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., balance: _Optional[int] = ..., read_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListTransactionsRequest(_message.Message):
     __slots__ = ("user_id", "page_size", "page_token")

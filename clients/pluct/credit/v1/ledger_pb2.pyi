@@ -23,12 +23,12 @@ TRANSACTION_TYPE_ADMIN_ADD: TransactionType
 TRANSACTION_TYPE_SPEND: TransactionType
 
 class Transaction(_message.Message):
-    __slots__ = ("id", "user_id", "type", "amount", "timestamp", "reason", "balance_after", "actor_key_id")
+    __slots__ = ("id", "user_id", "type", "amount", "create_time", "reason", "balance_after", "actor_key_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
-    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
     ACTOR_KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -36,8 +36,8 @@ class Transaction(_message.Message):
     user_id: str
     type: TransactionType
     amount: int
-    timestamp: _timestamp_pb2.Timestamp
+    create_time: _timestamp_pb2.Timestamp
     reason: str
     balance_after: int
     actor_key_id: str
-    def __init__(self, id: _Optional[int] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[TransactionType, str]] = ..., amount: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., balance_after: _Optional[int] = ..., actor_key_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[TransactionType, str]] = ..., amount: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., balance_after: _Optional[int] = ..., actor_key_id: _Optional[str] = ...) -> None: ...

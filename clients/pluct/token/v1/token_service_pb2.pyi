@@ -20,16 +20,16 @@ class VendTokenRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class VendTokenResponse(_message.Message):
-    __slots__ = ("token", "expires_at", "balance_after", "token_id")
+    __slots__ = ("token", "expire_time", "balance_after", "token_id")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
-    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     token: str
-    expires_at: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
     balance_after: int
     token_id: str
-    def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balance_after: _Optional[int] = ..., token_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, token: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balance_after: _Optional[int] = ..., token_id: _Optional[str] = ...) -> None: ...
 
 class ValidateTokenRequest(_message.Message):
     __slots__ = ("token",)
@@ -38,16 +38,16 @@ class ValidateTokenRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class ValidateTokenResponse(_message.Message):
-    __slots__ = ("valid", "user_id", "expires_at", "reason")
+    __slots__ = ("valid", "user_id", "expire_time", "reason")
     VALID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
-    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     valid: bool
     user_id: str
-    expires_at: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
     reason: str
-    def __init__(self, valid: _Optional[bool] = ..., user_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, valid: _Optional[bool] = ..., user_id: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GetJwksRequest(_message.Message):
     __slots__ = ()

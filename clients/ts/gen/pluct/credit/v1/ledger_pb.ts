@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/credit/v1/ledger.proto.
  */
 export const file_pluct_credit_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("ChxwbHVjdC9jcmVkaXQvdjEvbGVkZ2VyLnByb3RvEg9wbHVjdC5jcmVkaXQudjEi/AEKC1RyYW5zYWN0aW9uEgoKAmlkGAEgASgDEg8KB3VzZXJfaWQYAiABKAkSLgoEdHlwZRgDIAEoDjIgLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvblR5cGUSDgoGYW1vdW50GAQgASgDEi0KCXRpbWVzdGFtcBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoGcmVhc29uGAYgASgJSACIAQESFQoNYmFsYW5jZV9hZnRlchgHIAEoAxIZCgxhY3Rvcl9rZXlfaWQYCCABKAlIAYgBAUIJCgdfcmVhc29uQg8KDV9hY3Rvcl9rZXlfaWQqtQEKD1RyYW5zYWN0aW9uVHlwZRIgChxUUkFOU0FDVElPTl9UWVBFX1VOU1BFQ0lGSUVEEAASIgoeVFJBTlNBQ1RJT05fVFlQRV9VU0VSX0NSRUFUSU9OEAESIAocVFJBTlNBQ1RJT05fVFlQRV9BRERfV0VCSE9PSxACEh4KGlRSQU5TQUNUSU9OX1RZUEVfQURNSU5fQUREEAMSGgoWVFJBTlNBQ1RJT05fVFlQRV9TUEVORBAEYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChxwbHVjdC9jcmVkaXQvdjEvbGVkZ2VyLnByb3RvEg9wbHVjdC5jcmVkaXQudjEi/gEKC1RyYW5zYWN0aW9uEgoKAmlkGAEgASgDEg8KB3VzZXJfaWQYAiABKAkSLgoEdHlwZRgDIAEoDjIgLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvblR5cGUSDgoGYW1vdW50GAQgASgDEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgZyZWFzb24YBiABKAlIAIgBARIVCg1iYWxhbmNlX2FmdGVyGAcgASgDEhkKDGFjdG9yX2tleV9pZBgIIAEoCUgBiAEBQgkKB19yZWFzb25CDwoNX2FjdG9yX2tleV9pZCq1AQoPVHJhbnNhY3Rpb25UeXBlEiAKHFRSQU5TQUNUSU9OX1RZUEVfVU5TUEVDSUZJRUQQABIiCh5UUkFOU0FDVElPTl9UWVBFX1VTRVJfQ1JFQVRJT04QARIgChxUUkFOU0FDVElPTl9UWVBFX0FERF9XRUJIT09LEAISHgoaVFJBTlNBQ1RJT05fVFlQRV9BRE1JTl9BREQQAxIaChZUUkFOU0FDVElPTl9UWVBFX1NQRU5EEARiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Transaction is one append-only ledger entry.
@@ -49,11 +49,11 @@ export type Transaction = Message<"pluct.credit.v1.Transaction"> & {
   amount: bigint;
 
   /**
-   * timestamp is when the entry was written.
+   * create_time is when the entry was written.
    *
-   * @generated from field: google.protobuf.Timestamp timestamp = 5;
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
    */
-  timestamp?: Timestamp | undefined;
+  createTime?: Timestamp | undefined;
 
   /**
    * reason is the free-text note given with the movement, unset when none was given.

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/token/v1/token_service.proto.
  */
 export const file_pluct_token_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwbHVjdC90b2tlbi92MS90b2tlbl9zZXJ2aWNlLnByb3RvEg5wbHVjdC50b2tlbi52MSI3ChBWZW5kVG9rZW5SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJ7ChFWZW5kVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1iYWxhbmNlX2FmdGVyGAMgASgDEhAKCHRva2VuX2lkGAQgASgJIiUKFFZhbGlkYXRlVG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJIpgBChVWYWxpZGF0ZVRva2VuUmVzcG9uc2USDQoFdmFsaWQYASABKAgSFAoHdXNlcl9pZBgCIAEoCUgAiAEBEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKBnJlYXNvbhgEIAEoCUgBiAEBQgoKCF91c2VyX2lkQgkKB19yZWFzb24iEAoOR2V0Sndrc1JlcXVlc3QiOwoPR2V0Sndrc1Jlc3BvbnNlEigKBGtleXMYASADKAsyGi5wbHVjdC50b2tlbi52MS5Kc29uV2ViS2V5IlgKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2NydhgCIAEoCRIJCgF4GAMgASgJEgsKA2tpZBgEIAEoCRILCgNhbGcYBSABKAkSCwoDdXNlGAYgASgJMvcCCgxUb2tlblNlcnZpY2UScAoJVmVuZFRva2VuEiAucGx1Y3QudG9rZW4udjEuVmVuZFRva2VuUmVxdWVzdBohLnBsdWN0LnRva2VuLnYxLlZlbmRUb2tlblJlc3BvbnNlIh7S8xgECAQQAYLT5JMCEDoBKiILL3ZlbmQtdG9rZW4SgAEKDVZhbGlkYXRlVG9rZW4SJC5wbHVjdC50b2tlbi52MS5WYWxpZGF0ZVRva2VuUmVxdWVzdBolLnBsdWN0LnRva2VuLnYxLlZhbGlkYXRlVG9rZW5SZXNwb25zZSIi0vMYBAgFEAGC0+STAhQ6ASoiDy92YWxpZGF0ZS10b2tlbhJyCgdHZXRKd2tzEh4ucGx1Y3QudG9rZW4udjEuR2V0Sndrc1JlcXVlc3QaHy5wbHVjdC50b2tlbi52MS5HZXRKd2tzUmVzcG9uc2UiJtLzGAQIBxABgtPkkwIYEhYvLndlbGwta25vd24vandrcy5qc29uYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth]);
+  fileDesc("CiJwbHVjdC90b2tlbi92MS90b2tlbl9zZXJ2aWNlLnByb3RvEg5wbHVjdC50b2tlbi52MSI3ChBWZW5kVG9rZW5SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJ8ChFWZW5kVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNYmFsYW5jZV9hZnRlchgDIAEoAxIQCgh0b2tlbl9pZBgEIAEoCSIlChRWYWxpZGF0ZVRva2VuUmVxdWVzdBINCgV0b2tlbhgBIAEoCSKZAQoVVmFsaWRhdGVUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEhQKB3VzZXJfaWQYAiABKAlIAIgBARIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoGcmVhc29uGAQgASgJSAGIAQFCCgoIX3VzZXJfaWRCCQoHX3JlYXNvbiIQCg5HZXRKd2tzUmVxdWVzdCI7Cg9HZXRKd2tzUmVzcG9uc2USKAoEa2V5cxgBIAMoCzIaLnBsdWN0LnRva2VuLnYxLkpzb25XZWJLZXkiWAoKSnNvbldlYktleRILCgNrdHkYASABKAkSCwoDY3J2GAIgASgJEgkKAXgYAyABKAkSCwoDa2lkGAQgASgJEgsKA2FsZxgFIAEoCRILCgN1c2UYBiABKAky9wIKDFRva2VuU2VydmljZRJwCglWZW5kVG9rZW4SIC5wbHVjdC50b2tlbi52MS5WZW5kVG9rZW5SZXF1ZXN0GiEucGx1Y3QudG9rZW4udjEuVmVuZFRva2VuUmVzcG9uc2UiHtLzGAQIBBABgtPkkwIQOgEqIgsvdmVuZC10b2tlbhKAAQoNVmFsaWRhdGVUb2tlbhIkLnBsdWN0LnRva2VuLnYxLlZhbGlkYXRlVG9rZW5SZXF1ZXN0GiUucGx1Y3QudG9rZW4udjEuVmFsaWRhdGVUb2tlblJlc3BvbnNlIiLS8xgECAUQAYLT5JMCFDoBKiIPL3ZhbGlkYXRlLXRva2VuEnIKB0dldEp3a3MSHi5wbHVjdC50b2tlbi52MS5HZXRKd2tzUmVxdWVzdBofLnBsdWN0LnRva2VuLnYxLkdldEp3a3NSZXNwb25zZSIm0vMYBAgHEAGC0+STAhgSFi8ud2VsbC1rbm93bi9qd2tzLmpzb25iBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth]);
 
 /**
  * VendTokenRequest names the user who pays one credit.
@@ -58,11 +58,11 @@ export type VendTokenResponse = Message<"pluct.token.v1.VendTokenResponse"> & {
   token: string;
 
   /**
-   * expires_at is the token's exp claim.
+   * expire_time is the token's exp claim.
    *
-   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   * @generated from field: google.protobuf.Timestamp expire_time = 2;
    */
-  expiresAt?: Timestamp | undefined;
+  expireTime?: Timestamp | undefined;
 
   /**
    * balance_after is the user's balance right after the spend.
@@ -128,11 +128,11 @@ export type ValidateTokenResponse = Message<"pluct.token.v1.ValidateTokenRespons
   userId?: string | undefined;
 
   /**
-   * expires_at is the token's expiry, set only when valid.
+   * expire_time is the token's expiry, set only when valid.
    *
-   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   * @generated from field: google.protobuf.Timestamp expire_time = 3;
    */
-  expiresAt?: Timestamp | undefined;
+  expireTime?: Timestamp | undefined;
 
   /**
    * reason says why the token is not valid ("Token expired", "Token revoked" or "Invalid token signature"), set only when not valid.
