@@ -54,10 +54,16 @@ class AccessRule:
 
 
 def access_rules(services: Iterable[ServiceDescriptor]) -> dict[str, AccessRule]:
-    """Map each RPC's method path to its access option; refuse an RPC that lacks one."""
+    """Map each RPC's method path to its access option; refuse one that lacks it, or streams."""
     rules = {}
     for service in services:
         for method in service.methods:
+            # The interceptor can check callers of unary calls only: a streaming RPC would go
+            # out unguarded, so it is refused here, at start, rather than left open.
+            if method.client_streaming or method.server_streaming:
+                raise ValueError(
+                    f"{method.full_name} streams; only unary RPCs can be guarded (see rpc.py)"
+                )
             access = method.GetOptions().Extensions[auth_pb2.access]
             # Secure by default: a new RPC without an explicit option never goes out open.
             if access.scope == auth_pb2.SCOPE_UNSPECIFIED:
