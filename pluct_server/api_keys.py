@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import re
-import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pluct_server.callers import check_scopes
 from pluct_server.errors import InvalidArgument, NotFound
+from pluct_server.key_secrets import hash_secret, key_id_of, new_secret
 from pluct_server.models import ApiKeyRecord
 from pluct_server.pagination import (
     clamp_page_size,
@@ -24,29 +23,9 @@ from pluct_server.store.api_key_store import ApiKeyStore
 
 _LOGGER = logging.getLogger(__name__)
 
-SECRET_PREFIX = "pluct_"
-# pluct_<key id: 16 hex digits>_<43 url-safe characters: 256 random bits>
-_SECRET = re.compile(r"pluct_([0-9a-f]{16})_[A-Za-z0-9_-]{43}\Z")
 _KEY_ID = re.compile(r"[0-9a-f]{16}\Z")
 NAME_MAX_CHARS = 100
 KEYS_PAGE = (100, 1000)  # (default, maximum)
-
-
-def new_secret() -> tuple[str, str]:
-    """Return a fresh (key id, secret); the id is readable inside the secret, as in Stripe's."""
-    key_id = secrets.token_hex(8)
-    return key_id, f"{SECRET_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-
-
-def key_id_of(secret: str) -> str | None:
-    """Return the key id a secret names, or None when it is not shaped like one of our secrets."""
-    match = _SECRET.match(secret)
-    return None if match is None else match[1]
-
-
-def hash_secret(secret: str) -> bytes:
-    """Return what is stored of a secret: its SHA-256 (a 256-bit random secret needs no salt)."""
-    return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pluct.api.v1 import auth_pb2
 
 from pluct_server.addresses import limit_subject
-from pluct_server.api_keys import ApiKeys, key_id_of
+from pluct_server.api_keys import ApiKeys
 from pluct_server.callers import (
     ADMIN,
     ADMIN_SECRET_ID,
@@ -28,6 +28,7 @@ from pluct_server.errors import (
     RateLimited,
     Unauthenticated,
 )
+from pluct_server.key_secrets import key_id_of
 from pluct_server.limits import AUTH_FAILURE, Limiter
 
 _LOGGER = logging.getLogger(__name__)

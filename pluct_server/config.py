@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from pluct_server.key_secrets import new_secret
 from pluct_server.logs import LOG_FORMATS
 
 SECRET_NAMES = ("ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET")
@@ -347,8 +348,6 @@ def with_dev_secrets(settings: Settings) -> tuple[Settings, str | None]:
 
     Returns the settings and, only when something was just created, a note to print once.
     """
-    from pluct_server.api_keys import new_secret
-
     path = settings.data_dir / DEV_SECRETS_FILE
     stored = {k: v for k, v in dotenv_values(path).items() if v} if path.exists() else {}
     names = (*SECRET_NAMES, DEV_API_KEY)

@@ -27,7 +27,7 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as token_pb
 from pluct.token.v1 import token_service_pb2_grpc
 
-from pluct_server.api_keys import key_id_of
+from pluct_server.key_secrets import key_id_of
 from pluct_server.server import PluctServer
 from tests.http_support import (
     ADMIN_HEADERS,

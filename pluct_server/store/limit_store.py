@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pluct_server.store.database import Database, RateLimitExceeded
 
-if TYPE_CHECKING:
-    from pluct_server.limits import Charge
+
+class Charge(Protocol):
+    """What the store needs of a charge (limits.Charge): which counter, and by how much."""
+
+    @property
+    def subject(self) -> str: ...  # noqa: D102 - the Protocol mirrors limits.Charge
+    @property
+    def bucket(self) -> str: ...  # noqa: D102
+    @property
+    def step_seconds(self) -> float: ...  # noqa: D102
+    @property
+    def tolerance_seconds(self) -> float: ...  # noqa: D102
+
 
 # GCRA per (subject, bucket): an event is admitted while the allowance, spent ahead of now, stays
 # within the tolerance; admitting it moves `tat` one step on. The CTE charges every counter of
