@@ -84,8 +84,10 @@ check-generated-ts: build/pluct.binpb ## Fail when clients/ts/gen is stale or do
 check-deploy: $(STAMP) ## Validate the Kubernetes manifests in deploy/ against the API's schemas.
 	$(BIN)/kubernetes-validate --strict --quiet deploy/*.yaml
 
-generate: $(STAMP) ## Regenerate the stubs under clients/ from protos/.
+generate: $(STAMP) ## Regenerate the Python stubs under clients/ (and the TypeScript ones, with npm) from protos/.
 	$(BIN)/python clients/generate.py clients
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory generate-ts; \
+	else echo "npm not found: TypeScript stubs not regenerated (make generate-ts)"; fi
 
 check-generated: $(STAMP) ## Fail when clients/ is not what protos/ generates.
 	@rm -rf build/generated && mkdir -p build/generated
