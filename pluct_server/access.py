@@ -6,7 +6,7 @@ import json
 import logging
 import secrets
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ACCESS_LOGGER = logging.getLogger("pluct_server.access")
 REQUEST_ID_HEADER = "x-request-id"
@@ -25,7 +25,6 @@ class CallRecord:
     code: str = "OK"
     caller_id: str = "-"
     user_id: str = "-"
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 CURRENT_CALL: ContextVar[CallRecord | None] = ContextVar("pluct_current_call", default=None)
@@ -44,13 +43,17 @@ def request_id_from(presented: str | None) -> str:
     return secrets.token_hex(8)
 
 
-def note_caller(caller_id: str, user_id: str | None = None) -> None:
-    """Record who is calling (and about which user) on the current call's access line."""
+def current_request_id() -> str | None:
+    """Return the current call's request id (None outside a call)."""
+    record = CURRENT_CALL.get()
+    return None if record is None else record.request_id
+
+
+def note_caller(caller_id: str) -> None:
+    """Record who is calling on the current call's access line."""
     record = CURRENT_CALL.get()
     if record is not None:
         record.caller_id = caller_id
-        if user_id:
-            record.user_id = user_id
 
 
 def note_user(user_id: str) -> None:
@@ -80,7 +83,6 @@ def log_access(record: CallRecord, seconds: float) -> None:
         "request_id": record.request_id,
         "user_id": record.user_id,
         "key_id": record.caller_id,
-        **record.extra,
     }
     ACCESS_LOGGER.info(
         " ".join(f"{name}={_safe(value)}" for name, value in fields.items()),

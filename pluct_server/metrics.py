@@ -75,23 +75,24 @@ DB_POOL_WAITS = Counter(
 )
 
 
+def _registry() -> CollectorRegistry:
+    """Return the registry to expose: every worker's samples added up, or this process's own."""
+    if not os.environ.get(MULTIPROCESS_DIR_ENV):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
 def exposition() -> tuple[bytes, str]:
     """Return every worker's metrics in the text format, and its content type."""
-    if os.environ.get(MULTIPROCESS_DIR_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
 
 
 def serve_metrics(listen: str) -> None:
     """Serve /metrics (every worker's) on a listener of its own, from a background thread."""
     host, _, port = listen.rpartition(":")
-    registry = REGISTRY
-    if os.environ.get(MULTIPROCESS_DIR_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    start_http_server(int(port), addr=host.strip("[]"), registry=_registry())
 
 
 def forget_worker(pid: int) -> None:

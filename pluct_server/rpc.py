@@ -18,6 +18,7 @@ from pluct_server.access import (
     CURRENT_CALL,
     REQUEST_ID_HEADER,
     CallRecord,
+    current_request_id,
     log_access,
     note_caller,
     note_code,
@@ -183,9 +184,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key in REQUEST_ID_KEYS:
-            return str(value)[:128]
+    for key in REQUEST_ID_KEYS:
+        value = _metadata(context, key)
+        if value is not None:
+            return value[:128]
     return "-"
 
 
@@ -226,8 +228,8 @@ def observed(method: str, behavior: Behavior) -> Behavior:
 
 def _request_id_trailer() -> tuple[tuple[str, str], ...]:
     """Return the trailer that echoes the current call's request id (an abort replaces all)."""
-    record = CURRENT_CALL.get()
-    return () if record is None else ((REQUEST_ID_HEADER, record.request_id),)
+    request_id = current_request_id()
+    return () if request_id is None else ((REQUEST_ID_HEADER, request_id),)
 
 
 def _metadata(context: grpc.aio.ServicerContext, wanted: str) -> str | None:

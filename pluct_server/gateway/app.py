@@ -21,6 +21,7 @@ from pluct_server.access import (
     CURRENT_CALL,
     REQUEST_ID_HEADER,
     CallRecord,
+    current_request_id,
     log_access,
     request_id_from,
 )
@@ -200,7 +201,7 @@ class ShimHandler:
         bearer = False
         try:
             parts = split_path(request.rel_url.raw_path)
-            metadata = forwarded_metadata(request.headers, _current_request_id())
+            metadata = forwarded_metadata(request.headers, current_request_id())
             address = client_address(
                 request.remote or UNKNOWN,
                 # Every line of it: a proxy may add its own line after the client's forged one.
@@ -390,11 +391,6 @@ class ShimHandler:
         response = web.Response(body=body, headers={"Content-Type": content_type})
         response.headers[SERVER_HEADER] = SERVER_NAME
         return response
-
-
-def _current_request_id() -> str | None:
-    record = CURRENT_CALL.get()
-    return None if record is None else record.request_id
 
 
 def _observe_http(method: str, record: CallRecord, status: int, seconds: float) -> None:

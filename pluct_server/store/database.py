@@ -135,33 +135,28 @@ class Database:
 
     async def fetchrow(self, query: str, *args: Any, writes: bool = False) -> asyncpg.Record | None:
         """Run one statement and return its first row."""
-        sent = False
-        try:
-            async with self._acquire() as conn:
-                sent = writes
-                return await conn.fetchrow(query, *args)
-        except Exception as exc:
-            self._reraise(exc, sent)
+        row: asyncpg.Record | None = await self._one_statement("fetchrow", query, args, writes)
+        return row
 
     async def fetch(self, query: str, *args: Any, writes: bool = False) -> list[asyncpg.Record]:
         """Run one statement and return all its rows."""
-        sent = False
-        try:
-            async with self._acquire() as conn:
-                sent = writes
-                rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-                return rows
-        except Exception as exc:
-            self._reraise(exc, sent)
+        rows: list[asyncpg.Record] = await self._one_statement("fetch", query, args, writes)
+        return rows
 
     async def execute(self, query: str, *args: Any, writes: bool = False) -> str:
         """Run one statement and return its status, e.g. "DELETE 3"."""
+        status: str = await self._one_statement("execute", query, args, writes)
+        return status
+
+    async def _one_statement(
+        self, run: str, query: str, args: tuple[Any, ...], writes: bool
+    ) -> Any:
+        """Run `query` with the connection method `run` on a pooled connection."""
         sent = False
         try:
             async with self._acquire() as conn:
                 sent = writes
-                status: str = await conn.execute(query, *args)
-                return status
+                return await getattr(conn, run)(query, *args)
         except Exception as exc:
             self._reraise(exc, sent)
 
