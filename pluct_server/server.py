@@ -149,6 +149,7 @@ class PluctServer:
         self._server: grpc.aio.Server | None = None
         self._gateway: Gateway | None = None
         self._maintenance: Maintenance | None = None
+        self._tracing = tracing_wanted(os.environ)
 
     async def start(self) -> None:
         """Open the pool, migrate, and start serving gRPC (and HTTP)."""
@@ -211,7 +212,7 @@ class PluctServer:
             trusted_proxies=settings.trusted_proxies,
         )
         # Tracing goes outermost, so a call's span covers our interceptor's checks too.
-        tracers = server_interceptors() if tracing_wanted(os.environ) else []
+        tracers = server_interceptors() if self._tracing else []
         server = grpc.aio.server(
             interceptors=[*tracers, interceptor],
             options=[
@@ -289,7 +290,8 @@ class PluctServer:
             await self._maintenance.stop()
             self._maintenance = None
         await self.database.close()
-        await asyncio.to_thread(flush_traces)
+        if self._tracing:
+            await asyncio.to_thread(flush_traces)  # the exporter's send blocks
 
 
 def _with_port(listen: str, port: int) -> str:
