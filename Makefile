@@ -6,8 +6,6 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml clients/pyproject.toml | cksum | cut -d' ' -f1)
 
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
-# Where googleapis-common-protos and grpcio-tools keep the .proto files our imports name.
-PROTO_INCLUDES = -I protos -I $$($(BIN)/python -c 'import google.api.annotations_pb2 as a, pathlib; print(pathlib.Path(a.__file__).parent.parent.parent)') -I $$($(BIN)/python -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
 
 .PHONY: help run migrate audit test check check-deploy check-generated-ts generate-ts lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools chaos fuzz clean
 
@@ -49,16 +47,17 @@ format: $(STAMP) ## Apply ruff's formatting and safe fixes.
 typecheck: $(STAMP) ## mypy on hand-written code.
 	$(BIN)/mypy pluct_server tests clients/pluct_client chaos
 
-build/pluct.binpb: $(PROTO_FILES) $(STAMP)
-	@mkdir -p build
-	$(BIN)/python -m grpc_tools.protoc $(PROTO_INCLUDES) --include_imports --include_source_info -o $@ $(PROTO_FILES)
+# A descriptor image of protos/ and every import, made by the stubs' own protoc run (imports come
+# from installed packages: googleapis-common-protos, grpcio-tools, protovalidate).
+build/pluct.binpb: $(PROTO_FILES) clients/generate.py $(STAMP)
+	$(BIN)/python clients/generate.py --image $@
 
 lint-proto: build/pluct.binpb ## buf lint on protos/.
 	$(BIN)/buf lint $< --path pluct --config buf.yaml
 
 breaking: build/pluct.binpb ## buf breaking against main's last commit (BASE=<git ref> to pick another).
 	@rm -rf build/base && mkdir -p build/base && git archive $${BASE:-main} protos | tar -x -C build/base
-	$(BIN)/python -m grpc_tools.protoc $(subst -I protos,-I build/base/protos,$(PROTO_INCLUDES)) --include_imports --include_source_info -o build/base.binpb $$(find build/base/protos -name '*.proto' | sort)
+	$(BIN)/python clients/generate.py --image build/base.binpb --protos build/base/protos
 	$(BIN)/buf breaking $< --against build/base.binpb --path pluct --config buf.yaml
 
 # TypeScript stubs for internal services not written in Python: buf generate with protoc-gen-es,
@@ -72,12 +71,12 @@ $(TS_PLUGIN): $(TS_DIR)/package-lock.json
 
 generate-ts: build/pluct.binpb $(TS_PLUGIN) ## Regenerate the TypeScript stubs under clients/ts/gen from protos/.
 	@rm -rf $(TS_DIR)/gen
-	$(BIN)/buf generate $< --template $(TS_DIR)/buf.gen.yaml -o $(TS_DIR)/gen --exclude-path google/protobuf
+	$(BIN)/buf generate $< --template $(TS_DIR)/buf.gen.yaml -o $(TS_DIR)/gen --exclude-path google/protobuf --exclude-path buf/validate
 
 check-generated-ts: build/pluct.binpb ## Fail when clients/ts/gen is stale or does not type-check (skipped without npm).
 	@if ! command -v npm >/dev/null; then echo "npm not found: TypeScript stubs not checked"; exit 0; fi; \
 	$(MAKE) --no-print-directory $(TS_PLUGIN) \
-	&& rm -rf build/ts && $(BIN)/buf generate $< --template $(TS_DIR)/buf.gen.yaml -o build/ts --exclude-path google/protobuf \
+	&& rm -rf build/ts && $(BIN)/buf generate $< --template $(TS_DIR)/buf.gen.yaml -o build/ts --exclude-path google/protobuf --exclude-path buf/validate \
 	&& (diff -r build/ts $(TS_DIR)/gen || (echo "clients/ts/gen is stale: run 'make generate-ts' and commit the result" && exit 1)) \
 	&& cd $(TS_DIR) && node_modules/.bin/tsc -p tsconfig.json
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import grpc
 
 ERROR_DOMAIN = "pluct.engine"
@@ -21,15 +24,31 @@ class DomainError(Exception):
         self.metadata = metadata
 
 
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field, as AIP-193's BadRequest.FieldViolation says it: path, text, rule broken."""
+
+    field: str
+    description: str
+    rule: str = ""
+
+
 class InvalidArgument(DomainError):
     """A request field is missing, malformed or out of range."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, violations: Sequence[FieldViolation] = ()) -> None:
         super().__init__(message, field=field)
         self.field = field
+        self.violations = tuple(violations) or (FieldViolation(field, message),)
+
+    @classmethod
+    def of(cls, violations: Sequence[FieldViolation]) -> InvalidArgument:
+        """Return the error for every bad field at once; the first names it in ErrorInfo."""
+        message = "; ".join(violation.description for violation in violations)
+        return cls(violations[0].field, message, violations)
 
 
 class RequestIdReused(DomainError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +17,7 @@ from pluct_server.errors import (
     RequestIdReused,
     Unauthenticated,
 )
+from pluct_server.field_rules import is_user_id
 from pluct_server.limits import SIGNUP as LIMIT_SIGNUP
 from pluct_server.limits import VEND as LIMIT_VEND
 from pluct_server.limits import Limiter, retry_after_seconds
@@ -44,12 +44,6 @@ from pluct_server.store.ledger_store import LedgerStore, RequestKeyTaken, UserEx
 from pluct_server.webhooks import TOLERANCE_SECONDS
 
 _LOGGER = logging.getLogger(__name__)
-
-USER_ID_MAX_CHARS = 100
-CREDIT_AMOUNT_MIN = 1
-CREDIT_AMOUNT_MAX = 10_000
-REASON_MAX_CHARS = 500
-REQUEST_ID_MAX_CHARS = 128
 
 USER_CREATION_REASON = "User account creation"
 WEBHOOK_REASON = "Payment gateway"
@@ -81,69 +75,9 @@ class UserPage:
     next_page_token: str
 
 
-def _has_control_characters(text: str, allowed: str = "") -> bool:
-    return any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in text)
-
-
-def _is_invisible_or_space(ch: str) -> bool:
-    # Cc control, Cf format (zero-width joiners, bidi overrides), Z* separators, and what
-    # Python calls whitespace: characters that make two ids look alike or a log line lie.
-    return ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp")
-
-
-def check_user_id(user_id: str) -> str:
-    """Return `user_id` if it is a valid user id, else raise InvalidArgument.
-
-    A user id is 1 to 100 characters, already in Unicode NFKC form (so one user cannot hide
-    behind a look-alike spelling, such as full-width letters or a decomposed accent), with no
-    control, format or whitespace characters anywhere.
-    """
-    if not user_id.strip():
-        raise InvalidArgument("user_id", "user_id is required and must not be blank")
-    if len(user_id) > USER_ID_MAX_CHARS:
-        raise InvalidArgument(
-            "user_id", f"user_id must be at most {USER_ID_MAX_CHARS} characters, got {len(user_id)}"
-        )
-    if any(_is_invisible_or_space(ch) for ch in user_id):
-        raise InvalidArgument(
-            "user_id", "user_id must not contain control, format or whitespace characters"
-        )
-    if not unicodedata.is_normalized("NFKC", user_id):
-        raise InvalidArgument("user_id", "user_id must be in Unicode NFKC normal form")
-    return user_id
-
-
-def check_amount(amount: int) -> int:
-    """Return `amount` if it is a valid credit amount, else raise InvalidArgument."""
-    if not CREDIT_AMOUNT_MIN <= amount <= CREDIT_AMOUNT_MAX:
-        raise InvalidArgument(
-            "amount",
-            f"amount must be between {CREDIT_AMOUNT_MIN} and {CREDIT_AMOUNT_MAX}, got {amount}",
-        )
-    return amount
-
-
-def check_request_id(request_id: str) -> str | None:
-    """Return the request id, None when absent, or raise InvalidArgument."""
-    if not request_id:
-        return None
-    if len(request_id) > REQUEST_ID_MAX_CHARS or _has_control_characters(request_id):
-        raise InvalidArgument(
-            "request_id",
-            f"request_id must be at most {REQUEST_ID_MAX_CHARS} characters, no control characters",
-        )
-    return request_id
-
-
-def check_reason(reason: str | None, default: str) -> str:
+def _note(reason: str | None, default: str) -> str:
     """Return the ledger note to store: `reason`, or `default` when it is unset or blank."""
-    if reason is None or not reason.strip():
-        return default
-    if len(reason) > REASON_MAX_CHARS:
-        raise InvalidArgument("reason", f"reason must be at most {REASON_MAX_CHARS} characters")
-    if _has_control_characters(reason, allowed="\t\n\r"):
-        raise InvalidArgument("reason", "reason must not contain control characters")
-    return reason
+    return default if reason is None or not reason.strip() else reason
 
 
 def _fingerprint(*parts: object) -> str:
@@ -182,26 +116,16 @@ class Ledger:
     def _key(
         self, caller: Caller, operation: str, request_id: str, *parts: object
     ) -> RequestKey | None:
-        rid = check_request_id(request_id)
-        if rid is None:
+        if not request_id:
             return None
         # Payments are deduplicated by the provider's event id for ever; the rest expire.
         retention = None if operation == PAYMENT else self._retention
-        return RequestKey(caller.id, operation, rid, _fingerprint(*parts), retention)
+        return RequestKey(caller.id, operation, request_id, _fingerprint(*parts), retention)
 
     async def create_user(
         self, user_id: str, initial_credits: int, request_id: str, caller: Caller
     ) -> int:
         """Create a user with an initial grant; return its balance."""
-        check_user_id(user_id)
-        if initial_credits < 0:
-            raise InvalidArgument(
-                "initial_credits", f"initial_credits must be 0 or more, got {initial_credits}"
-            )
-        if initial_credits > CREDIT_AMOUNT_MAX:
-            raise InvalidArgument(
-                "initial_credits", f"initial_credits must be at most {CREDIT_AMOUNT_MAX}"
-            )
         if initial_credits > self._signup_allowance and not caller.is_admin:
             raise Unauthenticated(
                 f"initial_credits above the signup allowance of {self._signup_allowance} "
@@ -232,7 +156,7 @@ class Ledger:
 
     async def balance(self, user_id: str) -> int:
         """Return a user's balance; 0 for an unknown user."""
-        return await self._store.balance(check_user_id(user_id))
+        return await self._store.balance(user_id)
 
     async def add_payment(self, user_id: str, amount: int, request_id: str, caller: Caller) -> int:
         """Credit a payment reported by the payment provider; return the new balance."""
@@ -240,7 +164,6 @@ class Ledger:
             # A signed call without an event id is known by its signature, so a replay of the
             # same bytes finds the first credit instead of making a second one.
             request_id = request_id or f"{SIGNED_PAYMENT_PREFIX}{caller.signature}"
-            check_user_id(user_id)
             await self._bind_signature(user_id, caller, caller.signature, request_id)
         return await self._credit(
             user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, request_id, caller, PAYMENT
@@ -274,9 +197,7 @@ class Ledger:
         self, user_id: str, amount: int, reason: str | None, request_id: str, caller: Caller
     ) -> int:
         """Credit a manual grant by an admin; return the new balance."""
-        check_user_id(user_id)
-        check_amount(amount)
-        note = check_reason(reason, ADMIN_DEFAULT_REASON)
+        note = _note(reason, ADMIN_DEFAULT_REASON)
         return await self._credit(
             user_id, amount, EntryType.ADMIN_ADD, note, request_id, caller, ADMIN_GRANT
         )
@@ -291,8 +212,6 @@ class Ledger:
         caller: Caller,
         operation: str,
     ) -> int:
-        check_user_id(user_id)
-        check_amount(amount)
         key = self._key(caller, operation, request_id, entry_type.value, user_id, amount, reason)
         for _ in range(2):
             try:
@@ -319,7 +238,6 @@ class Ledger:
         owed = caller.deferred_charges
         committed = False
         try:
-            check_user_id(claims.user_id)
             key = self._key(caller, VEND, request_id, "spend", claims.user_id)
             charges = tuple(sorted((*owed, *self._limiter.charges((LIMIT_VEND, claims.user_id)))))
             for _ in range(2):
@@ -386,8 +304,6 @@ class Ledger:
         self, user_id: str | None, page_size: int, page_token: str, *, admin_view: bool = False
     ) -> TransactionPage:
         """Return one page of a user's ledger (or, for admins, everyone's), newest first."""
-        if user_id is not None:
-            check_user_id(user_id)
         default, maximum = ALL_TRANSACTIONS_PAGE if admin_view else USER_TRANSACTIONS_PAGE
         size = clamp_page_size(page_size, default, maximum)
         listing = "admin_transactions" if admin_view else "transactions"
@@ -409,8 +325,6 @@ class Ledger:
         that commits late is still ahead of the position; the ledger grows, so the token is
         always set, and a short page means the consumer has caught up for now.
         """
-        if user_id is not None:
-            check_user_id(user_id)
         size = clamp_page_size(page_size, *ALL_TRANSACTIONS_PAGE)
         position = decode_page_token(page_token, FOLLOW_LISTING, user_id)
         after = xid_and_id_position(position) or (0, 0)
@@ -421,7 +335,7 @@ class Ledger:
         """Return one page of users, newest first: create time and user id never change."""
         size = clamp_page_size(page_size, *USERS_PAGE)
         position = decode_page_token(page_token, USERS_LISTING, None)
-        after = time_and_name_position(position, lambda name: len(name) <= USER_ID_MAX_CHARS)
+        after = time_and_name_position(position, is_user_id)
         rows = await self._store.users(size + 1, after)
         token = ""
         if len(rows) > size:
@@ -438,8 +352,6 @@ class Ledger:
         Activity moves while a scan pages, so this order is never paged: it is read in one
         statement, at one moment, and there is no next page.
         """
-        if page_size < 0:
-            raise InvalidArgument("page_size", "page_size must not be negative")
         if page_token:
             raise InvalidArgument(
                 "page_token", "page_token does not apply: activity order comes in one response"

@@ -19,10 +19,8 @@ _BIGINT_LIMIT = 2**63
 
 
 def clamp_page_size(requested: int, default: int, maximum: int) -> int:
-    """Apply AIP-158: 0 means the default, above the maximum the maximum, negative is invalid."""
-    if requested < 0:
-        raise InvalidArgument("page_size", "page_size must not be negative")
-    if requested == 0:
+    """Apply AIP-158: 0 means the default, above the maximum the maximum (protos refuse < 0)."""
+    if requested <= 0:
         return default
     return min(requested, maximum)
 

@@ -28,7 +28,14 @@ from pluct_server.access import (
 from pluct_server.addresses import Network
 from pluct_server.auth import Authenticator
 from pluct_server.callers import ADMIN, AccessRule, set_current_caller
-from pluct_server.errors import ERROR_DOMAIN, DomainError, InvalidArgument, RateLimited
+from pluct_server.errors import (
+    ERROR_DOMAIN,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    RateLimited,
+)
+from pluct_server.field_rules import check_fields
 from pluct_server.limits import HTTP, Limiter
 from pluct_server.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED, REFUSALS
 from pluct_server.origin import call_origin
@@ -50,14 +57,20 @@ def status_details(error: DomainError) -> bytes:
         )
     )
     details = [detail]
-    field = error.metadata.get("field")
-    if error.code == grpc.StatusCode.INVALID_ARGUMENT and field:
-        # AIP-193: which field was wrong, for clients that should not parse the message.
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=field, description=error.message
-        )
+    violations = _field_violations(error)
+    if violations:
+        # AIP-193: which fields were wrong, for clients that should not parse the message.
         bad_request = any_pb2.Any()
-        bad_request.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        bad_request.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description, reason=v.rule
+                    )
+                    for v in violations
+                ]
+            )
+        )
         details.append(bad_request)
     if isinstance(error, RateLimited):
         retry = any_pb2.Any()
@@ -69,6 +82,16 @@ def status_details(error: DomainError) -> bytes:
         details.append(retry)
     status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
     return bytes(status.SerializeToString())
+
+
+def _field_violations(error: DomainError) -> tuple[FieldViolation, ...]:
+    """Return the bad fields an INVALID_ARGUMENT names (none for other codes)."""
+    if isinstance(error, InvalidArgument):
+        return error.violations
+    field = error.metadata.get("field")
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT and field:
+        return (FieldViolation(field, error.message),)
+    return ()
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -150,10 +173,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         caller.address,
                     )
                 try:
-                    request = deserialize(raw_request)
-                except DecodeError as exc:
-                    raise InvalidArgument("request", "request is not a valid message") from exc
-                note_user(getattr(request, "user_id", ""))
+                    request = _decoded(deserialize, raw_request)
+                    note_user(getattr(request, "user_id", ""))
+                    check_fields(request)
+                except InvalidArgument:
+                    # The statement that pays what the route owes never runs: pay it here, so
+                    # malformed calls are never free of the per-address limit.
+                    if caller.deferred_charges:
+                        await limiter.charge(caller.deferred_charges)
+                    raise
                 return await behavior(request, context)
             except DomainError as error:
                 note_code(error.code.name)
@@ -181,6 +209,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 )
 
         return guarded
+
+
+def _decoded(deserialize: Callable[[bytes], Any], raw_request: bytes) -> Any:
+    """Decode a request, refusing bytes that are not a message of its type."""
+    try:
+        return deserialize(raw_request)
+    except DecodeError as exc:
+        raise InvalidArgument("request", "request is not a valid message") from exc
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

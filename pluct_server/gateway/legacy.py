@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pluct_server.ledger import CREDIT_AMOUNT_MAX, CREDIT_AMOUNT_MIN
+from pluct.credit.v1 import credit_service_pb2
+
+from pluct_server.field_rules import rules_of
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,9 @@ _TRANSACTION_ROW = MessageShape(
 # The protos name times as AIP-142 does (*_time); legacy callers read the names they always had.
 _TOKEN_TIMES = MessageShape(rename={"expire_time": "expiresAt"})
 
+# The legacy message states the amount's limits: those of the payment's annotation.
+_AMOUNT = rules_of(credit_service_pb2.AddCreditsRequest.DESCRIPTOR.fields_by_name["amount"]).int64
+
 LEGACY = LegacyProfile(
     int64_as_number=True,
     print_zero_values=True,
@@ -151,7 +156,7 @@ LEGACY = LegacyProfile(
     error_messages={
         ("INVALID_ARGUMENT", "user_id"): "Valid user ID is required",
         ("INVALID_ARGUMENT", "amount"): (
-            f"Valid amount between {CREDIT_AMOUNT_MIN} and {CREDIT_AMOUNT_MAX} is required"
+            f"Valid amount between {_AMOUNT.gte} and {_AMOUNT.lte} is required"
         ),
         ("INVALID_ARGUMENT", "token"): "Valid token is required",
         ("ALREADY_EXISTS", None): "User already exists",

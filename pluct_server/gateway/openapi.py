@@ -14,42 +14,10 @@ from pluct_server.gateway.describe import ServiceInfo, builtin_schemas
 from pluct_server.gateway.legacy import LegacyProfile
 from pluct_server.gateway.render import Renderer, scalar_schema
 from pluct_server.gateway.routes import Route, Variable, display_template
+from pluct_server.gateway.schema_rules import is_required, list_schema, rules_schema
 from pluct_server.gateway.status import possible_statuses
 from pluct_server.gateway.transcode import IDEMPOTENCY_HEADER, REQUEST_ID_FIELD
-from pluct_server.ledger import (
-    CREDIT_AMOUNT_MAX,
-    CREDIT_AMOUNT_MIN,
-    REASON_MAX_CHARS,
-    REQUEST_ID_MAX_CHARS,
-    USER_ID_MAX_CHARS,
-)
-from pluct_server.tokens import TOKEN_MAX_CHARS
 
-# The domain's limits as JSON Schema, so generated clients and fuzzers know them. Documentation
-# only: the service checks every one of them itself, for gRPC and HTTP alike.
-_CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
-_NO_CONTROL = f"^[^{_CONTROL}]*$"
-# Unicode format characters (soft hyphen, zero-width and direction marks, BOM) a user id refuses.
-_FORMAT = "\\u00ad\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff"
-_FIELD_RULES: dict[str, dict[str, Any]] = {
-    # NFKC form cannot be said in a pattern; the service checks it (ledger.check_user_id).
-    "user_id": {
-        "minLength": 1,
-        "maxLength": USER_ID_MAX_CHARS,
-        "pattern": f"^[^\\s{_CONTROL}{_FORMAT}]+$",
-    },
-    "amount": {"minimum": CREDIT_AMOUNT_MIN, "maximum": CREDIT_AMOUNT_MAX},
-    "initial_credits": {"minimum": 0, "maximum": CREDIT_AMOUNT_MAX},
-    "token": {"minLength": 1, "maxLength": TOKEN_MAX_CHARS, "pattern": "\\S"},
-    "reason": {
-        "maxLength": REASON_MAX_CHARS,
-        "pattern": "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$",
-    },
-    "request_id": {"maxLength": REQUEST_ID_MAX_CHARS, "pattern": _NO_CONTROL},
-    "page_size": {"minimum": 0},
-}
-# Fields a request cannot do without (proto3 cannot say so; the service refuses them empty).
-_REQUIRED_FIELDS = frozenset({"user_id", "amount", "token"})
 # Accepted but not advertised: legacy shapes carry no next_page_token, so over HTTP a caller
 # never holds a token to pass. (A field with a legacy alias is advertised under the alias.)
 _UNADVERTISED_QUERY = frozenset({"page_token"})
@@ -215,7 +183,7 @@ def _request_schema(request: Descriptor, route: Route) -> dict[str, Any]:
         properties[field.json_name] = _field_schema(field)
         if field.has_presence:
             properties[field.json_name]["nullable"] = True  # null means "not given"
-        elif field.name in _REQUIRED_FIELDS:
+        elif is_required(field):
             required.append(field.json_name)
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
@@ -225,14 +193,15 @@ def _request_schema(request: Descriptor, route: Route) -> dict[str, Any]:
 
 def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
     schema = scalar_schema(field)
-    schema.update(_FIELD_RULES.get(field.name, {}))
+    # The limits are the protos' buf.validate annotations, which the service enforces.
+    schema.update(rules_schema(field))
     if field.enum_type is not None:
         # A request names an enum value as protobuf's JSON mapping does: by its full name.
         schema["enum"] = [value.name for value in field.enum_type.values]
     if field.type in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32):
         schema.setdefault("maximum", 2**31 - 1)
     if field.is_repeated:
-        return {"type": "array", "items": schema}
+        return {"type": "array", "items": schema, **list_schema(field)}
     return schema
 
 

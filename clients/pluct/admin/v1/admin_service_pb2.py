@@ -22,19 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from pluct import _validate_rules as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from pluct.api.v1 import auth_pb2 as pluct_dot_api_dot_v1_dot_auth__pb2
 from pluct.credit.v1 import ledger_pb2 as pluct_dot_credit_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pluct/admin/v1/admin_service.proto\x12\x0epluct.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"\xc1\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x19\n\x11transaction_count\x18\x03 \x01(\x03\x12\x13\n\x0btotal_spent\x18\x04 \x01(\x03\x12\x36\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12(\n\x05order\x18\x03 \x01(\x0e\x32\x19.pluct.admin.v1.UserOrder\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.pluct.admin.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x93\x01\n\x17ListTransactionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x07user_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x12/\n\x05order\x18\x04 \x01(\x0e\x32 .pluct.admin.v1.TransactionOrderB\n\n\x08_user_id\"g\n\x18ListTransactionsResponse\x12\x32\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"h\n\x11\x41\x64\x64\x43reditsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x13\n\x06reason\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\t\n\x07_reason\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\"\xac\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"3\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\"O\n\x14\x43reateApiKeyResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\'\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\";\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.pluct.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"?\n\x14RevokeApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\"A\n\x13RevokeTokensRequest\x12\r\n\x03jti\x18\x01 \x01(\tH\x00\x12\x11\n\x07user_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"x\n\x14RevokeTokensResponse\x12/\n\x0brevoke_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12\x41uditLedgerRequest\"]\n\x13\x41uditLedgerResponse\x12\x15\n\rusers_checked\x18\x01 \x01(\x03\x12/\n\x08problems\x18\x02 \x03(\x0b\x32\x1d.pluct.admin.v1.LedgerProblem\"W\n\rLedgerProblem\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x12\n\nledger_sum\x18\x03 \x01(\x03\x12\x10\n\x08\x66indings\x18\x04 \x03(\t*d\n\tUserOrder\x12\x1a\n\x16USER_ORDER_UNSPECIFIED\x10\x00\x12\x1b\n\x17USER_ORDER_NEWEST_FIRST\x10\x01\x12\x1e\n\x1aUSER_ORDER_RECENT_ACTIVITY\x10\x02*}\n\x10TransactionOrder\x12!\n\x1dTRANSACTION_ORDER_UNSPECIFIED\x10\x00\x12\"\n\x1eTRANSACTION_ORDER_NEWEST_FIRST\x10\x01\x12\"\n\x1eTRANSACTION_ORDER_OLDEST_FIRST\x10\x02\x32\x8f\x07\n\x0c\x41\x64minService\x12u\n\tListUsers\x12 .pluct.admin.v1.ListUsersRequest\x1a!.pluct.admin.v1.ListUsersResponse\"#\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x15\x12\x0c/admin/usersb\x05users\x12\x98\x01\n\x10ListTransactions\x12\'.pluct.admin.v1.ListTransactionsRequest\x1a(.pluct.admin.v1.ListTransactionsResponse\"1\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02#\x12\x13/admin/transactionsb\x0ctransactions\x12z\n\nAddCredits\x12!.pluct.admin.v1.AddCreditsRequest\x1a\".pluct.admin.v1.AddCreditsResponse\"%\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x17\"\x12/admin/credits/add:\x01*\x12\x63\n\x0c\x43reateApiKey\x12#.pluct.admin.v1.CreateApiKeyRequest\x1a$.pluct.admin.v1.CreateApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12`\n\x0bListApiKeys\x12\".pluct.admin.v1.ListApiKeysRequest\x1a#.pluct.admin.v1.ListApiKeysResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeApiKey\x12#.pluct.admin.v1.RevokeApiKeyRequest\x1a$.pluct.admin.v1.RevokeApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeTokens\x12#.pluct.admin.v1.RevokeTokensRequest\x1a$.pluct.admin.v1.RevokeTokensResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12`\n\x0b\x41uditLedger\x12\".pluct.admin.v1.AuditLedgerRequest\x1a#.pluct.admin.v1.AuditLedgerResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pluct/admin/v1/admin_service.proto\x12\x0epluct.admin.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"\xc1\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x19\n\x11transaction_count\x18\x03 \x01(\x03\x12\x13\n\x0btotal_spent\x18\x04 \x01(\x03\x12\x36\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\x10ListUsersRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x05order\x18\x03 \x01(\x0e\x32\x19.pluct.admin.v1.UserOrderB\x08\xbaH\x05\x82\x01\x02\x10\x01\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.pluct.admin.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xca\x01\n\x17ListTransactionsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x07user_id\x18\x03 \x01(\tB\"\xbaH\x1fr\x1d\x10\x01\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$H\x00\x88\x01\x01\x12\x39\n\x05order\x18\x04 \x01(\x0e\x32 .pluct.admin.v1.TransactionOrderB\x08\xbaH\x05\x82\x01\x02\x10\x01\x42\n\n\x08_user_id\"g\n\x18ListTransactionsResponse\x12\x32\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe6\x01\n\x11\x41\x64\x64\x43reditsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\x06\x61mount\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x01\x12H\n\x06reason\x18\x03 \x01(\tB3\xbaH0r.\x18\xf4\x03\x32)^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$H\x00\x88\x01\x01\x12*\n\nrequest_id\x18\x04 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$B\t\n\x07_reason\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\"\xac\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"\x87\x01\n\x13\x43reateApiKeyRequest\x12V\n\x04name\x18\x01 \x01(\tBH\xbaHEr@\x18\x64\x32<^[^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*\\S[^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*$\xc8\x01\x01\x12\x18\n\x06scopes\x18\x02 \x03(\tB\x08\xbaH\x05\x92\x01\x02\x08\x01\"O\n\x14\x43reateApiKeyResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\'\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\"D\n\x12ListApiKeysRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.pluct.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13RevokeApiKeyRequest\x12%\n\x06key_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x32\x0e^[0-9a-f]{16}$\"?\n\x14RevokeApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\"\x91\x01\n\x13RevokeTokensRequest\x12\x32\n\x03jti\x18\x01 \x01(\tB#\xbaH r\x1e\x10\x01\x18\x80\x01\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]+$H\x00\x12\x35\n\x07user_id\x18\x02 \x01(\tB\"\xbaH\x1fr\x1d\x10\x01\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$H\x00\x42\x0f\n\x06target\x12\x05\xbaH\x02\x08\x01\"x\n\x14RevokeTokensResponse\x12/\n\x0brevoke_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12\x41uditLedgerRequest\"]\n\x13\x41uditLedgerResponse\x12\x15\n\rusers_checked\x18\x01 \x01(\x03\x12/\n\x08problems\x18\x02 \x03(\x0b\x32\x1d.pluct.admin.v1.LedgerProblem\"W\n\rLedgerProblem\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x12\n\nledger_sum\x18\x03 \x01(\x03\x12\x10\n\x08\x66indings\x18\x04 \x03(\t*d\n\tUserOrder\x12\x1a\n\x16USER_ORDER_UNSPECIFIED\x10\x00\x12\x1b\n\x17USER_ORDER_NEWEST_FIRST\x10\x01\x12\x1e\n\x1aUSER_ORDER_RECENT_ACTIVITY\x10\x02*}\n\x10TransactionOrder\x12!\n\x1dTRANSACTION_ORDER_UNSPECIFIED\x10\x00\x12\"\n\x1eTRANSACTION_ORDER_NEWEST_FIRST\x10\x01\x12\"\n\x1eTRANSACTION_ORDER_OLDEST_FIRST\x10\x02\x32\x8f\x07\n\x0c\x41\x64minService\x12u\n\tListUsers\x12 .pluct.admin.v1.ListUsersRequest\x1a!.pluct.admin.v1.ListUsersResponse\"#\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x15\x12\x0c/admin/usersb\x05users\x12\x98\x01\n\x10ListTransactions\x12\'.pluct.admin.v1.ListTransactionsRequest\x1a(.pluct.admin.v1.ListTransactionsResponse\"1\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02#\x12\x13/admin/transactionsb\x0ctransactions\x12z\n\nAddCredits\x12!.pluct.admin.v1.AddCreditsRequest\x1a\".pluct.admin.v1.AddCreditsResponse\"%\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x17\"\x12/admin/credits/add:\x01*\x12\x63\n\x0c\x43reateApiKey\x12#.pluct.admin.v1.CreateApiKeyRequest\x1a$.pluct.admin.v1.CreateApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12`\n\x0bListApiKeys\x12\".pluct.admin.v1.ListApiKeysRequest\x1a#.pluct.admin.v1.ListApiKeysResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeApiKey\x12#.pluct.admin.v1.RevokeApiKeyRequest\x1a$.pluct.admin.v1.RevokeApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeTokens\x12#.pluct.admin.v1.RevokeTokensRequest\x1a$.pluct.admin.v1.RevokeTokensResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12`\n\x0b\x41uditLedger\x12\".pluct.admin.v1.AuditLedgerRequest\x1a#.pluct.admin.v1.AuditLedgerResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pluct.admin.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTUSERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTUSERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTUSERSREQUEST'].fields_by_name['order']._loaded_options = None
+  _globals['_LISTUSERSREQUEST'].fields_by_name['order']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\037r\035\020\001\030d2\027^[^\\p{Cc}\\p{Cf}\\p{Z}]*$'
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['order']._loaded_options = None
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['order']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H r\033\030d2\027^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\310\001\001'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['amount']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['amount']._serialized_options = b'\272H\007\"\005\030\220N(\001'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['reason']._serialized_options = b'\272H0r.\030\364\0032)^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\023r\021\030\200\0012\014^[^\\p{Cc}]*$'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\272HEr@\030d2<^[^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*\\S[^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*$\310\001\001'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['scopes']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['scopes']._serialized_options = b'\272H\005\222\001\002\010\001'
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._loaded_options = None
+  _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\272H\022r\0202\016^[0-9a-f]{16}$'
+  _globals['_REVOKETOKENSREQUEST'].oneofs_by_name['target']._loaded_options = None
+  _globals['_REVOKETOKENSREQUEST'].oneofs_by_name['target']._serialized_options = b'\272H\002\010\001'
+  _globals['_REVOKETOKENSREQUEST'].fields_by_name['jti']._loaded_options = None
+  _globals['_REVOKETOKENSREQUEST'].fields_by_name['jti']._serialized_options = b'\272H r\036\020\001\030\200\0012\027^[^\\p{Cc}\\p{Cf}\\p{Z}]+$'
+  _globals['_REVOKETOKENSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_REVOKETOKENSREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\037r\035\020\001\030d2\027^[^\\p{Cc}\\p{Cf}\\p{Z}]*$'
   _globals['_ADMINSERVICE'].methods_by_name['ListUsers']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\322\363\030\004\010\006\020\003\202\323\344\223\002\025\022\014/admin/usersb\005users'
   _globals['_ADMINSERVICE'].methods_by_name['ListTransactions']._loaded_options = None
@@ -51,48 +84,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINSERVICE'].methods_by_name['RevokeTokens']._serialized_options = b'\322\363\030\004\010\006\020\003'
   _globals['_ADMINSERVICE'].methods_by_name['AuditLedger']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['AuditLedger']._serialized_options = b'\322\363\030\004\010\006\020\003'
-  _globals['_USERORDER']._serialized_start=1932
-  _globals['_USERORDER']._serialized_end=2032
-  _globals['_TRANSACTIONORDER']._serialized_start=2034
-  _globals['_TRANSACTIONORDER']._serialized_end=2159
-  _globals['_USER']._serialized_start=173
-  _globals['_USER']._serialized_end=366
-  _globals['_LISTUSERSREQUEST']._serialized_start=368
-  _globals['_LISTUSERSREQUEST']._serialized_end=467
-  _globals['_LISTUSERSRESPONSE']._serialized_start=469
-  _globals['_LISTUSERSRESPONSE']._serialized_end=550
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=553
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=700
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=702
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=805
-  _globals['_ADDCREDITSREQUEST']._serialized_start=807
-  _globals['_ADDCREDITSREQUEST']._serialized_end=911
-  _globals['_ADDCREDITSRESPONSE']._serialized_start=913
-  _globals['_ADDCREDITSRESPONSE']._serialized_end=971
-  _globals['_APIKEY']._serialized_start=974
-  _globals['_APIKEY']._serialized_end=1146
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1148
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1199
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1201
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1280
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1282
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1341
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1343
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1431
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1433
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1470
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1472
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1535
-  _globals['_REVOKETOKENSREQUEST']._serialized_start=1537
-  _globals['_REVOKETOKENSREQUEST']._serialized_end=1602
-  _globals['_REVOKETOKENSRESPONSE']._serialized_start=1604
-  _globals['_REVOKETOKENSRESPONSE']._serialized_end=1724
-  _globals['_AUDITLEDGERREQUEST']._serialized_start=1726
-  _globals['_AUDITLEDGERREQUEST']._serialized_end=1746
-  _globals['_AUDITLEDGERRESPONSE']._serialized_start=1748
-  _globals['_AUDITLEDGERRESPONSE']._serialized_end=1841
-  _globals['_LEDGERPROBLEM']._serialized_start=1843
-  _globals['_LEDGERPROBLEM']._serialized_end=1930
-  _globals['_ADMINSERVICE']._serialized_start=2162
-  _globals['_ADMINSERVICE']._serialized_end=3073
+  _globals['_USERORDER']._serialized_start=2360
+  _globals['_USERORDER']._serialized_end=2460
+  _globals['_TRANSACTIONORDER']._serialized_start=2462
+  _globals['_TRANSACTIONORDER']._serialized_end=2587
+  _globals['_USER']._serialized_start=202
+  _globals['_USER']._serialized_end=395
+  _globals['_LISTUSERSREQUEST']._serialized_start=397
+  _globals['_LISTUSERSREQUEST']._serialized_end=515
+  _globals['_LISTUSERSRESPONSE']._serialized_start=517
+  _globals['_LISTUSERSRESPONSE']._serialized_end=598
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=601
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=803
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=805
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=908
+  _globals['_ADDCREDITSREQUEST']._serialized_start=911
+  _globals['_ADDCREDITSREQUEST']._serialized_end=1141
+  _globals['_ADDCREDITSRESPONSE']._serialized_start=1143
+  _globals['_ADDCREDITSRESPONSE']._serialized_end=1201
+  _globals['_APIKEY']._serialized_start=1204
+  _globals['_APIKEY']._serialized_end=1376
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1379
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1514
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1516
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1595
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1597
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1665
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1667
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1755
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1757
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1817
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1819
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1882
+  _globals['_REVOKETOKENSREQUEST']._serialized_start=1885
+  _globals['_REVOKETOKENSREQUEST']._serialized_end=2030
+  _globals['_REVOKETOKENSRESPONSE']._serialized_start=2032
+  _globals['_REVOKETOKENSRESPONSE']._serialized_end=2152
+  _globals['_AUDITLEDGERREQUEST']._serialized_start=2154
+  _globals['_AUDITLEDGERREQUEST']._serialized_end=2174
+  _globals['_AUDITLEDGERRESPONSE']._serialized_start=2176
+  _globals['_AUDITLEDGERRESPONSE']._serialized_end=2269
+  _globals['_LEDGERPROBLEM']._serialized_start=2271
+  _globals['_LEDGERPROBLEM']._serialized_end=2358
+  _globals['_ADMINSERVICE']._serialized_start=2590
+  _globals['_ADMINSERVICE']._serialized_end=3501
 # @@protoc_insertion_point(module_scope)

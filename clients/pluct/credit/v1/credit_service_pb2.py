@@ -22,19 +22,40 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from pluct import _validate_rules as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from pluct.api.v1 import auth_pb2 as pluct_dot_api_dot_v1_dot_auth__pb2
 from pluct.credit.v1 import ledger_pb2 as pluct_dot_credit_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pluct/credit/v1/credit_service.proto\x12\x0fpluct.credit.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"Q\n\x11\x43reateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_credits\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\">\n\x12\x43reateUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_balance\x18\x02 \x01(\x03\"$\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"e\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12-\n\tread_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x17ListTransactionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"x\n\x18ListTransactionsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x32\n\x0ctransactions\x18\x02 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"Z\n\x11\x41\x64\x64\x43reditsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\x32\x97\x04\n\rCreditService\x12v\n\nCreateUser\x12\".pluct.credit.v1.CreateUserRequest\x1a#.pluct.credit.v1.CreateUserResponse\"\x1f\xd2\xf3\x18\x04\x08\x01\x10\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/user/create:\x01*\x12~\n\nGetBalance\x12\".pluct.credit.v1.GetBalanceRequest\x1a#.pluct.credit.v1.GetBalanceResponse\"\'\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/user/{user_id}/balance\x12\x95\x01\n\x10ListTransactions\x12(.pluct.credit.v1.ListTransactionsRequest\x1a).pluct.credit.v1.ListTransactionsResponse\",\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x1e\x12\x1c/user/{user_id}/transactions\x12v\n\nAddCredits\x12\".pluct.credit.v1.AddCreditsRequest\x1a#.pluct.credit.v1.AddCreditsResponse\"\x1f\xd2\xf3\x18\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02\x11\"\x0c/add-credits:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pluct/credit/v1/credit_service.proto\x12\x0fpluct.credit.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"\x9a\x01\n\x11\x43reateUserRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12#\n\x0finitial_credits\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x00\x12*\n\nrequest_id\x18\x03 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\">\n\x12\x43reateUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_balance\x18\x02 \x01(\x03\"I\n\x11GetBalanceRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\"e\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12-\n\tread_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x7f\n\x17ListTransactionsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"x\n\x18ListTransactionsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x32\n\x0ctransactions\x18\x02 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xbb\x01\n\x11\x41\x64\x64\x43reditsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\x06\x61mount\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x01\x12*\n\nrequest_id\x18\x03 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\x12(\n\x08\x65vent_id\x18\x04 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\x32\x97\x04\n\rCreditService\x12v\n\nCreateUser\x12\".pluct.credit.v1.CreateUserRequest\x1a#.pluct.credit.v1.CreateUserResponse\"\x1f\xd2\xf3\x18\x04\x08\x01\x10\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/user/create:\x01*\x12~\n\nGetBalance\x12\".pluct.credit.v1.GetBalanceRequest\x1a#.pluct.credit.v1.GetBalanceResponse\"\'\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/user/{user_id}/balance\x12\x95\x01\n\x10ListTransactions\x12(.pluct.credit.v1.ListTransactionsRequest\x1a).pluct.credit.v1.ListTransactionsResponse\",\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x1e\x12\x1c/user/{user_id}/transactions\x12v\n\nAddCredits\x12\".pluct.credit.v1.AddCreditsRequest\x1a#.pluct.credit.v1.AddCreditsResponse\"\x1f\xd2\xf3\x18\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02\x11\"\x0c/add-credits:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pluct.credit.v1.credit_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CREATEUSERREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_CREATEUSERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H r\033\030d2\027^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\310\001\001'
+  _globals['_CREATEUSERREQUEST'].fields_by_name['initial_credits']._loaded_options = None
+  _globals['_CREATEUSERREQUEST'].fields_by_name['initial_credits']._serialized_options = b'\272H\007\"\005\030\220N(\000'
+  _globals['_CREATEUSERREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATEUSERREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\023r\021\030\200\0012\014^[^\\p{Cc}]*$'
+  _globals['_GETBALANCEREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_GETBALANCEREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H r\033\030d2\027^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\310\001\001'
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H r\033\030d2\027^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\310\001\001'
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTTRANSACTIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H r\033\030d2\027^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\310\001\001'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['amount']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['amount']._serialized_options = b'\272H\007\"\005\030\220N(\001'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\023r\021\030\200\0012\014^[^\\p{Cc}]*$'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['event_id']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['event_id']._serialized_options = b'\272H\023r\021\030\200\0012\014^[^\\p{Cc}]*$'
   _globals['_CREDITSERVICE'].methods_by_name['CreateUser']._loaded_options = None
   _globals['_CREDITSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\322\363\030\004\010\001\020\001\202\323\344\223\002\021\"\014/user/create:\001*'
   _globals['_CREDITSERVICE'].methods_by_name['GetBalance']._loaded_options = None
@@ -43,22 +64,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREDITSERVICE'].methods_by_name['ListTransactions']._serialized_options = b'\322\363\030\004\010\002\020\001\202\323\344\223\002\036\022\034/user/{user_id}/transactions'
   _globals['_CREDITSERVICE'].methods_by_name['AddCredits']._loaded_options = None
   _globals['_CREDITSERVICE'].methods_by_name['AddCredits']._serialized_options = b'\322\363\030\004\010\003\020\002\202\323\344\223\002\021\"\014/add-credits:\001*'
-  _globals['_CREATEUSERREQUEST']._serialized_start=175
-  _globals['_CREATEUSERREQUEST']._serialized_end=256
-  _globals['_CREATEUSERRESPONSE']._serialized_start=258
-  _globals['_CREATEUSERRESPONSE']._serialized_end=320
-  _globals['_GETBALANCEREQUEST']._serialized_start=322
-  _globals['_GETBALANCEREQUEST']._serialized_end=358
-  _globals['_GETBALANCERESPONSE']._serialized_start=360
-  _globals['_GETBALANCERESPONSE']._serialized_end=461
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=463
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=544
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=546
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=666
-  _globals['_ADDCREDITSREQUEST']._serialized_start=668
-  _globals['_ADDCREDITSREQUEST']._serialized_end=758
-  _globals['_ADDCREDITSRESPONSE']._serialized_start=760
-  _globals['_ADDCREDITSRESPONSE']._serialized_end=818
-  _globals['_CREDITSERVICE']._serialized_start=821
-  _globals['_CREDITSERVICE']._serialized_end=1356
+  _globals['_CREATEUSERREQUEST']._serialized_start=205
+  _globals['_CREATEUSERREQUEST']._serialized_end=359
+  _globals['_CREATEUSERRESPONSE']._serialized_start=361
+  _globals['_CREATEUSERRESPONSE']._serialized_end=423
+  _globals['_GETBALANCEREQUEST']._serialized_start=425
+  _globals['_GETBALANCEREQUEST']._serialized_end=498
+  _globals['_GETBALANCERESPONSE']._serialized_start=500
+  _globals['_GETBALANCERESPONSE']._serialized_end=601
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=603
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=730
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=732
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=852
+  _globals['_ADDCREDITSREQUEST']._serialized_start=855
+  _globals['_ADDCREDITSREQUEST']._serialized_end=1042
+  _globals['_ADDCREDITSRESPONSE']._serialized_start=1044
+  _globals['_ADDCREDITSRESPONSE']._serialized_end=1102
+  _globals['_CREDITSERVICE']._serialized_start=1105
+  _globals['_CREDITSERVICE']._serialized_end=1640
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from pluct import _validate_rules as _validate_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from pluct.api.v1 import auth_pb2 as _auth_pb2

@@ -4,6 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -16,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/credit/v1/credit_service.proto.
  */
 export const file_pluct_credit_v1_credit_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRwbHVjdC9jcmVkaXQvdjEvY3JlZGl0X3NlcnZpY2UucHJvdG8SD3BsdWN0LmNyZWRpdC52MSJRChFDcmVhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhcKD2luaXRpYWxfY3JlZGl0cxgCIAEoAxISCgpyZXF1ZXN0X2lkGAMgASgJIj4KEkNyZWF0ZVVzZXJSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhcKD2luaXRpYWxfYmFsYW5jZRgCIAEoAyIkChFHZXRCYWxhbmNlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJImUKEkdldEJhbGFuY2VSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSLQoJcmVhZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJRChdMaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIngKGExpc3RUcmFuc2FjdGlvbnNSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEjIKDHRyYW5zYWN0aW9ucxgCIAMoCzIcLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiWgoRQWRkQ3JlZGl0c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSEgoKcmVxdWVzdF9pZBgDIAEoCRIQCghldmVudF9pZBgEIAEoCSI6ChJBZGRDcmVkaXRzUmVzcG9uc2USDwoHdXNlcl9pZBgBIAEoCRITCgtuZXdfYmFsYW5jZRgCIAEoAzKXBAoNQ3JlZGl0U2VydmljZRJ2CgpDcmVhdGVVc2VyEiIucGx1Y3QuY3JlZGl0LnYxLkNyZWF0ZVVzZXJSZXF1ZXN0GiMucGx1Y3QuY3JlZGl0LnYxLkNyZWF0ZVVzZXJSZXNwb25zZSIf0vMYBAgBEAGC0+STAhE6ASoiDC91c2VyL2NyZWF0ZRJ+CgpHZXRCYWxhbmNlEiIucGx1Y3QuY3JlZGl0LnYxLkdldEJhbGFuY2VSZXF1ZXN0GiMucGx1Y3QuY3JlZGl0LnYxLkdldEJhbGFuY2VSZXNwb25zZSIn0vMYBAgCEAGC0+STAhkSFy91c2VyL3t1c2VyX2lkfS9iYWxhbmNlEpUBChBMaXN0VHJhbnNhY3Rpb25zEigucGx1Y3QuY3JlZGl0LnYxLkxpc3RUcmFuc2FjdGlvbnNSZXF1ZXN0GikucGx1Y3QuY3JlZGl0LnYxLkxpc3RUcmFuc2FjdGlvbnNSZXNwb25zZSIs0vMYBAgCEAGC0+STAh4SHC91c2VyL3t1c2VyX2lkfS90cmFuc2FjdGlvbnMSdgoKQWRkQ3JlZGl0cxIiLnBsdWN0LmNyZWRpdC52MS5BZGRDcmVkaXRzUmVxdWVzdBojLnBsdWN0LmNyZWRpdC52MS5BZGRDcmVkaXRzUmVzcG9uc2UiH9LzGAQIAxACgtPkkwIROgEqIgwvYWRkLWNyZWRpdHNiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth, file_pluct_credit_v1_ledger]);
+  fileDesc("CiRwbHVjdC9jcmVkaXQvdjEvY3JlZGl0X3NlcnZpY2UucHJvdG8SD3BsdWN0LmNyZWRpdC52MSKaAQoRQ3JlYXRlVXNlclJlcXVlc3QSNAoHdXNlcl9pZBgBIAEoCUIjukggyAEBchsYZDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiQSIwoPaW5pdGlhbF9jcmVkaXRzGAIgASgDQgq6SAciBRiQTigAEioKCnJlcXVlc3RfaWQYAyABKAlCFrpIE3IRGIABMgxeW15ccHtDY31dKiQiPgoSQ3JlYXRlVXNlclJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSFwoPaW5pdGlhbF9iYWxhbmNlGAIgASgDIkkKEUdldEJhbGFuY2VSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokImUKEkdldEJhbGFuY2VSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSLQoJcmVhZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ/ChdMaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBI0Cgd1c2VyX2lkGAEgASgJQiO6SCDIAQFyGxhkMhdeW15ccHtDY31ccHtDZn1ccHtafV0qJBIaCglwYWdlX3NpemUYAiABKAVCB7pIBBoCKAASEgoKcGFnZV90b2tlbhgDIAEoCSJ4ChhMaXN0VHJhbnNhY3Rpb25zUmVzcG9uc2USDwoHdXNlcl9pZBgBIAEoCRIyCgx0cmFuc2FjdGlvbnMYAiADKAsyHC5wbHVjdC5jcmVkaXQudjEuVHJhbnNhY3Rpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIrsBChFBZGRDcmVkaXRzUmVxdWVzdBI0Cgd1c2VyX2lkGAEgASgJQiO6SCDIAQFyGxhkMhdeW15ccHtDY31ccHtDZn1ccHtafV0qJBIaCgZhbW91bnQYAiABKANCCrpIByIFGJBOKAESKgoKcmVxdWVzdF9pZBgDIAEoCUIWukgTchEYgAEyDF5bXlxwe0NjfV0qJBIoCghldmVudF9pZBgEIAEoCUIWukgTchEYgAEyDF5bXlxwe0NjfV0qJCI6ChJBZGRDcmVkaXRzUmVzcG9uc2USDwoHdXNlcl9pZBgBIAEoCRITCgtuZXdfYmFsYW5jZRgCIAEoAzKXBAoNQ3JlZGl0U2VydmljZRJ2CgpDcmVhdGVVc2VyEiIucGx1Y3QuY3JlZGl0LnYxLkNyZWF0ZVVzZXJSZXF1ZXN0GiMucGx1Y3QuY3JlZGl0LnYxLkNyZWF0ZVVzZXJSZXNwb25zZSIf0vMYBAgBEAGC0+STAhE6ASoiDC91c2VyL2NyZWF0ZRJ+CgpHZXRCYWxhbmNlEiIucGx1Y3QuY3JlZGl0LnYxLkdldEJhbGFuY2VSZXF1ZXN0GiMucGx1Y3QuY3JlZGl0LnYxLkdldEJhbGFuY2VSZXNwb25zZSIn0vMYBAgCEAGC0+STAhkSFy91c2VyL3t1c2VyX2lkfS9iYWxhbmNlEpUBChBMaXN0VHJhbnNhY3Rpb25zEigucGx1Y3QuY3JlZGl0LnYxLkxpc3RUcmFuc2FjdGlvbnNSZXF1ZXN0GikucGx1Y3QuY3JlZGl0LnYxLkxpc3RUcmFuc2FjdGlvbnNSZXNwb25zZSIs0vMYBAgCEAGC0+STAh4SHC91c2VyL3t1c2VyX2lkfS90cmFuc2FjdGlvbnMSdgoKQWRkQ3JlZGl0cxIiLnBsdWN0LmNyZWRpdC52MS5BZGRDcmVkaXRzUmVxdWVzdBojLnBsdWN0LmNyZWRpdC52MS5BZGRDcmVkaXRzUmVzcG9uc2UiH9LzGAQIAxACgtPkkwIROgEqIgwvYWRkLWNyZWRpdHNiBnByb3RvMw", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth, file_pluct_credit_v1_ledger]);
 
 /**
  * CreateUserRequest names the new user and its initial grant.
@@ -25,7 +26,7 @@ export const file_pluct_credit_v1_credit_service: GenFile = /*@__PURE__*/
  */
 export type CreateUserRequest = Message<"pluct.credit.v1.CreateUserRequest"> & {
   /**
-   * user_id is the new user's id: 1 to 100 characters in Unicode NFKC form, no control, format or whitespace characters.
+   * user_id is the new user's id, in Unicode NFKC form (which no annotation can say; the service checks it).
    *
    * @generated from field: string user_id = 1;
    */
@@ -151,7 +152,7 @@ export type ListTransactionsRequest = Message<"pluct.credit.v1.ListTransactionsR
   userId: string;
 
   /**
-   * page_size is the most entries to return: 0 means 50, above 100 means 100, negative is invalid.
+   * page_size is the most entries to return: 0 means 50, above 100 means 100.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -221,7 +222,7 @@ export type AddCreditsRequest = Message<"pluct.credit.v1.AddCreditsRequest"> & {
   userId: string;
 
   /**
-   * amount is the number of credits bought, 1 to 10000.
+   * amount is the number of credits bought.
    *
    * @generated from field: int64 amount = 2;
    */
