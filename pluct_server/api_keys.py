@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pluct.admin.v1 import admin_service_pb2 as admin_pb
+
 from pluct_server.callers import check_scopes
 from pluct_server.errors import InvalidArgument, NotFound
+from pluct_server.field_rules import is_valid
 from pluct_server.key_secrets import hash_secret, key_id_of, new_secret
 from pluct_server.models import ApiKeyRecord
 from pluct_server.pagination import (
@@ -23,7 +25,6 @@ from pluct_server.store.api_key_store import ApiKeyStore
 
 _LOGGER = logging.getLogger(__name__)
 
-_KEY_ID = re.compile(r"[0-9a-f]{16}\Z")
 KEYS_PAGE = (100, 1000)  # (default, maximum)
 
 
@@ -74,7 +75,9 @@ class ApiKeys:
         """Return one page of keys, newest first, revoked ones included."""
         size = clamp_page_size(page_size, *KEYS_PAGE)
         position = decode_page_token(page_token, "api_keys", None)
-        after = time_and_name_position(position, lambda key_id: bool(_KEY_ID.match(key_id)))
+        after = time_and_name_position(
+            position, lambda key_id: is_valid(admin_pb.RevokeApiKeyRequest(key_id=key_id))
+        )
         rows = await self._store.page(size + 1, after)
         token = ""
         if len(rows) > size:

@@ -15,7 +15,6 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from pluct import _validate_rules  # noqa: F401  (registers buf/validate/validate.proto)
-from pluct.credit.v1 import credit_service_pb2
 
 from pluct_server.errors import FieldViolation, InvalidArgument
 
@@ -41,10 +40,10 @@ def check_fields(request: Message) -> None:
         raise InvalidArgument.of(violations)
 
 
-def is_user_id(text: str) -> bool:
-    """Return whether `text` is a valid user id (for ids that arrive inside page tokens)."""
+def is_valid(request: Message) -> bool:
+    """Return whether `request` keeps every rule (for values that arrive inside page tokens)."""
     try:
-        check_fields(credit_service_pb2.GetBalanceRequest(user_id=text))
+        check_fields(request)
     except InvalidArgument:
         return False
     return True

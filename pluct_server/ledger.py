@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pluct.credit.v1 import credit_service_pb2 as credit_pb
+
 from pluct_server.callers import ANONYMOUS_ID, Caller
 from pluct_server.errors import (
     AlreadyExists,
@@ -17,7 +19,7 @@ from pluct_server.errors import (
     RequestIdReused,
     Unauthenticated,
 )
-from pluct_server.field_rules import is_user_id
+from pluct_server.field_rules import is_valid
 from pluct_server.limits import SIGNUP as LIMIT_SIGNUP
 from pluct_server.limits import VEND as LIMIT_VEND
 from pluct_server.limits import Limiter, retry_after_seconds
@@ -335,7 +337,9 @@ class Ledger:
         """Return one page of users, newest first: create time and user id never change."""
         size = clamp_page_size(page_size, *USERS_PAGE)
         position = decode_page_token(page_token, USERS_LISTING, None)
-        after = time_and_name_position(position, is_user_id)
+        after = time_and_name_position(
+            position, lambda name: is_valid(credit_pb.GetBalanceRequest(user_id=name))
+        )
         rows = await self._store.users(size + 1, after)
         token = ""
         if len(rows) > size:
