@@ -78,6 +78,9 @@ class Gateway:
             # After refusing a body, drain what is in flight only briefly (aiohttp waits 10 s),
             # so a client that keeps dripping cannot keep the connection.
             lingering_time=_LINGER_SECONDS,
+            # Our own access line covers each request (access.py); aiohttp's would repeat it,
+            # user ids in paths included, and ignore PLUCT_ACCESS_LOG.
+            access_log=None,
         )
         self._runner = web.ServerRunner(server, handle_signals=False)
         try:
