@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 UNKNOWN = "-"
@@ -48,6 +49,8 @@ def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Netwo
     return hops[0] if hops else peer
 
 
+# Asked on every call (the blocked-address check, the limits): parsing costs ~4 us, a hit 0.1.
+@lru_cache(maxsize=4096)
 def limit_subject(address: str) -> str:
     """Return what limits count an address as: IPv6 by its /64, which one customer holds whole."""
     parsed = _address(address)
