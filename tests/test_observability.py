@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import urllib.request
@@ -51,12 +52,24 @@ def handled(method: str, code: str, service: str = "pluct.token.v1.TokenService"
     return ("grpc_server_handled_total", tuple(sorted({**labels, "grpc_code": code}.items())))
 
 
-def access_lines(caplog: pytest.LogCaptureFixture, request_id: str) -> list[dict[str, object]]:
-    return [
-        record.fields  # type: ignore[attr-defined]
-        for record in caplog.records
-        if record.name == ACCESS and record.fields["request_id"] == request_id  # type: ignore[attr-defined]
-    ]
+async def access_lines(
+    caplog: pytest.LogCaptureFixture, request_id: str
+) -> list[dict[str, object]]:
+    """Return a call's access lines, once there are any (a hang guard, not a timing claim).
+
+    The server writes the line as its handler finishes, which can be just after the client has
+    its answer.
+    """
+    for _ in range(500):
+        lines = [
+            record.fields  # type: ignore[attr-defined]
+            for record in caplog.records
+            if record.name == ACCESS and record.fields["request_id"] == request_id  # type: ignore[attr-defined]
+        ]
+        if lines:
+            return lines
+        await asyncio.sleep(0.01)
+    return []
 
 
 def header(reply, name: str) -> str:
@@ -83,7 +96,7 @@ async def test_a_grpc_call_writes_one_access_line_and_echoes_its_request_id(
     vended = await call
     trailers = dict(await call.trailing_metadata())
 
-    (line,) = access_lines(caplog, request_id)
+    (line,) = await access_lines(caplog, request_id)
     assert trailers["x-request-id"] == request_id
     assert line["method"] == "/pluct.token.v1.TokenService/VendToken"
     assert (line["code"], line["user_id"], line["protocol"]) == ("OK", user_id, "grpc")
@@ -106,7 +119,7 @@ async def test_a_refused_call_logs_its_code_and_still_returns_the_request_id(
             token_pb.VendTokenRequest(user_id=user_id), metadata=(("x-request-id", request_id),)
         )
 
-    (line,) = access_lines(caplog, request_id)
+    (line,) = await access_lines(caplog, request_id)
     assert line["code"] == "FAILED_PRECONDITION"
     assert dict(raised.value.trailing_metadata() or ())["x-request-id"] == request_id
 
@@ -219,13 +232,13 @@ async def test_an_http_request_is_logged_named_by_its_route_and_echoes_its_id(
 
     assert reply.status == 200
     assert header(reply, "X-Request-Id") == request_id
-    (line,) = access_lines(caplog, request_id)
+    (line,) = await access_lines(caplog, request_id)
     assert (line["protocol"], line["method"], line["code"]) == ("http", "POST /vend-token", "200")
     assert line["user_id"] == user_id
     assert reply.body["token"] not in caplog.text
     # A request without an id gets one, so its log lines can still be found.
     made = header(anonymous, "X-Request-Id")
-    assert made and len(access_lines(caplog, made)) == 1
+    assert made and len(await access_lines(caplog, made)) == 1
 
 
 async def test_http_metrics_name_routes_not_raw_paths(server, http):
