@@ -101,7 +101,7 @@ _GRANT_SOURCES = {EntryType.ADD_WEBHOOK: "payment", EntryType.ADMIN_ADD: "admin"
 
 
 class Ledger:
-    """Every rule about credits: validation, grants, spends, retries and reading history."""
+    """Every rule about credits: grants, spends, retries and reading history (fields: protos)."""
 
     def __init__(
         self,

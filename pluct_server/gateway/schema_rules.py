@@ -77,13 +77,30 @@ def ecma_pattern(pattern: str) -> str:
 def _category_ranges(category: str) -> str:
     r"""Return a class body (\uXXXX-\uXXXX...) of the BMP characters in a general category."""
     spans: list[tuple[int, int]] = []
-    for point in range(min(sys.maxunicode, 0xFFFF) + 1):
-        if unicodedata.category(chr(point)).startswith(category):
-            if spans and spans[-1][1] == point - 1:
-                spans[-1] = (spans[-1][0], point)
+    for first, last, name in _category_runs():
+        if name.startswith(category):
+            if spans and spans[-1][1] == first - 1:
+                spans[-1] = (spans[-1][0], last)
             else:
-                spans.append((point, point))
+                spans.append((first, last))
     return "".join(
         f"\\u{first:04x}" if first == last else f"\\u{first:04x}-\\u{last:04x}"
         for first, last in spans
     )
+
+
+@cache
+def _category_runs() -> tuple[tuple[int, int, str], ...]:
+    """Return the BMP as runs of code points of one general category: (first, last, category).
+
+    Read once, so each category asked for costs a pass over a few thousand runs rather than
+    65,536 look-ups (the document is built as a worker starts).
+    """
+    runs: list[tuple[int, int, str]] = []
+    for point in range(min(sys.maxunicode, 0xFFFF) + 1):
+        name = unicodedata.category(chr(point))
+        if runs and runs[-1][2] == name:
+            runs[-1] = (runs[-1][0], point, name)
+        else:
+            runs.append((point, point, name))
+    return tuple(runs)
