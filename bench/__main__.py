@@ -57,6 +57,9 @@ SPREAD_PROCESSES = 16
 # of max_connections: pgbench runs 256 in flight as 64 clients.
 PGBENCH_MAX_CLIENTS = 64
 SETTLE_SECONDS = 1.0
+# At half of peak, each of the 16 clients may have this many vends in flight: far more than
+# evenly spaced arrivals need, so a slow answer never holds back the next request.
+HALF_PEAK_IN_FLIGHT = 16
 # Every limit on, as in production, at rates this load never reaches: the counters are charged
 # on every call, so their cost is in every figure.
 SERVICE_SETTINGS = {
@@ -298,11 +301,11 @@ async def run(plan: Plan) -> Path:
         half = await measured(
             service,
             f"{VEND}, at half of peak",
-            64,
+            HALF_PEAK_IN_FLIGHT,
             h2load(
                 f"{grpc_url}/pluct.token.v1.TokenService/VendToken",
                 bodies["vend-1"],
-                concurrency=64,
+                concurrency=HALF_PEAK_IN_FLIGHT,
                 seconds=plan.seconds,
                 headers=caller,
                 log=raw / "vend-half",

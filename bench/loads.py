@@ -84,11 +84,18 @@ async def h2load(
 
     h2load sends one body for every request, so a load that must vary its bodies (one user per
     process) runs several h2loads side by side, the in-flight requests split between them.
+    With `rps`, each process is one client sending at a fixed rate (up to `concurrency` in
+    flight), and their starts are spread over one period, so requests arrive evenly spaced:
+    clients started together would send theirs at the same instants, in bursts.
     """
     tool = require("h2load", "nghttp2-client")
     bodies = list(processes) or [body]
-    per_process = max(1, concurrency // len(bodies))
-    connections, streams = split(per_process)
+    if rps is None:
+        connections, streams = split(max(1, concurrency // len(bodies)))
+        client_rps = None
+    else:
+        connections, streams = 1, concurrency
+        client_rps = max(1.0, rps / len(bodies))
     runs = []
     for index, data in enumerate(bodies):
         argv = [
@@ -107,9 +114,11 @@ async def h2load(
             f"{log}.{index}",
             *(part for header in headers for part in ("-H", header)),
         ]
-        if rps is not None:
-            argv += ["--rps", f"{max(1.0, rps / len(bodies) / connections):.3f}"]
-        runs.append(_run([*argv, url]))
+        start = 0.0
+        if client_rps is not None:
+            argv += ["--rps", f"{client_rps:.3f}"]
+            start = index / client_rps / len(bodies)
+        runs.append(_run_after(start, [*argv, url]))
     outputs = await asyncio.gather(*runs)
     succeeded = failed = 0
     latencies: list[float] = []
@@ -222,6 +231,11 @@ async def pgbench(
             if len(parts) >= 3:
                 latencies.append(float(parts[2]))
     return max(1, round(seconds)), int(done[1]), int(failed[1]) if failed else 0, latencies
+
+
+async def _run_after(seconds: float, argv: list[str]) -> str:
+    await asyncio.sleep(seconds)
+    return await _run(argv)
 
 
 async def _run(argv: list[str], cwd: Path | None = None) -> str:

@@ -37,7 +37,15 @@ from pluct_server.errors import (
 )
 from pluct_server.field_rules import check_fields
 from pluct_server.limits import HTTP, Limiter
-from pluct_server.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED, REFUSALS
+from pluct_server.metrics import (
+    GRPC_HANDLED,
+    GRPC_HANDLING_SECONDS,
+    GRPC_STARTED,
+    REFUSALS,
+    BatchedCount,
+    count_of,
+    histogram_of,
+)
 from pluct_server.origin import call_origin
 
 _LOGGER = logging.getLogger(__name__)
@@ -185,7 +193,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return await behavior(request, context)
             except DomainError as error:
                 note_code(error.code.name)
-                REFUSALS.labels(method, error.reason).inc()
+                count_of(REFUSALS, method, error.reason).inc()
                 await context.abort(
                     error.code,
                     error.message,
@@ -231,10 +239,10 @@ def observed(method: str, behavior: Behavior) -> Behavior:
     """Wrap a gRPC call with its metrics and its access line (HTTP calls have their own)."""
     service, _, name = method.lstrip("/").rpartition("/")
     labels = ("unary", service, name)
-    started = GRPC_STARTED.labels(*labels)
-    handling_seconds = GRPC_HANDLING_SECONDS.labels(*labels)
+    started = count_of(GRPC_STARTED, *labels)
+    handling_seconds = histogram_of(GRPC_HANDLING_SECONDS, *labels)
     # The counter of each status code this method has answered with, looked up once.
-    handled_by_code: dict[str, Any] = {}
+    handled_by_code: dict[str, BatchedCount] = {}
 
     async def observe(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
         record = CallRecord(
@@ -255,7 +263,9 @@ def observed(method: str, behavior: Behavior) -> Behavior:
             handling_seconds.observe(elapsed)
             handled = handled_by_code.get(record.code)
             if handled is None:
-                handled = handled_by_code[record.code] = GRPC_HANDLED.labels(*labels, record.code)
+                handled = handled_by_code[record.code] = count_of(
+                    GRPC_HANDLED, *labels, record.code
+                )
             handled.inc()
             log_access(record, elapsed)
 

@@ -26,6 +26,7 @@ from pluct_server.inprocess import InProcessCalls
 from pluct_server.ledger import Ledger
 from pluct_server.limits import Limiter
 from pluct_server.maintenance import Maintenance
+from pluct_server.metrics import flush_counts
 from pluct_server.reflection import enable_reflection
 from pluct_server.revocations import Revocations
 from pluct_server.rpc import ServiceInterceptor
@@ -290,6 +291,7 @@ class PluctServer:
             await self._maintenance.stop()
             self._maintenance = None
         await self.database.close()
+        flush_counts()  # the last calls' counts, before the worker exits
         if self._tracing:
             await asyncio.to_thread(flush_traces)  # the exporter's send blocks
 

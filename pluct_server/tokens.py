@@ -58,6 +58,21 @@ class Verdict:
     reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Vetted:
+    """A token whose signature and claims passed: what each later use must still check."""
+
+    token_id: str
+    subject: str
+    issued_at: int
+    expires: float
+    verdict: Verdict
+
+
+# A service validates the same token on each use of what it bought: the tokens that passed are
+# kept (this many at most, oldest out first), so a repeat checks only its expiry and revocation.
+VETTED_TOKENS = 4096
+
 # Verdicts carry no per-token data when a token fails, so the hot path shares these.
 _INVALID = Verdict(valid=False, reason=INVALID_SIGNATURE)
 _EXPIRED = Verdict(valid=False, reason=EXPIRED)
@@ -109,6 +124,8 @@ class TokenKeys:
         self._leeway = leeway_seconds
         self._max_lifetime = None if max_lifetime is None else max_lifetime.total_seconds()
         self._is_revoked = is_revoked
+        # Keyed by the whole token: a token altered in any byte is checked afresh.
+        self._vetted: dict[str, _Vetted] = {}
         self._verifiers: dict[str, _Verifier] = {}
         # Tokens of the legacy engine have no kid: they are tried against every HS256 secret.
         self._legacy: _Verifier | None = None
@@ -265,12 +282,19 @@ class TokenKeys:
         """Check a token's key, algorithm, signature, claims, times and revocation."""
         # A compact JWT is base64url and dots; this also keeps lone surrogates, which cannot be
         # encoded to UTF-8, away from PyJWT.
+        vetted = self._vetted.get(token)
+        if vetted is not None:
+            return self._current(vetted)
         if not token.isascii():
             return _INVALID
         head, _, rest = token.partition(".")
         own = self._own_headers.get(head)
         if own is not None:
-            return self._verify_own(own, head, rest)
+            judged = self._verify_own(own, head, rest)
+            if isinstance(judged, Verdict):
+                return judged
+            self._remember(token, judged)
+            return self._current(judged)
         try:
             # Only the header picks the key, and jwt.decode checks the whole token next: so the
             # payload and signature (most of the token) are not validated twice.
@@ -303,7 +327,7 @@ class TokenKeys:
             return self._judge(claims)
         return _INVALID
 
-    def _verify_own(self, verifier: _Verifier, head: str, rest: str) -> Verdict:
+    def _verify_own(self, verifier: _Verifier, head: str, rest: str) -> Verdict | _Vetted:
         """Verify a token whose header is byte for byte one we issue: the hot path.
 
         The header names the algorithm and the key already, so only the signature, then the
@@ -332,7 +356,7 @@ class TokenKeys:
             return _INVALID
         if not isinstance(claims, dict) or not self._claims_as_pyjwt_would(claims):
             return _INVALID
-        return self._judge(claims)
+        return self._vet(claims)
 
     def _claims_as_pyjwt_would(self, claims: dict[str, Any]) -> bool:
         """Apply the checks jwt.decode makes with our options (see self._options)."""
@@ -351,8 +375,31 @@ class TokenKeys:
                 return False
         return True
 
+    def _remember(self, token: str, vetted: _Vetted) -> None:
+        if len(self._vetted) >= VETTED_TOKENS:
+            del self._vetted[next(iter(self._vetted))]
+        self._vetted[token] = vetted
+
+    def _current(self, vetted: _Vetted) -> Verdict:
+        """Check what can change after a token passed: its expiry, and its revocation."""
+        if vetted.expires <= time.time():
+            return _EXPIRED
+        if self._is_revoked is not None and self._is_revoked(
+            vetted.token_id, vetted.subject, vetted.issued_at
+        ):
+            return _REVOKED
+        return vetted.verdict
+
     def _judge(self, claims: dict[str, Any]) -> Verdict:
         """Check the claims of a token whose signature, iss, aud and claim types PyJWT verified."""
+        vetted = self._vet(claims)
+        return vetted if isinstance(vetted, Verdict) else self._current(vetted)
+
+    def _vet(self, claims: dict[str, Any]) -> Verdict | _Vetted:
+        """Check what stays true once true (as time only moves on), or say why the token fails.
+
+        A token issued in the future, or too long-lived, fails; one that passes keeps passing.
+        """
         subject = claims["sub"]  # required, and verify_sub made it a string
         exp = claims["exp"]
         if not subject or not _is_time(exp):
@@ -377,15 +424,10 @@ class TokenKeys:
             nbf = claims["nbf"]
             if not _is_time(nbf) or nbf > latest_start:
                 return _INVALID
-        if exp <= now:
-            return _EXPIRED
-        if self._is_revoked is not None and self._is_revoked(
-            claims.get("jti") or "", subject, issued_at
-        ):
-            return _REVOKED
-        return Verdict(
+        verdict = Verdict(
             valid=True, user_id=subject, expires_at=datetime.fromtimestamp(int(exp), tz=UTC)
         )
+        return _Vetted(claims.get("jti") or "", subject, issued_at, exp, verdict)
 
 
 # The name the rest of the engine knew before key rotation; TokenSigner(secret) still means HS256.

@@ -8,7 +8,7 @@ from uuid import uuid4
 
 from pluct_server.callers import Caller
 from pluct_server.ledger import Ledger
-from pluct_server.metrics import CREDITS_SPENT, TOKENS_VENDED
+from pluct_server.metrics import CREDITS_SPENT, TOKENS_VENDED, count_of
 from pluct_server.models import TokenClaims
 from pluct_server.tokens import TokenSigner
 
@@ -29,6 +29,8 @@ class TokenVendor:
         self._ledger = ledger
         self._signer = signer
         self._ttl = ttl
+        self._vended = count_of(TOKENS_VENDED)
+        self._spent = count_of(CREDITS_SPENT)
 
     async def vend(self, user_id: str, request_id: str, caller: Caller) -> VendedToken:
         """Spend one credit of `user_id` and return the token it bought."""
@@ -39,8 +41,8 @@ class TokenVendor:
         )
         spend = await self._ledger.spend_for_token(claims, request_id, caller)
         if spend.claims.token_id == claims.token_id:  # a new spend, not a retry's first answer
-            TOKENS_VENDED.inc()
-            CREDITS_SPENT.inc()
+            self._vended.inc()
+            self._spent.inc()
         return VendedToken(
             token=self._signer.sign(spend.claims),
             claims=spend.claims,

@@ -15,7 +15,7 @@ from pluct.token.v1 import token_service_pb2 as token_pb
 from prometheus_client.parser import text_string_to_metric_families
 
 from pluct_server.logs import JsonFormatter
-from pluct_server.metrics import exposition
+from pluct_server.metrics import FLUSH_SECONDS, exposition
 from tests.http_support import call
 from tests.support import (
     ADMIN_METADATA,
@@ -205,12 +205,18 @@ async def test_metrics_add_up_every_worker(production_dsn, tmp_path):  # noqa: F
                     metadata=ADMIN_METADATA,
                 )
         url = f"http://127.0.0.1:{metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: ASYNC210
-            scraped = parse(reply.read().decode())
+        key = handled("GetBalance", "OK", "pluct.credit.v1.CreditService")
+        # A worker hands its counts over every FLUSH_SECONDS: scrape until the last arrive
+        # (a hang guard, not a timing claim), and never more than were made.
+        for _ in range(100):
+            with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: ASYNC210
+                scraped = parse(reply.read().decode())
+            if scraped.get(key) == calls:
+                break
+            await asyncio.sleep(FLUSH_SECONDS)
     finally:
         service.kill()
 
-    key = handled("GetBalance", "OK", "pluct.credit.v1.CreditService")
     assert scraped.get(key) == calls, service.output[-2000:]
     assert "worker 1" in service.output  # two workers served
 

@@ -31,6 +31,7 @@ from pluct_server.tokens import (
     HS256,
     INVALID_SIGNATURE,
     REVOKED,
+    VETTED_TOKENS,
     TokenKeys,
     TokenSigner,
     Verdict,
@@ -843,3 +844,45 @@ def test_random_and_mutated_tokens_never_raise():
             outcomes[verdict.reason] = outcomes.get(verdict.reason, 0) + 1
     # The loop reached past the signature check, not only the parser.
     assert outcomes.get(None, 0) > 0 and outcomes.get(INVALID_SIGNATURE, 0) > 0
+
+
+def test_a_token_that_passed_is_refused_once_revoked_and_once_expired():
+    now = int(time.time())
+    banned: set[str] = set()
+    keys = TokenKeys(SECRET, is_revoked=lambda jti, sub, issued_at: jti in banned)
+    token = hs_token(payload(jti="t-1", iat=now, exp=now + 2))
+    assert keys.verify(token).valid
+
+    banned.add("t-1")
+    assert_refused(keys.verify(token), REVOKED)
+    banned.clear()
+    assert keys.verify(token).valid
+
+    time.sleep(max(0.0, now + 2 - time.time()) + 0.05)  # the real clock passes its exp
+    assert_refused(keys.verify(token), EXPIRED)
+
+
+def test_a_token_altered_after_it_passed_is_checked_afresh_and_refused():
+    keys = TokenKeys(SECRET)
+    token = hs_token(payload())
+    assert keys.verify(token).valid
+    head, body, signature = token.split(".")
+    flipped = "A" if signature[5] != "A" else "B"
+    forged_signature = f"{head}.{body}.{signature[:5]}{flipped}{signature[6:]}"
+    other_claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    forged_body = f"{head}.{segment({**other_claims, 'sub': 'someone-else'})}.{signature}"
+    for forged in (forged_signature, forged_body, token + "A", " " + token):
+        assert_refused(keys.verify(forged))
+    assert keys.verify(token).valid
+
+
+def test_more_tokens_than_are_kept_all_still_verify_and_are_still_revocable():
+    banned: set[str] = set()
+    keys = TokenKeys(SECRET, is_revoked=lambda jti, sub, issued_at: jti in banned)
+    tokens = [hs_token(payload(jti=f"t-{n}")) for n in range(VETTED_TOKENS + 2)]
+    assert all(keys.verify(token).valid for token in tokens)
+    # The first were let go to keep the bound; checked again, they pass, or fail, as before.
+    assert keys.verify(tokens[0]).valid
+    banned.update({"t-0", f"t-{VETTED_TOKENS + 1}"})
+    assert_refused(keys.verify(tokens[0]), REVOKED)
+    assert_refused(keys.verify(tokens[-1]), REVOKED)

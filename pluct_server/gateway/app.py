@@ -51,7 +51,13 @@ from pluct_server.gateway.transcode import (
     split_path,
 )
 from pluct_server.limits import HTTP, Limiter
-from pluct_server.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, exposition
+from pluct_server.metrics import (
+    HTTP_REQUEST_SECONDS,
+    HTTP_REQUESTS,
+    count_of,
+    exposition,
+    histogram_of,
+)
 from pluct_server.origin import gateway_metadata
 from pluct_server.webhooks import SIGNATURE_HEADER
 
@@ -396,8 +402,8 @@ class ShimHandler:
 def _observe_http(method: str, record: CallRecord, status: int, seconds: float) -> None:
     """Count and log one answered request."""
     route = record.method
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_REQUEST_SECONDS.labels(method, route).observe(seconds)
+    count_of(HTTP_REQUESTS, method, route, str(status)).inc()
+    histogram_of(HTTP_REQUEST_SECONDS, method, route).observe(seconds)
     record.code = str(status)
     log_access(record, seconds)
 

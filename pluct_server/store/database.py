@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from pluct_server.errors import OutcomeUnknown, OutcomeUnknownAfterTimeout, Unavailable
-from pluct_server.metrics import DB_POOL_CONNECTIONS, DB_POOL_IN_USE, DB_POOL_WAITS
+from pluct_server.metrics import DB_POOL_CONNECTIONS, DB_POOL_IN_USE, DB_POOL_WAITS, count_of
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Database:
         if pool is None:
             raise RuntimeError("Database.open() was not called")
         if pool.get_idle_size() == 0:
-            DB_POOL_WAITS.inc()  # a new connection to open, or a busy pool to queue on
+            count_of(DB_POOL_WAITS).inc()  # a new connection to open, or a busy pool to queue on
         return pool.acquire(timeout=self._connect_timeout)
 
     async def report_pool(self) -> None:
