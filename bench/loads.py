@@ -98,6 +98,8 @@ async def h2load(
         client_rps = max(1.0, rps / len(bodies))
     runs = []
     for index, data in enumerate(bodies):
+        # h2load appends to its log: an earlier run's requests must not count as this run's.
+        Path(f"{log}.{index}").unlink(missing_ok=True)
         argv = [
             tool,
             "-D",

@@ -86,6 +86,8 @@ class Settings:
     # may wait this long for company (0: none; batches still form while the database is busy).
     spend_batch_max: int = 32
     spend_batch_wait: timedelta = timedelta(0)
+    # Batches one worker runs at once: spends arriving meanwhile wait for the next batch.
+    spend_batches_in_flight: int = 1
     # How long a statement may run before the call answers "outcome unknown" (or unavailable).
     db_command_timeout_seconds: float = 10.0
     # Prepared statements cached per connection; 0 (for PgBouncer in transaction mode) uses none.
@@ -199,6 +201,9 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
         spend_batch_max=_integer(environ, "PLUCT_SPEND_BATCH_MAX", Settings.spend_batch_max, 1, 64),
         spend_batch_wait=timedelta(
             microseconds=_integer(environ, "PLUCT_SPEND_BATCH_WAIT_US", 0, 0, 100_000)
+        ),
+        spend_batches_in_flight=_integer(
+            environ, "PLUCT_SPEND_BATCHES_IN_FLIGHT", Settings.spend_batches_in_flight, 1, 16
         ),
         db_command_timeout_seconds=float(
             _integer(environ, "PLUCT_DB_COMMAND_TIMEOUT_SECONDS", 10, 1, 600)

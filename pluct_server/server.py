@@ -140,6 +140,7 @@ class PluctServer:
             self.database,
             max_size=settings.spend_batch_max,
             max_wait=settings.spend_batch_wait,
+            max_in_flight=settings.spend_batches_in_flight,
         )
         self.grpc_port = 0
         self.http_port = 0

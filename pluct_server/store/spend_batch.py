@@ -77,7 +77,7 @@ class SpendBatcher:
         *,
         max_size: int = 32,
         max_wait: timedelta = timedelta(0),
-        max_in_flight: int = 4,
+        max_in_flight: int = 1,
     ) -> None:
         self._db = database
         self._max_size = max_size
