@@ -29,7 +29,7 @@ def check_fields(request: Message) -> None:
     """Raise InvalidArgument naming every field of `request` that breaks a rule, else return."""
     violations = [_field_violation(found.proto) for found in _VALIDATOR.collect_violations(request)]
     if not violations:
-        user_id = getattr(request, USER_ID_FIELD, "")
+        user_id = user_id_of(request)
         if user_id and not unicodedata.is_normalized("NFKC", user_id):
             violations.append(
                 FieldViolation(
@@ -38,6 +38,14 @@ def check_fields(request: Message) -> None:
             )
     if violations:
         raise InvalidArgument.of(violations)
+
+
+def user_id_of(request: Message) -> str:
+    """Return the user id a request is about, or "" when its message has no such field."""
+    # Asked of the descriptor: a failed getattr on a message costs an exception.
+    if USER_ID_FIELD in request.DESCRIPTOR.fields_by_name:
+        return str(getattr(request, USER_ID_FIELD))
+    return ""
 
 
 def is_valid(request: Message) -> bool:

@@ -35,7 +35,7 @@ from pluct_server.errors import (
     InvalidArgument,
     RateLimited,
 )
-from pluct_server.field_rules import check_fields
+from pluct_server.field_rules import check_fields, user_id_of
 from pluct_server.limits import HTTP, Limiter
 from pluct_server.metrics import (
     GRPC_HANDLED,
@@ -54,6 +54,9 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 REQUEST_ID_KEYS = ("x-request-id", "idempotency-key")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Metadata = Sequence[tuple[str, str | bytes]]
+# A guarded call, handed the call's metadata and peer, which gRPC builds anew on each read.
+Admitted = Callable[[bytes, grpc.aio.ServicerContext, Metadata, str], Awaitable[Any]]
 
 
 def status_details(error: DomainError) -> bytes:
@@ -138,8 +141,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.unary_unary is None:
             # Only unary calls can be guarded here; refuse to serve anything else unguarded.
             raise RuntimeError(f"{method} is not unary, and the interceptor cannot guard it")
+        admitted = self._admitted(method, handler.unary_unary, handler.request_deserializer)
         guarded = grpc.unary_unary_rpc_method_handler(
-            observed(method, self.guard(method, handler.unary_unary, handler.request_deserializer)),
+            observed(method, admitted),
             request_deserializer=None,  # we decode after the caller check, see guard
             response_serializer=handler.response_serializer,
         )
@@ -151,8 +155,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Behavior:
         """Wrap one RPC's servicer method: caller check, then decoding, then errors to statuses.
 
-        gRPC calls get this wrapper through intercept_service; the HTTP shim calls it directly.
+        The HTTP shim calls this; gRPC calls get the same checks through intercept_service.
         """
+        admitted = self._admitted(method, behavior, deserialize)
+
+        async def guarded(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
+            metadata = context.invocation_metadata() or ()
+            return await admitted(raw_request, context, metadata, context.peer())
+
+        return guarded
+
+    def _admitted(
+        self, method: str, behavior: Behavior, deserialize: Callable[[bytes], Any]
+    ) -> Admitted:
+        """Return the caller check, decoding and error mapping of one RPC, given its metadata."""
         rule = self._rules[method]
         authenticator = self._authenticator
         limiter = self._limiter
@@ -160,11 +176,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         proxies = self._trusted_proxies
         is_admin_method = rule.scope == ADMIN
 
-        async def guarded(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def admitted(
+            raw_request: bytes, context: grpc.aio.ServicerContext, metadata: Metadata, peer: str
+        ) -> Any:
             try:
-                origin = call_origin(
-                    context.invocation_metadata() or (), context.peer(), token, proxies
-                )
+                origin = call_origin(metadata, peer, token, proxies)
                 caller = await authenticator.admit(
                     method, rule, origin.presented, origin.address, via_http=origin.via_http
                 )
@@ -182,7 +198,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     )
                 try:
                     request = _decoded(deserialize, raw_request)
-                    note_user(getattr(request, "user_id", ""))
+                    note_user(user_id_of(request))
                     check_fields(request)
                 except InvalidArgument:
                     # The statement that pays what the route owes never runs: pay it here, so
@@ -216,7 +232,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     trailing_metadata=_request_id_trailer(),
                 )
 
-        return guarded
+        return admitted
 
 
 def _decoded(deserialize: Callable[[bytes], Any], raw_request: bytes) -> Any:
@@ -235,7 +251,7 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return "-"
 
 
-def observed(method: str, behavior: Behavior) -> Behavior:
+def observed(method: str, admitted: Admitted) -> Behavior:
     """Wrap a gRPC call with its metrics and its access line (HTTP calls have their own)."""
     service, _, name = method.lstrip("/").rpartition("/")
     labels = ("unary", service, name)
@@ -245,16 +261,18 @@ def observed(method: str, behavior: Behavior) -> Behavior:
     handled_by_code: dict[str, BatchedCount] = {}
 
     async def observe(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
-        record = CallRecord(
-            "grpc", method, context.peer(), request_id_from(_metadata(context, REQUEST_ID_HEADER))
-        )
+        # Read once: each read of either builds it anew from gRPC's core.
+        metadata = context.invocation_metadata() or ()
+        peer = context.peer()
+        request_id = request_id_from(_value(metadata, REQUEST_ID_HEADER))
+        record = CallRecord("grpc", method, peer, request_id)
         # Each gRPC call runs in a task of its own, so the record is this call's alone.
         CURRENT_CALL.set(record)
         started.inc()
         begin = time.perf_counter()
         try:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
-            return await behavior(raw_request, context)
+            return await admitted(raw_request, context, metadata, peer)
         except asyncio.CancelledError:
             record.code = grpc.StatusCode.CANCELLED.name
             raise
@@ -279,7 +297,11 @@ def _request_id_trailer() -> tuple[tuple[str, str], ...]:
 
 
 def _metadata(context: grpc.aio.ServicerContext, wanted: str) -> str | None:
-    for key, value in context.invocation_metadata() or ():
+    return _value(context.invocation_metadata() or (), wanted)
+
+
+def _value(metadata: Metadata, wanted: str) -> str | None:
+    for key, value in metadata:
         if key == wanted:
             return str(value)
     return None
