@@ -100,7 +100,9 @@ def render(
         f"lasts {seconds:g} s after a 1 s warm-up. gRPC load comes from h2load (framed protobuf "
         "bodies), HTTP load from wrk (a random user and client address per request), the "
         "database baseline from pgbench running the service's own spend statement. Every gRPC "
-        "call carries an API key and every rate limit is charged, as in production.",
+        "call carries an API key and every rate limit is charged, as in production; metrics "
+        "are counted, and access lines are off (`PLUCT_LOG_LEVEL=WARNING`: each would cost "
+        "3 to 4 µs, see `python -m bench.access_line`).",
         "",
         "## Ratios",
         "",
