@@ -84,9 +84,10 @@ async def h2load(
 
     h2load sends one body for every request, so a load that must vary its bodies (one user per
     process) runs several h2loads side by side, the in-flight requests split between them.
-    With `rps`, each process is one client sending at a fixed rate (up to `concurrency` in
-    flight), and their starts are spread over one period, so requests arrive evenly spaced:
-    clients started together would send theirs at the same instants, in bursts.
+    With `rps`, each process is one client sending at a fixed rate, and `concurrency` is how
+    many requests each may have in flight (not all together); their starts are spread over one
+    period, so requests arrive evenly spaced: clients started together would send theirs at the
+    same instants, in bursts.
     """
     tool = require("h2load", "nghttp2-client")
     bodies = list(processes) or [body]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -34,9 +33,10 @@ class CallRecord:
     user_id: str = "-"
 
 
-# Request ids made here need to be unique, not secret: a random start per process, then a
-# count, costs no system call per call (secrets.token_hex(8) costs a getrandom()).
-_next_request_number = itertools.count(int.from_bytes(os.urandom(8)))
+# Request ids made here are random, so that two of them tell nothing of the calls between
+# (a count would). They are drawn 512 at a time: secrets.token_hex(8) costs a system call each.
+_REQUEST_IDS_PER_DRAW = 512
+_unused_request_ids: list[str] = []
 
 CURRENT_CALL: ContextVar[CallRecord | None] = ContextVar("pluct_current_call", default=None)
 
@@ -51,7 +51,15 @@ def request_id_from(presented: str | None) -> str:
         and " " not in presented
     ):
         return presented
-    return f"{next(_next_request_number) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+    return _new_request_id()
+
+
+def _new_request_id() -> str:
+    """Return 16 random hex digits."""
+    if not _unused_request_ids:
+        drawn = os.urandom(8 * _REQUEST_IDS_PER_DRAW).hex()
+        _unused_request_ids.extend(drawn[i : i + 16] for i in range(0, len(drawn), 16))
+    return _unused_request_ids.pop()
 
 
 def current_request_id() -> str | None:

@@ -222,8 +222,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 # The caller gets no internals; the log gets the stack and the request id.
+                # The id this call answers with, never the raw header a caller sent.
                 _LOGGER.exception(
-                    "unexpected error in %s (request id %s)", method, _request_id(context)
+                    "unexpected error in %s (request id %s)", method, current_request_id() or "-"
                 )
                 note_code(grpc.StatusCode.INTERNAL.name)
                 await context.abort(
@@ -241,14 +242,6 @@ def _decoded(deserialize: Callable[[bytes], Any], raw_request: bytes) -> Any:
         return deserialize(raw_request)
     except DecodeError as exc:
         raise InvalidArgument("request", "request is not a valid message") from exc
-
-
-def _request_id(context: grpc.aio.ServicerContext) -> str:
-    for key in REQUEST_ID_KEYS:
-        value = _metadata(context, key)
-        if value is not None:
-            return value[:128]
-    return "-"
 
 
 def observed(method: str, admitted: Admitted) -> Behavior:
@@ -294,10 +287,6 @@ def _request_id_trailer() -> tuple[tuple[str, str], ...]:
     """Return the trailer that echoes the current call's request id (an abort replaces all)."""
     request_id = current_request_id()
     return () if request_id is None else ((REQUEST_ID_HEADER, request_id),)
-
-
-def _metadata(context: grpc.aio.ServicerContext, wanted: str) -> str | None:
-    return _value(context.invocation_metadata() or (), wanted)
 
 
 def _value(metadata: Metadata, wanted: str) -> str | None:

@@ -136,6 +136,11 @@ class PluctServer:
         self.health = HealthMonitor(self.database, SERVICE_NAMES, settings.health_interval_seconds)
         self.api_keys = ApiKeys(ApiKeyStore(self.database))
         self.revocations = Revocations(RevocationStore(self.database), settings.token_ttl)
+        if settings.spend_batch_wait and settings.spend_batches_in_flight == 1:
+            _LOGGER.warning(
+                "PLUCT_SPEND_BATCH_WAIT_US has no effect: a vend waits for company only while"
+                " another batch runs, and PLUCT_SPEND_BATCHES_IN_FLIGHT is 1"
+            )
         self.spends = SpendBatcher(
             self.database,
             max_size=settings.spend_batch_max,

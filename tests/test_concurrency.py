@@ -208,3 +208,51 @@ async def test_without_prepared_statements_vends_still_never_overdraw(
 
     assert sum(isinstance(r, token_pb.VendTokenResponse) for r in results) == 50
     assert Counter(r for r in results if isinstance(r, str)) == {"FAILED_PRECONDITION": 50}
+
+
+async def test_with_several_batches_in_flight_and_a_wait_vends_still_never_overdraw(
+    database_dsn, data_dir, user_id
+):
+    # PLUCT_SPEND_BATCHES_IN_FLIGHT=4 and PLUCT_SPEND_BATCH_WAIT_US=2000: concurrent batches of
+    # one worker race on the same row, and each first vend waits for company.
+    from datetime import timedelta
+
+    from pluct.token.v1 import token_service_pb2_grpc
+
+    from tests.support import running_server, settings_for_test
+
+    settings = settings_for_test(
+        data_dir, spend_batches_in_flight=4, spend_batch_wait=timedelta(microseconds=2000)
+    )
+    async with (
+        running_server(settings, database_dsn) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
+        credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+        token = token_service_pb2_grpc.TokenServiceStub(channel)
+        await credit.CreateUser(
+            credit_pb.CreateUserRequest(user_id=user_id, initial_credits=50),
+            metadata=ADMIN_METADATA,
+        )
+        results = await asyncio.gather(
+            *(
+                outcome(
+                    token.VendToken(
+                        token_pb.VendTokenRequest(user_id=user_id, request_id=f"many-{i % 150}"),
+                        metadata=ADMIN_METADATA,
+                    )
+                )
+                for i in range(300)  # each request id twice: the retry answers as the first
+            )
+        )
+        balance = await credit.GetBalance(
+            credit_pb.GetBalanceRequest(user_id=user_id), metadata=ADMIN_METADATA
+        )
+        batches = server.spends.sent
+
+    sold = [r for r in results if isinstance(r, token_pb.VendTokenResponse)]
+    assert len({r.token_id for r in sold}) == 50
+    assert Counter(r for r in results if isinstance(r, str)) == {"FAILED_PRECONDITION": 200}
+    assert balance.balance == 0
+    assert await ledger_rows(database_dsn, user_id) == {"user_creation": 1, "spend": 50}
+    assert batches < 300

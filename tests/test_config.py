@@ -58,6 +58,8 @@ def test_production_refuses_missing_or_weak_secrets(name, value):
         ("PLUCT_SIGNUP_ALLOWANCE", "-1"),
         ("PLUCT_TOKEN_TTL_SECONDS", "0"),
         ("PLUCT_DB_POOL_SIZE", "0"),
+        ("PLUCT_SPEND_BATCHES_IN_FLIGHT", "0"),
+        ("PLUCT_SPEND_BATCHES_IN_FLIGHT", "17"),
         ("PLUCT_LOG_LEVEL", "LOUD"),
         ("DATABASE_URL", "mysql://db"),
     ],
@@ -67,6 +69,12 @@ def test_invalid_values_name_the_variable(name, value):
         load_settings({name: value, **STRONG})
 
     assert str(raised.value).startswith(name)
+
+
+def test_spend_batches_run_one_at_a_time_unless_told_otherwise():
+    assert load_settings(STRONG).spend_batches_in_flight == 1
+    told = load_settings({"PLUCT_SPEND_BATCHES_IN_FLIGHT": "3", **STRONG})
+    assert told.spend_batches_in_flight == 3
 
 
 def test_real_environment_wins_over_dotenv(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import urllib.request
@@ -133,6 +134,19 @@ async def test_a_request_id_that_could_forge_a_log_line_is_replaced(server, cred
     await call
     echoed = dict(await call.trailing_metadata())["x-request-id"]
     assert echoed != "a code=OK forged" and echoed.isalnum()
+
+
+async def test_calls_without_a_request_id_get_unrelated_ones(server, credit):
+    made = []
+    for _ in range(20):
+        call = credit.GetBalance(credit_pb.GetBalanceRequest(user_id="nobody-here"))
+        await call
+        made.append(dict(await call.trailing_metadata())["x-request-id"])
+    assert all(len(i) == 16 and set(i) <= set("0123456789abcdef") for i in made)
+    assert len(set(made)) == len(made)
+    # Random, not counted: ids next to each other say nothing of the calls between them.
+    steps = {int(b, 16) - int(a, 16) for a, b in itertools.pairwise(made)}
+    assert len(steps) == len(made) - 1
 
 
 async def test_metrics_count_calls_by_code_and_what_was_sold(server, credit, token, user_id):

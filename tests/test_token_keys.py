@@ -876,11 +876,32 @@ def test_a_token_altered_after_it_passed_is_checked_afresh_and_refused():
     assert keys.verify(token).valid
 
 
+def test_a_token_that_passed_is_refused_once_its_user_is_revoked():
+    now = int(time.time())
+    revoked_before: dict[str, int] = {}  # user -> tokens issued up to this time are revoked
+
+    def revoked(jti: str, sub: str, issued_at: int) -> bool:
+        return issued_at <= revoked_before.get(sub, -1)
+
+    keys = TokenKeys(SECRET, is_revoked=revoked)
+    held = hs_token(payload(sub="u-1", iat=now - 10))
+    later = hs_token(payload(sub="u-1", iat=now + 5))
+    other = hs_token(payload(sub="u-2", iat=now - 10))
+    assert all(keys.verify(token).valid for token in (held, later, other))
+
+    revoked_before["u-1"] = now
+    assert_refused(keys.verify(held), REVOKED)
+    assert keys.verify(later).valid
+    assert keys.verify(other).valid
+
+
 def test_more_tokens_than_are_kept_all_still_verify_and_are_still_revocable():
     banned: set[str] = set()
     keys = TokenKeys(SECRET, is_revoked=lambda jti, sub, issued_at: jti in banned)
     tokens = [hs_token(payload(jti=f"t-{n}")) for n in range(VETTED_TOKENS + 2)]
     assert all(keys.verify(token).valid for token in tokens)
+    # The memory it keeps stays bounded, however many tokens it is shown.
+    assert len(keys._vetted) <= VETTED_TOKENS
     # The first were let go to keep the bound; checked again, they pass, or fail, as before.
     assert keys.verify(tokens[0]).valid
     banned.update({"t-0", f"t-{VETTED_TOKENS + 1}"})

@@ -21,7 +21,7 @@ from typing import Any
 
 from pluct_server.config import Settings
 from pluct_server.logs import setup_logging
-from pluct_server.metrics import MULTIPROCESS_DIR_ENV, forget_worker, serve_metrics
+from pluct_server.metrics import MULTIPROCESS_DIR_ENV, flush_counts, forget_worker, serve_metrics
 from pluct_server.server import PluctServer, wait_and_migrate
 from pluct_server.store.database import Database
 
@@ -234,6 +234,8 @@ def run_worker(settings: Settings, dsn: str, index: int, parent: int, ready: Any
     except Exception:
         logging.getLogger("pluct_server").exception("worker %d failed", index)
         sys.exit(1)
+    finally:
+        flush_counts()  # calls that finished while the loop shut down
 
 
 async def serve(
