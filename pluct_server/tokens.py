@@ -280,11 +280,11 @@ class TokenKeys:
 
     def verify(self, token: str) -> Verdict:
         """Check a token's key, algorithm, signature, claims, times and revocation."""
-        # A compact JWT is base64url and dots; this also keeps lone surrogates, which cannot be
-        # encoded to UTF-8, away from PyJWT.
         vetted = self._vetted.get(token)
         if vetted is not None:
             return self._current(vetted)
+        # A compact JWT is base64url and dots; this also keeps lone surrogates, which cannot be
+        # encoded to UTF-8, away from PyJWT.
         if not token.isascii():
             return _INVALID
         head, _, rest = token.partition(".")
@@ -512,6 +512,11 @@ def _b64decode(segment: str) -> bytes | None:
     if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
         return None
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         return None
+    # The last character may carry bits the bytes leave unused, which a decoder ignores: a
+    # signature could pass under several spellings, and its token past a check that keys on
+    # the text. Only the spelling every encoder writes, with those bits zero, is the token.
+    # (A header or payload spelled otherwise changes the signed text, so its signature fails.)
+    return data if _b64encode(data) == segment else None

@@ -907,3 +907,46 @@ def test_more_tokens_than_are_kept_all_still_verify_and_are_still_revocable():
     banned.update({"t-0", f"t-{VETTED_TOKENS + 1}"})
     assert_refused(keys.verify(tokens[0]), REVOKED)
     assert_refused(keys.verify(tokens[-1]), REVOKED)
+
+
+BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def respellings(token: str) -> list[str]:
+    """The token with one segment spelled otherwise: same bytes, a spare bit of its end set."""
+    found = []
+    segments = token.split(".")
+    for index, segment in enumerate(segments):
+        spare = len(segment) * 6 % 8  # bits the last character carries beyond the bytes
+        if spare:
+            last = BASE64URL.index(segment[-1])
+            other = segment[:-1] + BASE64URL[last ^ 1]
+            assert b64decode(other) == b64decode(segment)  # the very same bytes
+            found.append(".".join([*segments[:index], other, *segments[index + 1 :]]))
+    return found
+
+
+def b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+@pytest.mark.parametrize("sub", ["u", "user-1", "user-12", "user-123"])
+def test_a_token_has_one_spelling_only(sub: str):
+    keys = TokenKeys(SECRET)
+    token = hs_token(payload(sub=sub))
+    others = respellings(token)
+    assert others  # the signature's 43 characters always have 2 bits to spare
+    assert keys.verify(token).valid
+    for other in others:
+        assert_refused(keys.verify(other))
+    assert keys.verify(token).valid
+
+
+def test_an_eddsa_token_has_one_spelling_only():
+    keys, pem = ed_keys()
+    token = ed_token(payload(), pem, "k1")
+    others = respellings(token)
+    assert others  # 86 characters carry the 64-byte signature with 4 bits to spare
+    assert keys.verify(token).valid
+    for other in others:
+        assert_refused(keys.verify(other))
