@@ -1263,8 +1263,10 @@ async def test_a_vend_id_replayed_after_its_token_expired_is_refused_then_forgot
     database_dsn, tmp_path, db
 ):
     retention = 5  # seconds: room for the replay between the token's expiry and the id's
+    # Token times are whole seconds, so a 1 s token may expire at once; 2 s leaves it at least
+    # one second, for the retry that must still find it.
     settings = settings_for_test(
-        tmp_path, request_id_retention=timedelta(seconds=retention), token_ttl=timedelta(seconds=1)
+        tmp_path, request_id_retention=timedelta(seconds=retention), token_ttl=timedelta(seconds=2)
     )
     async with running_server(settings, database_dsn) as short:
         secret = await caller_key(short, name="short-memory")
