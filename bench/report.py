@@ -140,7 +140,9 @@ def render(
         "64 clients (the workers' pools hold the rest of max_connections). At half of peak, "
         "16 clients (one per user) each send vends at a fixed rate, their starts spread over "
         "one period so that vends arrive evenly spaced; each may have up to 16 in flight, and a "
-        "vend's latency counts from when it was sent.",
+        "vend's latency counts from when it was sent. ValidateToken checks one token over and "
+        "over: after its first check, the service checks only its expiry and revocation (see "
+        "the README on remembered tokens); a token's first check costs its signature too.",
     ]
     return "\n".join(lines) + "\n"
 
