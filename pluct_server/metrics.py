@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 from bisect import bisect_left
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -139,25 +140,26 @@ class BatchedHistogram:
         self._pending = False
 
 
+_B = TypeVar("_B", BatchedCount, BatchedHistogram)
 # Keyed by the metric itself (not its id, which a collected metric would hand on).
 _batched: dict[tuple[object, tuple[str, ...]], Any] = {}
 
 
 def count_of(counter: Counter, *labels: str) -> BatchedCount:
     """Return the batched child of `counter` for these label values, made on first use."""
-    key = (counter, labels)
-    child = _batched.get(key)
-    if child is None:
-        child = _batched[key] = BatchedCount(counter.labels(*labels) if labels else counter)
-    return child
+    return _batched_child(counter, labels, BatchedCount)
 
 
 def histogram_of(histogram: Histogram, *labels: str) -> BatchedHistogram:
     """Return the batched child of `histogram` for these label values, made on first use."""
-    key = (histogram, labels)
+    return _batched_child(histogram, labels, BatchedHistogram)
+
+
+def _batched_child(metric: Any, labels: tuple[str, ...], batched: Callable[[Any], _B]) -> _B:
+    key = (metric, labels)
     child = _batched.get(key)
     if child is None:
-        child = _batched[key] = BatchedHistogram(histogram.labels(*labels) if labels else histogram)
+        child = _batched[key] = batched(metric.labels(*labels) if labels else metric)
     return child
 
 
