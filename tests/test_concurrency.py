@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
 
 import asyncpg
 import grpc
@@ -13,8 +15,17 @@ from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as token_pb
+from pluct.token.v1 import token_service_pb2_grpc
 
-from tests.support import ADMIN_METADATA, JWT_SECRET, WEBHOOK_METADATA, new_request_id
+from pluct_server.config import Settings
+from tests.support import (
+    ADMIN_METADATA,
+    JWT_SECRET,
+    WEBHOOK_METADATA,
+    new_request_id,
+    running_server,
+    settings_for_test,
+)
 
 
 async def outcome(call) -> object:
@@ -144,10 +155,6 @@ async def test_concurrent_creates_of_one_user_make_exactly_one(credit, database_
 async def test_vends_across_two_servers_on_one_database_never_overdraw(
     credit, database_dsn, data_dir, user_id, attempts
 ):
-    from pluct.token.v1 import token_service_pb2_grpc
-
-    from tests.support import running_server, settings_for_test
-
     await credit.CreateUser(credit_pb.CreateUserRequest(user_id=user_id, initial_credits=10))
     async with (
         running_server(settings_for_test(data_dir), database_dsn) as first,
@@ -175,17 +182,13 @@ async def test_vends_across_two_servers_on_one_database_never_overdraw(
     assert balance.balance == 0
 
 
-async def test_without_prepared_statements_vends_still_never_overdraw(
-    database_dsn, data_dir, user_id
-):
-    # PLUCT_DB_STATEMENT_CACHE_SIZE=0, as PgBouncer's transaction mode needs: unnamed statements.
-    from pluct.token.v1 import token_service_pb2_grpc
-
-    from tests.support import running_server, settings_for_test
-
-    settings = settings_for_test(data_dir, db_statement_cache_size=0)
+async def vends_on_a_server_of_its_own(
+    settings: Settings, dsn: str, user_id: str, request_ids: Sequence[str]
+) -> tuple[list[object], int, int]:
+    """Start a server with `settings`, give `user_id` 50 credits, then vend once per request id,
+    all at once; return the outcomes, the balance left and how many batches the server sent."""
     async with (
-        running_server(settings, database_dsn) as server,
+        running_server(settings, dsn) as server,
         grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
     ):
         credit = credit_service_pb2_grpc.CreditServiceStub(channel)
@@ -198,13 +201,27 @@ async def test_without_prepared_statements_vends_still_never_overdraw(
             *(
                 outcome(
                     token.VendToken(
-                        token_pb.VendTokenRequest(user_id=user_id, request_id=f"no-cache-{i}"),
+                        token_pb.VendTokenRequest(user_id=user_id, request_id=request_id),
                         metadata=ADMIN_METADATA,
                     )
                 )
-                for i in range(100)
+                for request_id in request_ids
             )
         )
+        balance = await credit.GetBalance(
+            credit_pb.GetBalanceRequest(user_id=user_id), metadata=ADMIN_METADATA
+        )
+        return results, balance.balance, server.spends.sent
+
+
+async def test_without_prepared_statements_vends_still_never_overdraw(
+    database_dsn, data_dir, user_id
+):
+    # PLUCT_DB_STATEMENT_CACHE_SIZE=0, as PgBouncer's transaction mode needs: unnamed statements.
+    settings = settings_for_test(data_dir, db_statement_cache_size=0)
+    results, _, _ = await vends_on_a_server_of_its_own(
+        settings, database_dsn, user_id, [f"no-cache-{i}" for i in range(100)]
+    )
 
     assert sum(isinstance(r, token_pb.VendTokenResponse) for r in results) == 50
     assert Counter(r for r in results if isinstance(r, str)) == {"FAILED_PRECONDITION": 50}
@@ -215,44 +232,18 @@ async def test_with_several_batches_in_flight_and_a_wait_vends_still_never_overd
 ):
     # PLUCT_SPEND_BATCHES_IN_FLIGHT=4 and PLUCT_SPEND_BATCH_WAIT_US=2000: concurrent batches of
     # one worker race on the same row, and each first vend waits for company.
-    from datetime import timedelta
-
-    from pluct.token.v1 import token_service_pb2_grpc
-
-    from tests.support import running_server, settings_for_test
-
     settings = settings_for_test(
         data_dir, spend_batches_in_flight=4, spend_batch_wait=timedelta(microseconds=2000)
     )
-    async with (
-        running_server(settings, database_dsn) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
-    ):
-        credit = credit_service_pb2_grpc.CreditServiceStub(channel)
-        token = token_service_pb2_grpc.TokenServiceStub(channel)
-        await credit.CreateUser(
-            credit_pb.CreateUserRequest(user_id=user_id, initial_credits=50),
-            metadata=ADMIN_METADATA,
-        )
-        results = await asyncio.gather(
-            *(
-                outcome(
-                    token.VendToken(
-                        token_pb.VendTokenRequest(user_id=user_id, request_id=f"many-{i % 150}"),
-                        metadata=ADMIN_METADATA,
-                    )
-                )
-                for i in range(300)  # each request id twice: the retry answers as the first
-            )
-        )
-        balance = await credit.GetBalance(
-            credit_pb.GetBalanceRequest(user_id=user_id), metadata=ADMIN_METADATA
-        )
-        batches = server.spends.sent
+    # Each request id twice: the retry answers as the first.
+    request_ids = [f"many-{i % 150}" for i in range(300)]
+    results, balance, batches = await vends_on_a_server_of_its_own(
+        settings, database_dsn, user_id, request_ids
+    )
 
     sold = [r for r in results if isinstance(r, token_pb.VendTokenResponse)]
     assert len({r.token_id for r in sold}) == 50
     assert Counter(r for r in results if isinstance(r, str)) == {"FAILED_PRECONDITION": 200}
-    assert balance.balance == 0
+    assert balance == 0
     assert await ledger_rows(database_dsn, user_id) == {"user_creation": 1, "spend": 50}
     assert batches < 300
