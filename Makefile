@@ -102,6 +102,8 @@ bench: $(STAMP) ## Every workload at 1/8/64/256 in flight (needs h2load, wrk); w
 
 bench-smoke: $(STAMP) ## A few seconds of every workload, to prove the benchmark still runs.
 	$(BIN)/python -m bench --smoke
+	$(BIN)/python -m bench.access_line --runs 1 --lines 200 >/dev/null
+	$(BIN)/python -m bench.token_algorithms --runs 1 --tokens 50 >/dev/null
 
 bench-tools: ## Install the load generators the benchmark drives (Debian: h2load, wrk).
 	@command -v h2load >/dev/null && command -v wrk >/dev/null \
