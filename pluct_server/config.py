@@ -15,6 +15,7 @@ from dotenv import dotenv_values
 
 from pluct_server.key_secrets import new_secret
 from pluct_server.logs import LOG_FORMATS
+from pluct_server.runtime.event_loop import EVENT_LOOPS
 
 SECRET_NAMES = ("ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET")
 SECRET_MIN_CHARS = 32
@@ -97,6 +98,7 @@ class Settings:
     http_max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
     log_format: str = "text"
+    event_loop: str = "uvloop"
     # One line per gRPC call and HTTP request (logger pluct_server.access).
     access_log: bool = True
     # A listener of its own for /metrics (host:port), besides the HTTP port's /metrics.
@@ -234,6 +236,7 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
         ),
         log_level=_log_level(environ),
         log_format=_choice(environ, "PLUCT_LOG_FORMAT", LOG_FORMATS, "text"),
+        event_loop=_choice(environ, "PLUCT_EVENT_LOOP", EVENT_LOOPS, Settings.event_loop),
         access_log=_switch(environ, "PLUCT_ACCESS_LOG", default=True),
         metrics_listen=(
             _listen(environ, "PLUCT_METRICS_LISTEN", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from pluct.admin.v1 import admin_service_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2_grpc
 
+from pluct_server.config import Settings
 from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
+from pluct_server.runtime.event_loop import event_loop_policy_of
 from pluct_server.server import PluctServer
 from pluct_server.store.grants import ensure_login_role
 from tests.support import (
@@ -26,6 +29,13 @@ from tests.support import (
     scratch_database,
     settings_for_test,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run every async test on the event loop the service's workers run on by default."""
+    # A policy, not pytest-asyncio's loop-factory hook: the hook parametrizes async tests only,
+    # and a sync test would then start a second session loop (and server) of its own.
+    asyncio.set_event_loop_policy(event_loop_policy_of(Settings.event_loop))
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,7 @@ def test_production_refuses_missing_or_weak_secrets(name, value):
         ("PLUCT_SPEND_BATCHES_IN_FLIGHT", "0"),
         ("PLUCT_SPEND_BATCHES_IN_FLIGHT", "17"),
         ("PLUCT_LOG_LEVEL", "LOUD"),
+        ("PLUCT_EVENT_LOOP", "trio"),
         ("DATABASE_URL", "mysql://db"),
     ],
 )
@@ -75,6 +76,11 @@ def test_spend_batches_run_one_at_a_time_unless_told_otherwise():
     assert load_settings(STRONG).spend_batches_in_flight == 1
     told = load_settings({"PLUCT_SPEND_BATCHES_IN_FLIGHT": "3", **STRONG})
     assert told.spend_batches_in_flight == 3
+
+
+def test_workers_run_on_uvloop_unless_told_asyncio():
+    assert load_settings(STRONG).event_loop == "uvloop"
+    assert load_settings({"PLUCT_EVENT_LOOP": "asyncio", **STRONG}).event_loop == "asyncio"
 
 
 def test_real_environment_wins_over_dotenv(tmp_path, monkeypatch):

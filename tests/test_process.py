@@ -125,6 +125,7 @@ async def test_sigterm_drains_a_call_in_flight_then_exits_zero(production_dsn, t
     try:
         await service.wait_serving()
         assert healthcheck(env, tmp_path) == (0, "SERVING")
+        assert "serving on the uvloop event loop" in service.output  # the default
         user_id = new_user_id()
         async with grpc.aio.insecure_channel(service.grpc_target) as channel:
             credit = credit_service_pb2_grpc.CreditServiceStub(channel)
@@ -284,6 +285,7 @@ async def test_workers_share_the_ports_and_a_killed_worker_is_replaced(productio
         WEBHOOK_SECRET=WEBHOOK_SECRET,
         PLUCT_WORKERS="2",
         PLUCT_VEND_RATE="0",  # one user vends 116 times here
+        PLUCT_EVENT_LOOP="asyncio",  # the other loop: the rest of the suite runs on uvloop
     )
     service = ServiceProcess(env, tmp_path)
     try:
@@ -332,6 +334,8 @@ async def test_workers_share_the_ports_and_a_killed_worker_is_replaced(productio
         assert len(replaced) == 2 and victim not in replaced
         assert "worker 0" in service.output or "worker 1" in service.output
         assert "replacing it" in service.output
+        # Both first workers and the replacement run on the loop the setting chose.
+        assert service.output.count("serving on the asyncio event loop") == 3
         # Every retried vend settled once: 16 + 100 distinct tokens, 116 credits spent.
         assert len({reply.token for reply in (*first, *settled)}) == 116
         assert balance.balance == 200 - 116

@@ -22,6 +22,7 @@ from typing import Any
 from pluct_server.config import Settings
 from pluct_server.logs import setup_logging
 from pluct_server.metrics import MULTIPROCESS_DIR_ENV, flush_counts, forget_worker, serve_metrics
+from pluct_server.runtime.event_loop import loop_kind, run_on
 from pluct_server.server import PluctServer, wait_and_migrate
 from pluct_server.store.database import Database
 
@@ -230,7 +231,10 @@ def run_worker(settings: Settings, dsn: str, index: int, parent: int, ready: Any
     _die_with(parent)
     setup_logging(settings.log_level, settings.log_format, index, access_log=settings.access_log)
     try:
-        asyncio.run(serve(settings, dsn, on_ready=lambda: ready.put(index), reuse_port=True))
+        run_on(
+            settings.event_loop,
+            serve(settings, dsn, on_ready=lambda: ready.put(index), reuse_port=True),
+        )
     except Exception:
         logging.getLogger("pluct_server").exception("worker %d failed", index)
         sys.exit(1)
@@ -249,6 +253,7 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     server = PluctServer(settings, dsn, reuse_port=reuse_port)
     await server.start()
+    log.info("serving on the %s event loop", loop_kind(loop))
     if on_ready is not None:
         on_ready()
     await stop.wait()
