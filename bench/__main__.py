@@ -175,9 +175,11 @@ def workers_of(service: Service) -> list[psutil.Process]:
     return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
 
 
-def worker_rss_mib(service: Service) -> float:
-    """The largest resident memory of any worker, in MiB."""
-    return max((c.memory_info().rss for c in workers_of(service)), default=0) / 2**20
+def largest_worker_mib(service: Service) -> tuple[float, float]:
+    """The resident memory of the largest worker and its proportional share, in MiB."""
+    sizes = [c.memory_full_info() for c in workers_of(service)]
+    largest = max(sizes, key=lambda size: size.rss, default=None)
+    return (largest.rss / 2**20, largest.pss / 2**20) if largest else (0.0, 0.0)
 
 
 async def measured(
@@ -201,7 +203,7 @@ async def measured(
     if server_side and succeeded:
         used = server_cpu_seconds(service) - before
         measurement.cpu_us_per_request = used / succeeded * 1e6
-        measurement.rss_mib_per_worker = worker_rss_mib(service)
+        measurement.rss_mib_per_worker, measurement.pss_mib_per_worker = largest_worker_mib(service)
     return measurement
 
 

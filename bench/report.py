@@ -51,7 +51,8 @@ def ratios(results: Sequence[Measurement], half: Measurement) -> list[Ratio]:
     empty, database = peak(results, EMPTY), peak(results, PGBENCH)
     limit = min(empty.throughput, database.throughput)
     vend, hot = peak(results, VEND), peak(results, VEND_HOT)
-    rss = max((r.rss_mib_per_worker or 0.0) for r in results)
+    largest = max(results, key=lambda r: r.rss_mib_per_worker or 0.0)
+    rss, pss = largest.rss_mib_per_worker or 0.0, largest.pss_mib_per_worker or 0.0
     return [
         Ratio(
             "vend (spread) / limit",
@@ -85,7 +86,14 @@ def ratios(results: Sequence[Measurement], half: Measurement) -> list[Ratio]:
             f"{half.throughput:,.0f}/s from 16 clients, evenly spaced",
             higher_is_better=False,
         ),
-        Ratio("RSS per worker (MiB)", rss, RSS_GOAL_MIB, "largest worker", higher_is_better=False),
+        Ratio(
+            "RSS per worker (MiB)",
+            rss,
+            RSS_GOAL_MIB,
+            # Shared libraries count in full in every worker's RSS; PSS splits them.
+            f"largest worker; its proportional share (PSS) {pss:.0f} MiB",
+            higher_is_better=False,
+        ),
     ]
 
 
