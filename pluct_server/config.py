@@ -15,7 +15,7 @@ from dotenv import dotenv_values
 
 from pluct_server.key_secrets import new_secret
 from pluct_server.logs import LOG_FORMATS
-from pluct_server.runtime.event_loop import EVENT_LOOPS
+from pluct_server.runtime.event_loop import EVENT_LOOPS, loop_available
 
 SECRET_NAMES = ("ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET")
 SECRET_MIN_CHARS = 32
@@ -289,6 +289,7 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
     if serving:
         _check_tls(settings)
         _check_token_keys(settings)
+        _check_event_loop(settings)
     if settings.production and serving:
         check_strong_secret("ADMIN_SECRET", settings.admin_secret)
         for name, values in (
@@ -304,6 +305,16 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
 
 def _split_secrets(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _check_event_loop(settings: Settings) -> None:
+    # Checked here, before migrations and workers, so a missing uvloop is one line, not a
+    # traceback from every worker.
+    if not loop_available(settings.event_loop):
+        raise ConfigError(
+            f"PLUCT_EVENT_LOOP is {settings.event_loop}, which is not installed here: "
+            "install it, or set PLUCT_EVENT_LOOP=asyncio"
+        )
 
 
 def _check_tls(settings: Settings) -> None:

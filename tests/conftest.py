@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +15,7 @@ from pluct.token.v1 import token_service_pb2_grpc
 
 from pluct_server.config import Settings
 from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
-from pluct_server.runtime.event_loop import event_loop_policy_of
+from pluct_server.runtime.event_loop import loop_factory
 from pluct_server.server import PluctServer
 from pluct_server.store.grants import ensure_login_role
 from tests.support import (
@@ -35,7 +35,20 @@ def pytest_configure(config: pytest.Config) -> None:
     """Run every async test on the event loop the service's workers run on by default."""
     # A policy, not pytest-asyncio's loop-factory hook: the hook parametrizes async tests only,
     # and a sync test would then start a second session loop (and server) of its own.
-    asyncio.set_event_loop_policy(event_loop_policy_of(Settings.event_loop))
+    # (pytest-asyncio still makes its loops through the policy, deprecated from Python 3.14.)
+    asyncio.set_event_loop_policy(_policy_making(loop_factory(Settings.event_loop)))
+
+
+def _policy_making(
+    make_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> asyncio.AbstractEventLoopPolicy:
+    """Return an event loop policy whose new loops come from make_loop."""
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return make_loop()
+
+    return Policy()
 
 
 @pytest.fixture(scope="session")

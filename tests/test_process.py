@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -79,6 +80,14 @@ class ServiceProcess:
     async def exit_code(self) -> int:
         return await asyncio.to_thread(self.process.wait, 60)
 
+    async def wait_for_lines(self, text: str, count: int, seconds: float = 30.0) -> None:
+        """Wait until `text` appears `count` times in the output, showing it if it does not."""
+        deadline = time.monotonic() + seconds
+        while self.output.count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not seen {count} time(s):\n{self.output}")
+            await asyncio.sleep(0.1)
+
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -120,12 +129,13 @@ async def test_sigterm_drains_a_call_in_flight_then_exits_zero(production_dsn, t
         ADMIN_SECRET=ADMIN_SECRET,
         JWT_SECRET=JWT_SECRET,
         WEBHOOK_SECRET=WEBHOOK_SECRET,
+        PLUCT_EVENT_LOOP="asyncio",  # the other loop; the rest of the suite runs the default
     )
     service = ServiceProcess(env, tmp_path)
     try:
         await service.wait_serving()
         assert healthcheck(env, tmp_path) == (0, "SERVING")
-        assert "serving on the uvloop event loop" in service.output  # the default
+        await service.wait_for_lines("serving on the asyncio event loop", 1)
         user_id = new_user_id()
         async with grpc.aio.insecure_channel(service.grpc_target) as channel:
             credit = credit_service_pb2_grpc.CreditServiceStub(channel)
@@ -162,6 +172,7 @@ async def test_sigterm_drains_a_call_in_flight_then_exits_zero(production_dsn, t
             vended = await vend
         assert vended.balance_after == 1
         assert await service.exit_code() == 0
+        assert "uvloop" not in service.output
         assert "stopped" in service.output
         assert healthcheck(env, tmp_path)[0] == 1
     finally:
@@ -285,7 +296,6 @@ async def test_workers_share_the_ports_and_a_killed_worker_is_replaced(productio
         WEBHOOK_SECRET=WEBHOOK_SECRET,
         PLUCT_WORKERS="2",
         PLUCT_VEND_RATE="0",  # one user vends 116 times here
-        PLUCT_EVENT_LOOP="asyncio",  # the other loop: the rest of the suite runs on uvloop
     )
     service = ServiceProcess(env, tmp_path)
     try:
@@ -324,9 +334,8 @@ async def test_workers_share_the_ports_and_a_killed_worker_is_replaced(productio
             while len(replaced) < 2:  # the test's timeout bounds the wait
                 await asyncio.sleep(0.1)
                 replaced = worker_pids(service)
-            # Both first workers and the replacement say which loop they serve on.
-            while service.output.count("serving on the asyncio event loop") < 3:
-                await asyncio.sleep(0.1)
+            # Both first workers and the replacement serve on the default loop.
+            await service.wait_for_lines("serving on the uvloop event loop", 3)
             balance = await credit.GetBalance(
                 credit_pb.GetBalanceRequest(user_id=user_id), metadata=ADMIN_METADATA
             )
@@ -337,7 +346,6 @@ async def test_workers_share_the_ports_and_a_killed_worker_is_replaced(productio
         assert len(replaced) == 2 and victim not in replaced
         assert "worker 0" in service.output or "worker 1" in service.output
         assert "replacing it" in service.output
-        assert "uvloop" not in service.output  # the setting chose asyncio's loop for all three
         # Every retried vend settled once: 16 + 100 distinct tokens, 116 credits spent.
         assert len({reply.token for reply in (*first, *settled)}) == 116
         assert balance.balance == 200 - 116

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-# uvloop first: measured on the whole service, it serves more calls per core (README, "Scaling").
+# The names PLUCT_EVENT_LOOP accepts. The default (Settings.event_loop) is uvloop: measured with
+# `python -m bench.event_loops`, it serves more calls per core (README, "Scaling").
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 T = TypeVar("T")
+
+
+def loop_available(name: str) -> bool:
+    """Whether the named loop can run here (uvloop is a package of its own, without Windows)."""
+    if name != "uvloop":
+        return name in EVENT_LOOPS
+    try:
+        return importlib.util.find_spec("uvloop") is not None
+    except (ImportError, ValueError):  # ValueError: imported once, then made unimportable
+        return False
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -18,25 +31,25 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
         import uvloop  # imported on demand: the asyncio choice must not need it
 
         return uvloop.new_event_loop
-    return asyncio.new_event_loop
+    if name == "asyncio":
+        return _python_loop
+    raise ValueError(f"unknown event loop {name!r}: expected one of {', '.join(EVENT_LOOPS)}")
 
 
-def run_on(name: str, main: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion on a new event loop of the named kind, like asyncio.run."""
+def _python_loop() -> asyncio.AbstractEventLoop:
+    """Make asyncio's own loop, whatever event loop policy the process has set."""
+    if sys.platform == "win32":
+        return asyncio.ProactorEventLoop()
+    return asyncio.SelectorEventLoop()
+
+
+def run_on(name: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run main() to completion on a new event loop of the named kind, like asyncio.run."""
+    # The loop first: a loop that cannot be made must not leave main's coroutine unawaited.
     with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
-        return runner.run(main)
+        return runner.run(main())
 
 
 def loop_kind(loop: asyncio.AbstractEventLoop) -> str:
     """Name the kind of a running loop as PLUCT_EVENT_LOOP does."""
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-
-
-def event_loop_policy_of(name: str) -> asyncio.AbstractEventLoopPolicy:
-    """Return the policy that makes event loops of the named kind (for tools that want one)."""
-    if name == "uvloop":
-        import uvloop
-
-        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
-        return policy
-    return asyncio.DefaultEventLoopPolicy()

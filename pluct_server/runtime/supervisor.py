@@ -233,7 +233,7 @@ def run_worker(settings: Settings, dsn: str, index: int, parent: int, ready: Any
     try:
         run_on(
             settings.event_loop,
-            serve(settings, dsn, on_ready=lambda: ready.put(index), reuse_port=True),
+            lambda: serve(settings, dsn, on_ready=lambda: ready.put(index), reuse_port=True),
         )
     except Exception:
         logging.getLogger("pluct_server").exception("worker %d failed", index)
