@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -63,6 +64,13 @@ def batch_arguments(requests: Sequence[SpendRequest]) -> tuple[Any, ...]:
     )
 
 
+def timer_seconds(wait: timedelta) -> float:
+    """Return a wait as an event loop timer keeps it: rounded up to whole milliseconds."""
+    # Both loops time in milliseconds, and uvloop runs a timer under half of one at once:
+    # a wait that is set must wait.
+    return math.ceil(wait / timedelta(milliseconds=1)) / 1000
+
+
 class SpendBatcher:
     """Coalesces concurrent spends into batches, each one statement and one commit.
 
@@ -81,7 +89,7 @@ class SpendBatcher:
     ) -> None:
         self._db = database
         self._max_size = max_size
-        self._max_wait = max_wait.total_seconds()
+        self._max_wait = timer_seconds(max_wait)
         self._max_in_flight = max_in_flight
         self._waiting: list[tuple[SpendRequest, asyncio.Future[SpendOutcome]]] = []
         self._in_flight = 0
