@@ -104,6 +104,7 @@ bench-smoke: $(STAMP) ## A few seconds of every workload, to prove the benchmark
 	$(BIN)/python -m bench --smoke
 	$(BIN)/python -m bench.access_line --runs 1 --lines 200 >/dev/null
 	$(BIN)/python -m bench.token_algorithms --runs 1 --tokens 50 >/dev/null
+	$(BIN)/python -m bench.event_loops --runs 1 --seconds 1 --warm-up 0 >/dev/null
 
 bench-tools: ## Install the load generators the benchmark drives (Debian: h2load, wrk).
 	@command -v h2load >/dev/null && command -v wrk >/dev/null \

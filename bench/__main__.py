@@ -47,6 +47,7 @@ from bench.report import (
     write_chart,
 )
 from bench.workloads import pgbench_script, wrk_script
+from pluct_server.config import Settings
 from pluct_server.runtime.embedded_postgres import postgres_tool
 
 OUT = Path(__file__).parent / "out"
@@ -176,10 +177,15 @@ def workers_of(service: Service) -> list[psutil.Process]:
 
 
 def largest_worker_mib(service: Service) -> tuple[float, float]:
-    """The resident memory of the largest worker and its proportional share, in MiB."""
-    sizes = [c.memory_full_info() for c in workers_of(service)]
-    largest = max(sizes, key=lambda size: size.rss, default=None)
-    return (largest.rss / 2**20, largest.pss / 2**20) if largest else (0.0, 0.0)
+    """The resident memory of the largest worker and its private part (USS), in MiB."""
+    largest = (0.0, 0.0)
+    for worker in workers_of(service):
+        try:
+            size = worker.memory_full_info()
+        except psutil.Error:
+            continue  # a worker that died meanwhile (the supervisor replaces it)
+        largest = max(largest, (size.rss / 2**20, size.uss / 2**20))
+    return largest
 
 
 async def measured(
@@ -203,7 +209,7 @@ async def measured(
     if server_side and succeeded:
         used = server_cpu_seconds(service) - before
         measurement.cpu_us_per_request = used / succeeded * 1e6
-        measurement.rss_mib_per_worker, measurement.pss_mib_per_worker = largest_worker_mib(service)
+        measurement.rss_mib_per_worker, measurement.uss_mib_per_worker = largest_worker_mib(service)
     return measurement
 
 
@@ -349,8 +355,9 @@ def _machine(service: Service, workers: int) -> str:
     memory = psutil.virtual_memory().total / 2**30
     return (
         f"{os.cpu_count()} cores, {memory:.0f} GiB, Python {sys.version.split()[0]}, "
-        f"{workers} worker process(es) plus a supervisor; the load generators (h2load, wrk, "
-        "pgbench) share the same cores"
+        f"{workers} worker process(es) on {Settings.event_loop} (the default loop; "
+        "`python -m bench.event_loops` compares the other) plus a supervisor; the load "
+        "generators (h2load, wrk, pgbench) share the same cores"
     )
 
 

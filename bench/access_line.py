@@ -9,7 +9,6 @@ time waiting on the pipe or for a core not), the best of several short runs take
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import logging
@@ -22,7 +21,9 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from pluct_server.access import CallRecord, log_access
+from pluct_server.config import Settings
 from pluct_server.logs import TEXT_FORMAT, JsonFormatter, setup_logging
+from pluct_server.runtime.event_loop import run_on
 
 ACCESS = logging.getLogger("pluct_server.access")
 # A ValidateToken call as the access line sees it.
@@ -124,7 +125,8 @@ def per_line(log: Callable[[CallRecord, float], None], lines: int, in_loop: bool
     async def run_in_loop() -> float:
         return run()
 
-    took = asyncio.run(run_in_loop()) if in_loop else run()
+    # On the loop the workers run on by default: the batched handler flushes through it.
+    took = run_on(Settings.event_loop, run_in_loop) if in_loop else run()
     for handler in logging.getLogger().handlers:
         handler.flush()
     return took

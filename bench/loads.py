@@ -48,8 +48,8 @@ class Measurement:
     latencies_us: list[float] = field(default_factory=list, repr=False)
     cpu_us_per_request: float | None = None
     rss_mib_per_worker: float | None = None
-    # The same worker's proportional share: pages shared with other processes split between them.
-    pss_mib_per_worker: float | None = None
+    # The same worker's private memory (USS): what one more worker adds.
+    uss_mib_per_worker: float | None = None
     note: str = ""
 
     @property

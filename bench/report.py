@@ -52,7 +52,7 @@ def ratios(results: Sequence[Measurement], half: Measurement) -> list[Ratio]:
     limit = min(empty.throughput, database.throughput)
     vend, hot = peak(results, VEND), peak(results, VEND_HOT)
     largest = max(results, key=lambda r: r.rss_mib_per_worker or 0.0)
-    rss, pss = largest.rss_mib_per_worker or 0.0, largest.pss_mib_per_worker or 0.0
+    rss, uss = largest.rss_mib_per_worker or 0.0, largest.uss_mib_per_worker or 0.0
     return [
         Ratio(
             "vend (spread) / limit",
@@ -90,8 +90,8 @@ def ratios(results: Sequence[Measurement], half: Measurement) -> list[Ratio]:
             "RSS per worker (MiB)",
             rss,
             RSS_GOAL_MIB,
-            # Shared libraries count in full in every worker's RSS; PSS splits them.
-            f"largest worker; its proportional share (PSS) {pss:.0f} MiB",
+            # Shared libraries count in full in every worker's RSS; USS leaves them out.
+            f"largest worker; {uss:.0f} MiB of it its own (USS), the rest shared",
             higher_is_better=False,
         ),
     ]
