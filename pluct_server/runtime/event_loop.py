@@ -21,7 +21,7 @@ def loop_available(name: str) -> bool:
         return name in EVENT_LOOPS
     try:
         return importlib.util.find_spec("uvloop") is not None
-    except (ImportError, ValueError):  # ValueError: imported once, then made unimportable
+    except (ImportError, ValueError):  # ValueError: a module already loaded without a spec
         return False
 
 
