@@ -16,9 +16,9 @@ T = TypeVar("T")
 
 
 def loop_available(name: str) -> bool:
-    """Whether the named loop can run here (uvloop is a package of its own, without Windows)."""
+    """Whether a loop PLUCT_EVENT_LOOP accepts can run here (uvloop is a package of its own)."""
     if name != "uvloop":
-        return name in EVENT_LOOPS
+        return True  # asyncio's loop comes with Python
     try:
         return importlib.util.find_spec("uvloop") is not None
     except (ImportError, ValueError):  # ValueError: a module already loaded without a spec
