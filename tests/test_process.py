@@ -130,12 +130,14 @@ async def test_sigterm_drains_a_call_in_flight_then_exits_zero(production_dsn, t
         JWT_SECRET=JWT_SECRET,
         WEBHOOK_SECRET=WEBHOOK_SECRET,
         PLUCT_EVENT_LOOP="asyncio",  # the other loop; the rest of the suite runs the default
+        MALLOC_ARENA_MAX="4",  # an operator's own allocator setting
     )
     service = ServiceProcess(env, tmp_path)
     try:
         await service.wait_serving()
         assert healthcheck(env, tmp_path) == (0, "SERVING")
         await service.wait_for_lines("serving on the asyncio event loop", 1)
+        assert {arena_limit(pid) for pid in worker_pids(service)} == {"4"}
         user_id = new_user_id()
         async with grpc.aio.insecure_channel(service.grpc_target) as channel:
             credit = credit_service_pb2_grpc.CreditServiceStub(channel)
@@ -262,6 +264,11 @@ def worker_pids(service: ServiceProcess) -> set[int]:
     return {child.pid for child in children if "spawn_main" in " ".join(child.cmdline())}
 
 
+def arena_limit(pid: int) -> str | None:
+    """Return the glibc arena limit a process started with (MALLOC_ARENA_MAX), if any."""
+    return psutil.Process(pid).environ().get("MALLOC_ARENA_MAX")
+
+
 def serving_pids(pids: set[int], port: int) -> set[int]:
     """Return which of `pids` hold an established connection on `port`."""
     found = set()
@@ -302,6 +309,7 @@ async def test_workers_share_the_ports_and_a_killed_worker_is_replaced(productio
         await service.wait_serving()
         workers = worker_pids(service)
         assert len(workers) == 2
+        assert {arena_limit(pid) for pid in workers} == {"2"}
         port = int(service.grpc_target.rpartition(":")[2])
         user_id = new_user_id()
         # Sixteen connections: the kernel spreads them over both workers' listening sockets.
@@ -344,6 +352,7 @@ async def test_workers_share_the_ports_and_a_killed_worker_is_replaced(productio
                 await channel.close()
 
         assert len(replaced) == 2 and victim not in replaced
+        assert {arena_limit(pid) for pid in replaced} == {"2"}
         assert "worker 0" in service.output or "worker 1" in service.output
         assert "replacing it" in service.output
         # Every retried vend settled once: 16 + 100 distinct tokens, 116 credits spent.
