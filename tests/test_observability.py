@@ -184,6 +184,27 @@ async def test_metrics_count_calls_by_code_and_what_was_sold(server, credit, tok
     assert grew(("pluct_refusals_total", insufficient)) == 1
 
 
+async def test_spend_batch_metrics_say_how_vends_rode_together(server, credit, token, user_id):
+    await fund(credit, user_id, 40)
+    start = samples()
+    vends = [token.VendToken(token_pb.VendTokenRequest(user_id=user_id)) for _ in range(40)]
+    replies = await asyncio.gather(*vends)
+    end = samples()
+
+    def grew(name: str) -> float:
+        return end.get((name, ()), 0.0) - start.get((name, ()), 0.0)
+
+    assert sorted(reply.balance_after for reply in replies) == list(range(40))
+    batches = grew("pluct_spend_batch_size_count")
+    # Every vend rode exactly one batch, and those that came while one ran shared the next.
+    assert grew("pluct_spend_batch_size_sum") == 40
+    assert 1 <= batches < 40
+    assert grew("pluct_spend_batch_seconds_count") == batches
+    assert grew("pluct_spend_batch_seconds_sum") > 0
+    assert grew("pluct_spend_wait_seconds_count") == 40
+    assert grew("pluct_spend_wait_seconds_sum") > 0  # the ones behind the first batch waited
+
+
 def test_json_logs_are_one_object_per_line_with_the_access_fields():
     record = logging.LogRecord(ACCESS, logging.INFO, __file__, 1, "line", None, None)
     record.fields = {"method": "/x", "code": "OK"}

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pluct_server.metrics import (
+    SPEND_BATCH_SECONDS,
+    SPEND_BATCH_SIZE,
+    SPEND_WAIT_SECONDS,
+    histogram_of,
+)
 from pluct_server.models import RequestKey, TokenClaims
 from pluct_server.store.database import Database
 
@@ -42,6 +49,10 @@ class SpendOutcome:
 
     outcome: str  # SPENT, INSUFFICIENT, TAKEN (the request key) or LIMITED (a counter)
     balance_after: int | None = None
+
+
+# A spend waiting for its batch: what it asks, its answer to come, and when it asked.
+Waiting = tuple[SpendRequest, "asyncio.Future[SpendOutcome]", float]
 
 
 def batch_arguments(requests: Sequence[SpendRequest]) -> tuple[Any, ...]:
@@ -91,7 +102,7 @@ class SpendBatcher:
         self._max_size = max_size
         self._max_wait = timer_seconds(max_wait)
         self._max_in_flight = max_in_flight
-        self._waiting: list[tuple[SpendRequest, asyncio.Future[SpendOutcome]]] = []
+        self._waiting: list[Waiting] = []
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         # Strong references: a running batch must not be collected while callers wait on it.
@@ -99,11 +110,14 @@ class SpendBatcher:
         # What was sent: batches, and the most spends one carried.
         self.sent = 0
         self.largest = 0
+        self._sizes = histogram_of(SPEND_BATCH_SIZE)
+        self._statement_seconds = histogram_of(SPEND_BATCH_SECONDS)
+        self._waits = histogram_of(SPEND_WAIT_SECONDS)
 
     async def spend(self, request: SpendRequest) -> SpendOutcome:
         """Spend as part of the next batch; return what the database did with this spend."""
         future: asyncio.Future[SpendOutcome] = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, future))
+        self._waiting.append((request, future, time.perf_counter()))
         self._schedule()
         # A caller that goes away does not stop the batch: its spend is made or not, and a
         # retry with the same request id finds out which.
@@ -130,17 +144,22 @@ class SpendBatcher:
         del self._waiting[: self._max_size]
         self.sent += 1
         self.largest = max(self.largest, len(batch))
+        self._sizes.observe(len(batch))
+        now = time.perf_counter()
+        for _, _, asked in batch:
+            self._waits.observe(now - asked)
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _run(self, batch: list[tuple[SpendRequest, asyncio.Future[SpendOutcome]]]) -> None:
+    async def _run(self, batch: list[Waiting]) -> None:
+        begin = time.perf_counter()
         try:
-            arguments = batch_arguments([r for r, _ in batch])
+            arguments = batch_arguments([r for r, _, _ in batch])
             rows = await self._db.fetch(_SPEND_BATCH, *arguments, writes=True)
         except BaseException as error:
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(error)
             if not isinstance(error, Exception):
@@ -154,6 +173,7 @@ class SpendBatcher:
                         SpendOutcome(row["outcome"], None if balance is None else int(balance))
                     )
         finally:
+            self._statement_seconds.observe(time.perf_counter() - begin)
             self._in_flight -= 1
             # Whatever waited while this batch ran goes now: it has waited long enough.
             if self._waiting:
