@@ -23,6 +23,7 @@ from pluct.token.v1 import token_service_pb2 as token_pb
 from pluct.token.v1 import token_service_pb2_grpc
 
 from bench.harness import SECRETS, Service, postgres_server, running_service
+from bench.inside import scrape, vend_time
 from bench.loads import (
     GRPC_HEADERS,
     H2LOAD_WARM_UP_SECONDS,
@@ -306,6 +307,7 @@ async def run(plan: Plan) -> Path:
         peak = max((r for r in results if r.workload == VEND), key=lambda r: r.throughput)
         progress.step(f"VendToken at half its peak rate ({peak.throughput / 2:.0f}/s)")
         await settle(service.dsn)
+        before = await scrape(service.metrics_url)
         half = await measured(
             service,
             f"{VEND}, at half of peak",
@@ -322,11 +324,12 @@ async def run(plan: Plan) -> Path:
             ),
             warm_up=H2LOAD_WARM_UP_SECONDS,
         )
+        inside = vend_time(before, await scrape(service.metrics_url))
         machine = _machine(service, workers)
     report = OUT / "REPORT.md"
     chart = OUT / "chart.png"
     write_chart(results, chart)
-    report.write_text(render(results, half, machine, plan.seconds, chart.name))
+    report.write_text(render(results, half, inside, machine, plan.seconds, chart.name))
     return report
 
 

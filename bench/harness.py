@@ -32,6 +32,7 @@ class Service:
     grpc_target: str
     http_base: str
     dsn: str
+    metrics_url: str
 
     def rss_mib(self) -> float:
         """Resident memory of the service process, in MiB."""
@@ -60,12 +61,13 @@ async def running_service(
 ) -> AsyncIterator[Service]:
     """Start the service on a scratch database in its own process; stop it on the way out."""
     async with scratch_database(server_url) as dsn:
-        grpc_port, http_port = free_port(), free_port()
+        grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
         env = {
             "PATH": os.environ.get("PATH", ""),
             "DATABASE_URL": dsn,
             "PLUCT_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
             "PLUCT_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+            "PLUCT_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
             # Health pings and cache refreshes would add transactions to the round-trip count;
             # one an hour (a minute for the caches) is as good as none.
             "PLUCT_HEALTH_INTERVAL_SECONDS": "3600",
@@ -78,7 +80,13 @@ async def running_service(
         process = subprocess.Popen(  # noqa: ASYNC220 - start-up only, not on a hot path
             [sys.executable, "-m", "pluct_server", "serve"], env=env, stdin=subprocess.DEVNULL
         )
-        service = Service(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", dsn)
+        service = Service(
+            process,
+            f"127.0.0.1:{grpc_port}",
+            f"http://127.0.0.1:{http_port}",
+            dsn,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+        )
         try:
             await wait_until_serving(service.grpc_target, process, deadline_seconds=60)
             yield service

@@ -98,9 +98,14 @@ def ratios(results: Sequence[Measurement], half: Measurement) -> list[Ratio]:
 
 
 def render(
-    results: Sequence[Measurement], half: Measurement, machine: str, seconds: float, chart: str
+    results: Sequence[Measurement],
+    half: Measurement,
+    inside: str,
+    machine: str,
+    seconds: float,
+    chart: str,
 ) -> str:
-    """Return the report as Markdown."""
+    """Return the report as Markdown; `inside` says where vends at half of peak spent time."""
     lines = [
         "# Benchmark report",
         "",
@@ -124,6 +129,9 @@ def render(
             f"{'yes' if ratio.met else 'no'} | {ratio.how} |"
         )
     lines += [
+        "",
+        f"At half of peak, clients saw vends answered in p50 {_ms(half.percentile_ms(50))} ms "
+        f"and p99 {_ms(half.percentile_ms(99))} ms. {inside}",
         "",
         "## Every run",
         "",
