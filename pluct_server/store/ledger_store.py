@@ -33,10 +33,10 @@ class RequestKeyTaken(Exception):
 
 
 # Credit statements for one user that one worker runs at once. Measured with two workers and
-# credits to one user (make bench's AddCredits): 1 and 2 lost 2-7% at 8 in flight, where
-# PostgreSQL hands the row lock on without a round trip; 4 matched the unlimited rate there
-# (1,584-1,600/s) and kept it at 64 and 256 in flight (1,641-1,683/s), where unlimited fell to
-# 617-767/s with a p99 of 0.3-0.9 s.
+# credits to one user (make bench's AddCredits): unbounded, 1,516-1,593/s at 8 in flight fell
+# to 617-767/s at 64 and 256 (p99 0.3-0.9 s). One turn gave 1,363-1,459/s throughout (each
+# hand-off of the row then costs a round trip), two 1,468-1,579/s, four 1,584-1,600/s at 8
+# and 1,641-1,683/s at 64 and 256.
 CREDITS_AT_ONCE_PER_USER = 4
 
 # The constraints whose violation the domain needs to tell apart.
