@@ -8,26 +8,20 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
+from pluct_server.metrics import FLUSH_SECONDS, GRPC_LABELS
+from tests.support import MetricSamples as Samples
+from tests.support import metric_samples
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-VEND_LABELS = (
-    ("grpc_method", "VendToken"),
-    ("grpc_service", "pluct.token.v1.TokenService"),
-    ("grpc_type", "unary"),
+VEND_LABELS = dict(
+    zip(GRPC_LABELS, ("unary", "pluct.token.v1.TokenService", "VendToken"), strict=True)
 )
 
 
 async def scrape(url: str) -> Samples:
     """Return every sample /metrics serves, by name and sorted labels."""
-    # The workers hand their counts over every 50 ms: let the last calls' counts arrive.
-    await asyncio.sleep(0.2)
-    text = await asyncio.to_thread(_get, url)
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    # Workers hand their counts over every FLUSH_SECONDS: let the last calls' counts arrive.
+    await asyncio.sleep(4 * FLUSH_SECONDS)
+    return metric_samples(await asyncio.to_thread(_get, url))
 
 
 def _get(url: str) -> str:
@@ -45,7 +39,9 @@ class Histogram:
 
     def quantile(self, q: float) -> float:
         """Estimate a quantile as Prometheus' histogram_quantile does (linear in its bucket)."""
-        wanted = q * self.count
+        if not self.buckets or not self.buckets[-1][1]:
+            return math.nan  # nothing observed
+        wanted = q * self.buckets[-1][1]  # the +Inf bucket counts every observation
         lower, below = 0.0, 0.0
         for upper, cumulative in self.buckets:
             if cumulative >= wanted and cumulative > below:
@@ -81,7 +77,7 @@ def vend_time(before: Samples, after: Samples) -> str:
     sizes = gained(before, after, "pluct_spend_batch_size", {})
     waits = gained(before, after, "pluct_spend_wait_seconds", {})
     statements = gained(before, after, "pluct_spend_batch_seconds", {})
-    answers = gained(before, after, "grpc_server_handling_seconds", dict(VEND_LABELS))
+    answers = gained(before, after, "grpc_server_handling_seconds", VEND_LABELS)
     if not sizes.count or not answers.count:
         return "The service's histograms recorded no vends in this run."
 
@@ -96,4 +92,6 @@ def vend_time(before: Samples, after: Samples) -> str:
 
 def _p50_p99(histogram: Histogram) -> str:
     p50, p99 = (histogram.quantile(q) * 1000 for q in (0.5, 0.99))
+    if math.isnan(p50):
+        return "nothing recorded"
     return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"

@@ -65,7 +65,7 @@ CREDITS_SPENT = Counter("pluct_credits_spent_total", "Credits spent on tokens.")
 TOKENS_VENDED = Counter("pluct_tokens_vended_total", "Tokens vended.")
 # Spend batches: how many vends each carried, and where a vend's time went (its wait for a
 # batch to leave, then the batch's statement). Finer at the bottom: both are often under 1 ms.
-_SPEND_BUCKETS = (0.00025, 0.0005, *_BUCKETS[:-3])
+_SPEND_BUCKETS = (0.00025, 0.0005, *_BUCKETS)
 SPEND_BATCH_SIZE = Histogram(
     "pluct_spend_batch_size",
     "Vends spent by each batch statement.",

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from pluct_server.config import RATE_OFF, Settings
 from pluct_server.server import PluctServer
@@ -210,3 +211,15 @@ async def ledger_of(dsn: str, user_id: str) -> tuple[int | None, Counter[str]]:
     finally:
         await conn.close()
     return balance, Counter(row["type"] for row in rows)
+
+
+MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(text: str) -> MetricSamples:
+    """Every sample of a Prometheus text exposition, by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -23,6 +23,11 @@ def test_a_quantile_is_placed_within_its_bucket_as_prometheus_does():
     assert waits.quantile(0.99) == pytest.approx(0.005)
 
 
+def test_a_histogram_that_recorded_nothing_has_no_quantile():
+    assert math.isnan(Histogram((), 0.0, 0.0).quantile(0.5))
+    assert math.isnan(Histogram(((0.001, 0.0), (math.inf, 0.0)), 0.0, 0.0).quantile(0.99))
+
+
 def test_only_what_a_histogram_gained_between_scrapes_counts():
     before = {bucket("0.001"): 5.0, bucket("+Inf"): 7.0, (f"{WAIT}_count", ()): 7.0}
     after = {bucket("0.001"): 15.0, bucket("+Inf"): 27.0, (f"{WAIT}_count", ()): 27.0}

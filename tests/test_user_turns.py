@@ -6,12 +6,15 @@ import asyncio
 
 import pytest
 
+from pluct_server.errors import Unavailable
 from pluct_server.store.user_turns import UserTurns
+
+WAIT = 5.0  # as a pooled connection is waited for
 
 
 @pytest.mark.parametrize("at_once", [1, 3])
 async def test_a_user_gets_at_most_its_turns_in_arrival_order_and_others_pass(at_once):
-    turns = UserTurns(at_once)
+    turns = UserTurns(at_once, WAIT)
     holding = {"hot": 0, "other": 0}
     most = {"hot": 0, "other": 0}
     order: list[int] = []
@@ -38,7 +41,7 @@ async def test_a_user_gets_at_most_its_turns_in_arrival_order_and_others_pass(at
 
 
 async def test_a_caller_that_goes_away_while_waiting_frees_its_place():
-    turns = UserTurns(1)
+    turns = UserTurns(1, WAIT)
     release = asyncio.Event()
 
     async def hold() -> None:
@@ -58,3 +61,31 @@ async def test_a_caller_that_goes_away_while_waiting_frees_its_place():
     assert len(turns) == 0
     async with turns.turn("hot"):  # the user's turn is free again
         pass
+
+
+async def test_a_statement_that_fails_hands_its_turn_on():
+    turns = UserTurns(1, WAIT)
+    with pytest.raises(RuntimeError):
+        async with turns.turn("hot"):
+            raise RuntimeError("the statement failed")
+    assert len(turns) == 0
+    async with asyncio.timeout(1), turns.turn("hot"):
+        pass
+
+
+async def test_a_turn_not_free_within_the_wait_is_refused_as_unavailable():
+    turns = UserTurns(1, 0.05)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with turns.turn("hot"):
+            await release.wait()
+
+    holder = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable):
+        async with turns.turn("hot"):
+            pass
+    release.set()
+    await holder
+    assert len(turns) == 0

@@ -44,7 +44,8 @@ _WATCH_SECONDS = 0.5
 # keeps what they grew: after a burst of load gRPC's threads held a worker's memory ~2 MiB
 # higher than with two arenas, which served as fast (`make bench` loads, three runs each).
 # Read by glibc as a worker starts; a value in the environment wins.
-MALLOC_ARENAS = ("MALLOC_ARENA_MAX", "2")
+_ARENA_LIMIT_ENV = "MALLOC_ARENA_MAX"
+_ARENA_LIMIT = "2"
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,9 @@ class Supervisor:
         # Every worker writes its metrics here; /metrics on any of them adds them all up.
         samples = tempfile.TemporaryDirectory(prefix="pluct-metrics-")
         os.environ[MULTIPROCESS_DIR_ENV] = samples.name
-        arenas, count = MALLOC_ARENAS
-        own_arenas = arenas not in os.environ
-        os.environ.setdefault(arenas, count)  # for the workers: this process's glibc has read it
+        own_arena_limit = _ARENA_LIMIT_ENV not in os.environ
+        # For the workers: this process's glibc read its environment when it started.
+        os.environ.setdefault(_ARENA_LIMIT_ENV, _ARENA_LIMIT)
         try:
             if self._settings.metrics_listen:
                 serve_metrics(self._settings.metrics_listen)
@@ -152,8 +153,8 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             os.environ.pop(MULTIPROCESS_DIR_ENV, None)
-            if own_arenas:
-                os.environ.pop(arenas, None)
+            if own_arena_limit:
+                os.environ.pop(_ARENA_LIMIT_ENV, None)
             samples.cleanup()
         _LOGGER.info("all workers stopped")
         return 0

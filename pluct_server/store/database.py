@@ -114,6 +114,11 @@ class Database:
         except Exception as exc:
             self._reraise(exc)
 
+    @property
+    def connect_timeout(self) -> float:
+        """How long a statement may wait for a pooled connection before UNAVAILABLE."""
+        return self._connect_timeout
+
     def _acquire(self) -> Any:
         pool = self._pool
         if pool is None:

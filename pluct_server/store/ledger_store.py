@@ -193,7 +193,7 @@ class LedgerStore:
         self._db = database
         self._spends = spends or SpendBatcher(database)
         # Credits to one user take turns here (spends have their batches instead).
-        self._credit_turns = UserTurns(CREDITS_AT_ONCE_PER_USER)
+        self._credit_turns = UserTurns(CREDITS_AT_ONCE_PER_USER, database.connect_timeout)
 
     async def create_user(
         self, user_id: str, initial_credits: int, reason: str, caller: str, key: RequestKey | None

@@ -1,10 +1,12 @@
-"""Statements that lock one user's row take turns in the worker, not in PostgreSQL's lock queue."""
+"""Credits to one user take turns in the worker, not in PostgreSQL's queue for the user's row."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+from pluct_server.errors import Unavailable
 
 
 class UserTurns:
@@ -14,11 +16,13 @@ class UserTurns:
     the row lock, and every commit wakes them all to re-check: credits to one user ran at half
     the rate at 64 in flight that they ran at 8. Waiting here holds no connection. The database
     still does the locking that keeps balances right; this only keeps a hot user from taking a
-    worker's pool, and the database's time, with it.
+    worker's pool, and the database's time, with it. A turn is waited for as long as a pooled
+    connection would be, and then refused the same way: UNAVAILABLE, retry later.
     """
 
-    def __init__(self, at_once: int) -> None:
+    def __init__(self, at_once: int, wait_seconds: float) -> None:
         self._at_once = at_once
+        self._wait_seconds = wait_seconds
         # Per user with a statement running or waiting: its turns, and how many hold or await one.
         self._turns: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
@@ -28,8 +32,15 @@ class UserTurns:
         turns, callers = self._turns.get(user_id) or (asyncio.Semaphore(self._at_once), 0)
         self._turns[user_id] = (turns, callers + 1)
         try:
-            async with turns:
+            try:
+                async with asyncio.timeout(self._wait_seconds):
+                    await turns.acquire()
+            except TimeoutError:
+                raise Unavailable() from None
+            try:
                 yield
+            finally:
+                turns.release()
         finally:
             # Forget a user nobody waits for, so memory follows the calls in flight.
             turns, callers = self._turns[user_id]
