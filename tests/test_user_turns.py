@@ -12,6 +12,12 @@ from pluct_server.store.user_turns import UserTurns
 WAIT = 5.0  # as a pooled connection is waited for
 
 
+async def hold_until(turns: UserTurns, release: asyncio.Event) -> None:
+    """Hold the hot user's turn, as a statement in flight does, until `release` is set."""
+    async with turns.turn("hot"):
+        await release.wait()
+
+
 @pytest.mark.parametrize("at_once", [1, 3])
 async def test_a_user_gets_at_most_its_turns_in_arrival_order_and_others_pass(at_once):
     turns = UserTurns(at_once, WAIT)
@@ -43,14 +49,9 @@ async def test_a_user_gets_at_most_its_turns_in_arrival_order_and_others_pass(at
 async def test_a_caller_that_goes_away_while_waiting_frees_its_place():
     turns = UserTurns(1, WAIT)
     release = asyncio.Event()
-
-    async def hold() -> None:
-        async with turns.turn("hot"):
-            await release.wait()
-
-    holder = asyncio.ensure_future(hold())
+    holder = asyncio.ensure_future(hold_until(turns, release))
     await asyncio.sleep(0)
-    waiter = asyncio.ensure_future(hold())
+    waiter = asyncio.ensure_future(hold_until(turns, release))
     await asyncio.sleep(0)
     waiter.cancel()
     release.set()
@@ -76,12 +77,7 @@ async def test_a_statement_that_fails_hands_its_turn_on():
 async def test_a_turn_not_free_within_the_wait_is_refused_as_unavailable():
     turns = UserTurns(1, 0.05)
     release = asyncio.Event()
-
-    async def hold() -> None:
-        async with turns.turn("hot"):
-            await release.wait()
-
-    holder = asyncio.ensure_future(hold())
+    holder = asyncio.ensure_future(hold_until(turns, release))
     await asyncio.sleep(0)
     with pytest.raises(Unavailable):
         async with turns.turn("hot"):
