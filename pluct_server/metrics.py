@@ -73,7 +73,7 @@ SPEND_BATCH_SIZE = Histogram(
 )
 SPEND_BATCH_SECONDS = Histogram(
     "pluct_spend_batch_seconds",
-    "Time each batch statement took, from asking for a connection to its answer.",
+    "Time each batch statement took, from the batch leaving its queue to its answer.",
     buckets=_SPEND_BUCKETS,
 )
 SPEND_WAIT_SECONDS = Histogram(
