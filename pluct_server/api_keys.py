@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
 
-from pluct_server.callers import check_scopes
-from pluct_server.errors import InvalidArgument, NotFound
+from pluct_server.callers import Caller, check_scopes
+from pluct_server.errors import InvalidArgument, NotFound, PermissionDenied
 from pluct_server.field_rules import is_valid
 from pluct_server.key_secrets import hash_secret, key_id_of, new_secret
 from pluct_server.models import ApiKeyRecord
@@ -48,16 +48,30 @@ class ApiKeys:
         self.refreshed_at = 0.0
 
     async def create(
-        self, name: str, scopes: Iterable[str], created_by: str
+        self, name: str, scopes: Iterable[str], creator: Caller
     ) -> tuple[str, ApiKeyRecord]:
-        """Make a key; return its secret (shown this once) and what is stored of it."""
+        """Make a key for `creator`; return its secret (shown this once) and what is stored."""
         try:
             granted = check_scopes(scopes)
         except ValueError as error:
             raise InvalidArgument("scopes", str(error)) from None
+        beyond = sorted(scope for scope in granted if not creator.may_grant(scope))
+        if beyond:
+            _LOGGER.warning(
+                "API key creation refused: address=%s key_id=%s scopes=%s reason=%s",
+                creator.address,
+                creator.id,
+                ",".join(beyond),
+                "scopes beyond its own",
+            )
+            raise PermissionDenied(
+                f"a key may create keys only with scopes it holds itself; this one lacks "
+                f"{', '.join(repr(scope) for scope in beyond)}",
+                scope=beyond[0],
+            )
         key_id, secret = new_secret()
         record = await self._store.insert(
-            key_id, name, sorted(granted), hash_secret(secret), created_by
+            key_id, name, sorted(granted), hash_secret(secret), creator.id
         )
         self._remember(record)
         return secret, record

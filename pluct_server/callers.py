@@ -100,6 +100,12 @@ class Caller:
         # so the ledger never shows an admin's credit as a payment.
         return ADMIN in self.scopes and scope != PAYMENTS
 
+    def may_grant(self, scope: str) -> bool:
+        """Tell whether this caller may give `scope` to a key it makes: only a scope it holds."""
+        # A key never makes a key stronger than itself, so a leaked admin key cannot mint the
+        # payment provider's; the bootstrap secret stands above every key and makes that one.
+        return self.id == ADMIN_SECRET_ID or self.may(scope)
+
     @property
     def is_admin(self) -> bool:
         """Tell whether this caller holds the admin scope."""

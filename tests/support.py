@@ -17,6 +17,7 @@ import asyncpg
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from pluct_server.callers import GRANTABLE_SCOPES, Caller
 from pluct_server.config import RATE_OFF, Settings
 from pluct_server.server import PluctServer
 
@@ -29,6 +30,8 @@ WEBHOOK_METADATA = (("x-webhook-secret", WEBHOOK_SECRET),)
 # What the public legacy routes allow, as the scopes of the key internal callers use in tests.
 CALLER_SCOPES = ("users:create", "credits:read", "tokens:vend", "tokens:validate")
 CREDENTIAL_KEYS = ("authorization", "x-webhook-secret")
+# Who makes the suite's keys in process: it holds every scope, so it may give any of them.
+TEST_KEY_MAKER = Caller("tests", GRANTABLE_SCOPES)
 # The role the suite's server serves as; the test database's owner migrates for it.
 SERVING_ROLE = "pluct_serving"
 
@@ -77,7 +80,7 @@ class DefaultKey(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 async def caller_key(server: PluctServer, scopes=CALLER_SCOPES, name: str = "tests") -> str:
     """Make an API key on `server` and return its secret."""
-    secret, _ = await server.api_keys.create(name, scopes, created_by="tests")
+    secret, _ = await server.api_keys.create(name, scopes, TEST_KEY_MAKER)
     return secret
 
 

@@ -85,7 +85,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
         self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateApiKeyResponse:
         """Make a key; its secret is in this answer and nowhere else, ever."""
-        secret, record = await self._keys.create(request.name, request.scopes, current_caller().id)
+        secret, record = await self._keys.create(request.name, request.scopes, current_caller())
         return pb.CreateApiKeyResponse(secret=secret, api_key=_api_key(record))
 
     async def ListApiKeys(

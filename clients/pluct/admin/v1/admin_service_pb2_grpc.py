@@ -103,7 +103,7 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiKey(self, request, context):
-        """CreateApiKey makes a key for one caller with the scopes it needs; the secret is returned this once and only its hash is kept. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE.
+        """CreateApiKey makes a key for one caller with the scopes it needs, never one the calling key lacks (PERMISSION_DENIED); the secret is returned this once and only its hash is kept. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -348,7 +348,7 @@ export type CreateApiKeyRequest = Message<"pluct.admin.v1.CreateApiKeyRequest"> 
   name: string;
 
   /**
-   * scopes are what the key may do, each a known scope.
+   * scopes are what the key may do, each a known scope the calling key holds itself (ADMIN_SECRET may give any).
    *
    * @generated from field: repeated string scopes = 2;
    */
@@ -743,7 +743,7 @@ export const AdminService: GenService<{
     output: typeof AddCreditsResponseSchema;
   },
   /**
-   * CreateApiKey makes a key for one caller with the scopes it needs; the secret is returned this once and only its hash is kept. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE.
+   * CreateApiKey makes a key for one caller with the scopes it needs, never one the calling key lacks (PERMISSION_DENIED); the secret is returned this once and only its hash is kept. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE.
    *
    * @generated from rpc pluct.admin.v1.AdminService.CreateApiKey
    */
