@@ -10,6 +10,7 @@ from types import MappingProxyType
 from google.protobuf.descriptor import ServiceDescriptor
 from pluct.api.v1 import auth_pb2
 
+from pluct_server.addresses import limit_subject
 from pluct_server.limits import Charge
 
 ADMIN = "admin"
@@ -34,7 +35,8 @@ SCOPE_NAMES: Mapping[int, str] = MappingProxyType(
 # What an API key may be given; "public" is not a permission but the absence of one.
 GRANTABLE_SCOPES = frozenset(name for name in SCOPE_NAMES.values() if name != PUBLIC)
 
-# The ids callers without an API key act under (in logs, ledger entries and request-id scopes).
+# The ids callers without an API key act under, in logs and ledger entries (request ids are
+# scoped by Caller.request_scope).
 ANONYMOUS_ID = "public"
 ADMIN_SECRET_ID = "admin-secret"
 WEBHOOK_ID = "webhook"
@@ -110,6 +112,17 @@ class Caller:
     def is_admin(self) -> bool:
         """Tell whether this caller holds the admin scope."""
         return ADMIN in self.scopes
+
+    @property
+    def request_scope(self) -> str:
+        """Return whose request ids this caller's are: its own id, or a stranger's address."""
+        if self.id != ANONYMOUS_ID:
+            return self.id
+        # Every caller without a key is "public", so their ids would be one pool in which
+        # anyone could replay another's id (and get its token). The address is what tells
+        # strangers apart, counted as the limits count it: an IPv6 client holds its whole /64
+        # and moves within it (temporary addresses, RFC 8981), so its retries stay its own.
+        return f"{ANONYMOUS_ID}@{limit_subject(self.address)}"
 
 
 ANONYMOUS = Caller(ANONYMOUS_ID)

@@ -122,7 +122,9 @@ class Ledger:
             return None
         # Payments are deduplicated by the provider's event id for ever; the rest expire.
         retention = None if operation == PAYMENT else self._retention
-        return RequestKey(caller.id, operation, request_id, _fingerprint(*parts), retention)
+        return RequestKey(
+            caller.request_scope, operation, request_id, _fingerprint(*parts), retention
+        )
 
     async def create_user(
         self, user_id: str, initial_credits: int, request_id: str, caller: Caller
@@ -143,7 +145,7 @@ class Ledger:
         for _ in range(2):
             try:
                 balance = await self._store.create_user(
-                    user_id, initial_credits, USER_CREATION_REASON, caller.id, key
+                    user_id, initial_credits, USER_CREATION_REASON, key
                 )
                 CREDITS_GRANTED.labels("signup").inc(initial_credits)
                 return balance
@@ -218,7 +220,7 @@ class Ledger:
         for _ in range(2):
             try:
                 balance = await self._store.credit(
-                    user_id, amount, entry_type, reason, caller.id, operation, key
+                    user_id, amount, entry_type, reason, caller.id, key
                 )
                 CREDITS_GRANTED.labels(_GRANT_SOURCES[entry_type]).inc(amount)
                 return balance
@@ -244,7 +246,7 @@ class Ledger:
             charges = tuple(sorted((*owed, *self._limiter.charges((LIMIT_VEND, claims.user_id)))))
             for _ in range(2):
                 try:
-                    balance = await self._store.spend_one(claims, caller.id, key, charges)
+                    balance = await self._store.spend_one(claims, key, charges)
                 except RateLimitExceeded:
                     # A retry of a vend that went through must still get its token back.
                     replayed = await self._replayed_spend(claims.user_id, key)

@@ -24,7 +24,7 @@ def _spend(user_id: str, request_id: str | None = None, caller: str = "review") 
     key = None
     if request_id is not None:
         key = RequestKey(caller, "vend", request_id, "fp-" + user_id, timedelta(hours=1))
-    return SpendRequest(claims, caller, key, ())
+    return SpendRequest(claims, key, ())
 
 
 async def _wait_until_blocked(db: asyncpg.Connection, pids: set[int]) -> None:
@@ -137,7 +137,7 @@ async def test_a_call_charging_counters_and_a_batch_charging_the_same_do_not_dea
         await hold.start()
         await holder.execute("SELECT 1 FROM rate_limits WHERE subject = $1 FOR UPDATE", low)
         spend = _spend(new_user_id("dc"))
-        spend = SpendRequest(spend.claims, spend.caller, None, tuple(call_charges))
+        spend = SpendRequest(spend.claims, None, tuple(call_charges))
         batch = asyncio.ensure_future(batcher.fetch(_BATCH, *batch_arguments([spend])))
         await _wait_until_blocked(db, {batcher.get_server_pid()})
         call = asyncio.ensure_future(caller.fetchrow(_CHARGE, *_charge_arguments(call_charges)))

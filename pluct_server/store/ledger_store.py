@@ -89,19 +89,19 @@ WITH credited AS (
     RETURNING user_id, balance
 ), entry AS (
     INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, actor)
-    SELECT user_id, $3, $2::bigint, balance, $4, $7, $5 FROM credited
+    SELECT user_id, $3, $2::bigint, balance, $4, $8, $5 FROM credited
     RETURNING id, balance_after
 ), claimed AS ("""
     + _CLAIM.format(
         user_id="$1",
-        caller="$5",
-        operation="$6",
-        request_id="$7",
-        fingerprint="$8",
+        caller="$6",
+        operation="$7",
+        request_id="$8",
+        fingerprint="$9",
         ledger_id="id",
-        retention="$9",
+        retention="$10",
     )
-    + """ FROM entry WHERE $7::text IS NOT NULL
+    + """ FROM entry WHERE $8::text IS NOT NULL
 )
 SELECT balance_after FROM entry
 """
@@ -179,11 +179,13 @@ SELECT {_USER_COLUMNS} FROM users ORDER BY last_activity_at DESC, user_id DESC L
 """
 
 
-def _key_arguments(key: RequestKey | None) -> tuple[str | None, str | None, object]:
-    """Return (request_id, fingerprint, retention) for a claim, all None without a key."""
+def _key_arguments(
+    key: RequestKey | None,
+) -> tuple[str | None, str | None, str | None, str | None, object]:
+    """Return (caller, operation, request_id, fingerprint, retention) for a claim, or Nones."""
     if key is None:
-        return None, None, None
-    return key.request_id, key.fingerprint, key.retention
+        return None, None, None, None, None
+    return key.caller, key.operation, key.request_id, key.fingerprint, key.retention
 
 
 class LedgerStore:
@@ -196,20 +198,20 @@ class LedgerStore:
         self._credit_turns = UserTurns(CREDITS_AT_ONCE_PER_USER, database.connect_timeout)
 
     async def create_user(
-        self, user_id: str, initial_credits: int, reason: str, caller: str, key: RequestKey | None
+        self, user_id: str, initial_credits: int, reason: str, key: RequestKey | None
     ) -> int:
         """Insert a user with its initial grant; return its balance.
 
         Raises UserExists, or RequestKeyTaken when the key was claimed before.
         """
-        request_id, fingerprint, retention = _key_arguments(key)
+        scope, _, request_id, fingerprint, retention = _key_arguments(key)
         try:
             row = await self._db.fetchrow(
                 _CREATE_USER,
                 user_id,
                 initial_credits,
                 reason,
-                caller,
+                scope,
                 request_id,
                 fingerprint,
                 retention,
@@ -226,15 +228,14 @@ class LedgerStore:
         amount: int,
         entry_type: EntryType,
         reason: str,
-        caller: str,
-        operation: str,
+        actor: str,
         key: RequestKey | None,
     ) -> int:
         """Add credits, creating the user if needed; return the new balance.
 
         Raises RequestKeyTaken when the key was claimed before.
         """
-        request_id, fingerprint, retention = _key_arguments(key)
+        scope, operation, request_id, fingerprint, retention = _key_arguments(key)
         try:
             async with self._credit_turns.turn(user_id):
                 row = await self._db.fetchrow(
@@ -243,7 +244,8 @@ class LedgerStore:
                     amount,
                     entry_type.value,
                     reason,
-                    caller,
+                    actor,
+                    scope,
                     operation,
                     request_id,
                     fingerprint,
@@ -256,14 +258,14 @@ class LedgerStore:
         return int(row["balance_after"])
 
     async def spend_one(
-        self, claims: TokenClaims, caller: str, key: RequestKey | None, charges: Sequence[Charge]
+        self, claims: TokenClaims, key: RequestKey | None, charges: Sequence[Charge]
     ) -> int | None:
         """Charge the limits and spend one credit; return the balance after, None if none was left.
 
         Spends that arrive together share one statement (SpendBatcher), each with its own
         outcome. Raises RateLimitExceeded (nothing changed) or RequestKeyTaken.
         """
-        done = await self._spends.spend(SpendRequest(claims, caller, key, charges))
+        done = await self._spends.spend(SpendRequest(claims, key, charges))
         if done.outcome == TAKEN:
             raise RequestKeyTaken()
         if done.outcome == LIMITED:

@@ -35,10 +35,9 @@ SELECT item, outcome, balance_after
 
 @dataclass(frozen=True)
 class SpendRequest:
-    """One vend's spend: the token's claims, who asks, its request key and its limit charges."""
+    """One vend's spend: the token's claims, its request key and its limit charges."""
 
     claims: TokenClaims
-    caller: str
     key: RequestKey | None
     charges: Sequence[Charge]
 
@@ -60,7 +59,7 @@ def batch_arguments(requests: Sequence[SpendRequest]) -> tuple[Any, ...]:
     charges = [(index, c) for index, r in enumerate(requests) for c in r.charges]
     return (
         [r.claims.user_id for r in requests],
-        [r.caller for r in requests],
+        [None if r.key is None else r.key.caller for r in requests],
         [None if r.key is None else r.key.request_id for r in requests],
         [None if r.key is None else r.key.fingerprint for r in requests],
         [r.claims.token_id for r in requests],
