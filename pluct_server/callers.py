@@ -91,7 +91,7 @@ class Caller:
     via_http: bool = False
     # Limit charges the call still owes, paid inside its own database statement (see limits.py).
     deferred_charges: tuple[Charge, ...] = field(default=(), compare=False)
-    # The digest of the Pluct-Signature that proved a webhook call, bound to one payment.
+    # The digest of the Pluct-Signature that proved a webhook call (set for signed calls only).
     signature: str | None = None
 
     def may(self, scope: str) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -43,9 +42,6 @@ from pluct_server.pagination import (
 )
 from pluct_server.store.database import RateLimitExceeded
 from pluct_server.store.ledger_store import LedgerStore, RequestKeyTaken, UserExists
-from pluct_server.webhooks import TOLERANCE_SECONDS
-
-_LOGGER = logging.getLogger(__name__)
 
 USER_CREATION_REASON = "User account creation"
 WEBHOOK_REASON = "Payment gateway"
@@ -92,10 +88,6 @@ CREATE_USER = "create_user"
 PAYMENT = "payment"
 ADMIN_GRANT = "admin_grant"
 VEND = "vend"
-SIGNATURE = "webhook_signature"
-# A signature is only valid within its time window, so it need be remembered little longer.
-SIGNATURE_MEMORY = timedelta(seconds=2 * TOLERANCE_SECONDS + 60)
-SIGNED_PAYMENT_PREFIX = "sig:"
 # The source label of pluct_credits_granted_total, by the kind of credit.
 _GRANT_SOURCES = {EntryType.ADD_WEBHOOK: "payment", EntryType.ADMIN_ADD: "admin"}
 
@@ -164,38 +156,9 @@ class Ledger:
 
     async def add_payment(self, user_id: str, amount: int, request_id: str, caller: Caller) -> int:
         """Credit a payment reported by the payment provider; return the new balance."""
-        if caller.signature is not None:
-            # A signed call without an event id is known by its signature, so a replay of the
-            # same bytes finds the first credit instead of making a second one.
-            request_id = request_id or f"{SIGNED_PAYMENT_PREFIX}{caller.signature}"
-            await self._bind_signature(user_id, caller, caller.signature, request_id)
         return await self._credit(
             user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, request_id, caller, PAYMENT
         )
-
-    async def _bind_signature(
-        self, user_id: str, caller: Caller, signature: str, payment_id: str
-    ) -> None:
-        """Bind a webhook signature to one payment id, or refuse it as a replay of another.
-
-        The event id travels outside the signed bytes (the Idempotency-Key header), so whoever
-        captured a signed call could resend it under a new id within the signature's window.
-        """
-        key = RequestKey(
-            caller.id, SIGNATURE, signature, _fingerprint(payment_id), SIGNATURE_MEMORY
-        )
-        try:
-            await self._store.claim_request_key(user_id, key)
-        except RequestKeyTaken:
-            prior = await self._store.prior_request(user_id, key)
-            if prior is not None and not prior.expired and prior.fingerprint != key.fingerprint:
-                _LOGGER.warning(
-                    "authentication refused: address=%s method=payment key_id=%s "
-                    "reason=webhook signature replayed with another event id",
-                    caller.address,
-                    caller.id,
-                )
-                raise Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS") from None
 
     async def add_admin_grant(
         self, user_id: str, amount: int, reason: str | None, request_id: str, caller: Caller

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 SIGNATURE_HEADER = "Pluct-Signature"
 SCHEME = "v1"
 # A signature older (or newer) than this is refused, so a captured request cannot be replayed
-# later; within the window each signature is bound to one payment id (see Ledger.add_payment).
+# later; within the window a replay is the same signed eventId again, which credits nothing more.
 TOLERANCE_SECONDS = 300
 _MAX_HEADER_CHARS = 1024
 _HEX_DIGEST_CHARS = 64

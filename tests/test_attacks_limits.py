@@ -885,7 +885,8 @@ async def test_forged_signatures_count_as_failed_authentications(tmp_path, datab
     ):
         guesser, provider = new_address(), new_address()
         user_id = new_user_id("payee")
-        raw = json.dumps({"userId": user_id, "amount": 700}).encode()
+        event = f"evt_{new_request_id()}"
+        raw = json.dumps({"userId": user_id, "amount": 700, "eventId": event}).encode()
 
         def signed(secret: str, address: str) -> dict[str, str]:
             header = webhooks.sign(raw, secret, int(time.time()))

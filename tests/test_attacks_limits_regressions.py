@@ -224,6 +224,12 @@ async def test_one_ipv6_64_cannot_farm_signups_by_rotating_addresses(tmp_path, d
 # --- Signed webhook: a captured call can be replayed within the window ---------------------------
 
 
+def signed_headers(raw: bytes, **extra: str) -> dict[str, str]:
+    """Headers of a call the provider signs now with WEBHOOK_SECRET_A."""
+    header = webhooks.sign(raw, WEBHOOK_SECRET_A, int(time.time()))
+    return {webhooks.SIGNATURE_HEADER: header, "Content-Type": "application/json", **extra}
+
+
 @pytest.mark.parametrize("replay", ["other-idempotency-key", "no-idempotency-key", "no-event-id"])
 async def test_a_captured_signed_webhook_cannot_be_replayed(tmp_path, database_dsn, replay):
     async with (
@@ -231,24 +237,69 @@ async def test_a_captured_signed_webhook_cannot_be_replayed(tmp_path, database_d
         http_client(server.http_port) as http,
     ):
         user_id = new_user_id("replayed")
-        raw = json.dumps({"userId": user_id, "amount": 1000}).encode()
-        header = webhooks.sign(raw, WEBHOOK_SECRET_A, int(time.time()))
-        original = {webhooks.SIGNATURE_HEADER: header, "Content-Type": "application/json"}
+        event = f"evt_{new_request_id()}"
+        fields = {"userId": user_id, "amount": 1000}
         if replay != "no-event-id":
-            original["Idempotency-Key"] = f"evt_{new_request_id()}"
+            fields["eventId"] = event
+        raw = json.dumps(fields).encode()
+        original = signed_headers(raw, **{"Idempotency-Key": event})
         paid = await call(http, "POST", "/add-credits", data=raw, headers=original)
-        assert paid.body == {"success": True, "newBalance": 1000}
+        if replay == "no-event-id":
+            # Nothing signed says which payment this is, so nothing could tell a replay apart.
+            assert paid.status == 400 and paid.body["field"] == "eventId"
+        else:
+            assert paid.body == {"success": True, "newBalance": 1000}
 
-        # An eavesdropper (a log, a proxy, a mirror) resends the very same signed bytes; the
-        # event id travels outside the signature, so they change or drop it.
-        replayed = {webhooks.SIGNATURE_HEADER: header, "Content-Type": "application/json"}
+        # An eavesdropper (a log, a proxy, a mirror) resends the very same signed bytes, with
+        # the unsigned Idempotency-Key changed or dropped.
+        replayed = {k: v for k, v in original.items() if k != "Idempotency-Key"}
         if replay == "other-idempotency-key":
             replayed["Idempotency-Key"] = f"evt_{new_request_id()}"
         answers = [
             await call(http, "POST", "/add-credits", data=raw, headers=replayed) for _ in range(3)
         ]
 
-        assert all(a.status in (200, 401, 409) for a in answers)
+        if replay == "no-event-id":
+            assert {a.status for a in answers} == {400}
+            assert await ledger_of(database_dsn, user_id) == (None, Counter())
+            return
+        expected = 400 if replay == "other-idempotency-key" else 200
+        assert {a.status for a in answers} == {expected}
+        if expected == 200:
+            assert {a.body["newBalance"] for a in answers} == {1000}
+        assert await ledger_of(database_dsn, user_id) == (1000, Counter({"add_webhook": 1}))
+
+
+async def test_a_captured_signed_webhook_sent_first_under_another_id_credits_once(
+    tmp_path, database_dsn
+):
+    async with (
+        limited_server(tmp_path, database_dsn, webhook_secret=WEBHOOK_SECRET_A) as server,
+        http_client(server.http_port) as http,
+    ):
+        user_id = new_user_id("front-run")
+        event = f"evt_{new_request_id()}"
+        raw = json.dumps({"userId": user_id, "amount": 1000, "eventId": event}).encode()
+        delivery = signed_headers(raw, **{"Idempotency-Key": event})
+
+        # Whoever captured the delivery races the provider with it, under an id of their own.
+        front_run = await call(
+            http,
+            "POST",
+            "/add-credits",
+            data=raw,
+            headers={**delivery, "Idempotency-Key": "evil"},
+        )
+        assert front_run.status == 400, front_run.body
+        assert await ledger_of(database_dsn, user_id) == (None, Counter())
+        # The provider's delivery, then its retry signed afresh: one payment, one answer.
+        first = await call(http, "POST", "/add-credits", data=raw, headers=delivery)
+        await asyncio.sleep(1.1)  # a new second, so the retry's signature is a new one
+        retry_headers = signed_headers(raw, **{"Idempotency-Key": event})
+        assert retry_headers[webhooks.SIGNATURE_HEADER] != delivery[webhooks.SIGNATURE_HEADER]
+        retry = await call(http, "POST", "/add-credits", data=raw, headers=retry_headers)
+
+        assert first.body == retry.body == {"success": True, "newBalance": 1000}
         assert await ledger_of(database_dsn, user_id) == (1000, Counter({"add_webhook": 1}))
 
 

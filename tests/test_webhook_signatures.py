@@ -42,8 +42,15 @@ WINDOW = webhooks.TOLERANCE_SECONDS
 
 
 def body_of(user_id: str, amount: int, **extra: Any) -> bytes:
-    """The raw webhook body, as the provider sends (and signs) it."""
-    return json.dumps({"userId": user_id, "amount": amount, **extra}).encode()
+    """The raw webhook body, as the provider sends (and signs) it: with an event id of its own."""
+    return json.dumps(
+        {"userId": user_id, "amount": amount, "eventId": new_event_id(), **extra}
+    ).encode()
+
+
+def new_event_id() -> str:
+    """A payment provider's event id no other test uses."""
+    return f"evt_{new_request_id()}"
 
 
 def hand_signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -121,10 +128,9 @@ async def test_a_valid_signature_with_either_secret_credits(webhook_http, databa
     assert reply.status == 200, reply.body
     assert reply.body == {"success": True, "newBalance": 7}
     assert await ledger_of(database_dsn, user_id) == (7, Counter({"add_webhook": 1}))
+    another = body_of(user_id, 3)
     again = await post_webhook(
-        webhook_http,
-        body_of(user_id, 3),
-        signed(webhooks.sign(body_of(user_id, 3), secret, int(time.time()))),
+        webhook_http, another, signed(webhooks.sign(another, secret, int(time.time())))
     )
     assert again.body == {"success": True, "newBalance": 10}
 
@@ -132,7 +138,7 @@ async def test_a_valid_signature_with_either_secret_credits(webhook_http, databa
 async def test_the_edges_of_the_time_window_are_accepted(webhook_http, database_dsn):
     user_id = new_user_id("edge")
     for offset, expected in ((-(WINDOW - 5), 1), (WINDOW - 5, 2)):
-        raw = body_of(user_id, 1, eventId=new_request_id())
+        raw = body_of(user_id, 1)
         reply = await post_webhook(
             webhook_http, raw, signed(hand_signature(NEW_SECRET, int(time.time()) + offset, raw))
         )
@@ -232,38 +238,51 @@ async def test_a_forged_signature_does_not_credit_an_existing_user(webhook_http,
 # --- 3. Idempotency: one event credits once, for ever --------------------------------------------
 
 
-async def test_one_event_in_the_idempotency_key_credits_once(webhook_http, database_dsn):
+async def test_a_signed_body_without_an_event_id_is_refused_and_credits_nothing(
+    webhook_http, database_dsn
+):
+    user_id = new_user_id("no-event")
+    raw = json.dumps({"userId": user_id, "amount": 25}).encode()
+
+    # Whatever the unsigned header says: the id that deduplicates a payment must be signed.
+    replies = [
+        await post_webhook(
+            webhook_http, raw, signed(webhooks.sign(raw, NEW_SECRET, int(time.time())), **extra)
+        )
+        for extra in ({}, {"Idempotency-Key": new_event_id()})
+    ]
+
+    for reply in replies:
+        assert reply.status == 400, reply.body
+        assert reply.body["reason"] == "INVALID_ARGUMENT"
+        assert reply.body["field"] == "eventId"
+        assert "eventId" in reply.body["error"] and "signed body" in reply.body["error"]
+    assert await ledger_of(database_dsn, user_id) == (None, Counter())
+
+
+async def test_an_idempotency_key_other_than_the_signed_event_id_is_refused(
+    webhook_http, database_dsn
+):
     user_id = new_user_id("event")
-    raw = body_of(user_id, 25)
-    event = f"evt_{new_request_id()}"
+    event = new_event_id()
+    raw = body_of(user_id, 25, eventId=event)
     header = webhooks.sign(raw, NEW_SECRET, int(time.time()))
 
-    # The provider retries: the very same request, and the same event freshly signed.
-    replies = [await post_webhook(webhook_http, raw, signed(header, **{"Idempotency-Key": event}))]
-    replies.append(
-        await post_webhook(webhook_http, raw, signed(header, **{"Idempotency-Key": event}))
-    )
-    fresh = webhooks.sign(raw, OLD_SECRET, int(time.time()) + 1)
-    replies.append(
-        await post_webhook(webhook_http, raw, signed(fresh, **{"Idempotency-Key": event}))
-    )
+    refused = await post_webhook(webhook_http, raw, signed(header, **{"Idempotency-Key": "evil"}))
 
-    assert [r.status for r in replies] == [200, 200, 200]
-    assert [r.body for r in replies] == [{"success": True, "newBalance": 25}] * 3
+    assert refused.status == 400, refused.body
+    assert (refused.body["reason"], refused.body["field"]) == ("INVALID_ARGUMENT", "requestId")
+    assert "Idempotency-Key" in refused.body["error"]
+    assert await ledger_of(database_dsn, user_id) == (None, Counter())
+    # The same id in the header as in the body is the same event, and credits.
+    paid = await post_webhook(webhook_http, raw, signed(header, **{"Idempotency-Key": event}))
+    assert paid.body == {"success": True, "newBalance": 25}
     assert await ledger_of(database_dsn, user_id) == (25, Counter({"add_webhook": 1}))
-
-    # Another event is signed afresh by the provider (a captured signature cannot carry it).
-    another = webhooks.sign(raw, NEW_SECRET, int(time.time()) + 2)
-    other = await post_webhook(
-        webhook_http, raw, signed(another, **{"Idempotency-Key": f"evt_{new_request_id()}"})
-    )
-    assert other.body == {"success": True, "newBalance": 50}
-    assert await ledger_of(database_dsn, user_id) == (50, Counter({"add_webhook": 2}))
 
 
 async def test_one_event_in_the_body_credits_once(webhook_http, database_dsn):
     user_id = new_user_id("event")
-    event = f"evt_{new_request_id()}"
+    event = new_event_id()
     raw = body_of(user_id, 12, eventId=event)
 
     replies = [
@@ -275,14 +294,18 @@ async def test_one_event_in_the_body_credits_once(webhook_http, database_dsn):
 
     assert [r.body for r in replies] == [{"success": True, "newBalance": 12}] * 3
     assert await ledger_of(database_dsn, user_id) == (12, Counter({"add_webhook": 1}))
-    # The same event id in the header as well is the same event.
-    same = await post_webhook(
-        webhook_http,
-        raw,
-        signed(webhooks.sign(raw, OLD_SECRET, int(time.time())), **{"Idempotency-Key": event}),
-    )
-    assert same.body == {"success": True, "newBalance": 12}
-    other_raw = body_of(user_id, 12, eventId=f"evt_{new_request_id()}")
+    # The same event id in the header as well is the same event, freshly signed or not.
+    for secret, offset in ((OLD_SECRET, 0), (NEW_SECRET, 1)):
+        same = await post_webhook(
+            webhook_http,
+            raw,
+            signed(
+                webhooks.sign(raw, secret, int(time.time()) + offset),
+                **{"Idempotency-Key": event},
+            ),
+        )
+        assert same.body == {"success": True, "newBalance": 12}
+    other_raw = body_of(user_id, 12)
     other = await post_webhook(
         webhook_http, other_raw, signed(webhooks.sign(other_raw, NEW_SECRET, int(time.time())))
     )
@@ -292,7 +315,7 @@ async def test_one_event_in_the_body_credits_once(webhook_http, database_dsn):
 
 async def test_an_event_with_another_amount_is_refused_not_credited(webhook_http, database_dsn):
     user_id = new_user_id("event")
-    event = f"evt_{new_request_id()}"
+    event = new_event_id()
     first = body_of(user_id, 5, eventId=event)
     assert (
         await post_webhook(
@@ -310,14 +333,14 @@ async def test_an_event_with_another_amount_is_refused_not_credited(webhook_http
     assert await ledger_of(database_dsn, user_id) == (5, Counter({"add_webhook": 1}))
 
 
-@pytest.mark.parametrize("where", ["header", "body"])
+@pytest.mark.parametrize("where", ["header-too", "body"])
 async def test_twenty_concurrent_deliveries_of_one_event_credit_once(
     webhook_http, database_dsn, where
 ):
     user_id = new_user_id("storm")
-    event = f"evt_{new_request_id()}"
-    raw = body_of(user_id, 9, **({"eventId": event} if where == "body" else {}))
-    extra = {"Idempotency-Key": event} if where == "header" else {}
+    event = new_event_id()
+    raw = body_of(user_id, 9, eventId=event)
+    extra = {"Idempotency-Key": event} if where == "header-too" else {}
 
     replies = await asyncio.gather(
         *(
@@ -344,7 +367,7 @@ async def test_event_ids_do_not_expire_with_the_request_id_retention(
 ):
     assert signing_server.settings.request_id_retention == timedelta(seconds=1)
     user_id = new_user_id("late")
-    event = f"evt_{new_request_id()}"
+    event = new_event_id()
     raw = body_of(user_id, 30, eventId=event)
     first = await post_webhook(
         webhook_http, raw, signed(webhooks.sign(raw, NEW_SECRET, int(time.time())))

@@ -6,7 +6,7 @@ import grpc
 from pluct.credit.v1 import credit_service_pb2 as pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server.callers import current_caller
+from pluct_server.callers import Caller, current_caller
 from pluct_server.errors import InvalidArgument
 from pluct_server.ledger import Ledger
 from pluct_server.services.convert import timestamp_now, transaction_message
@@ -53,14 +53,29 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
         self, request: pb.AddCreditsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddCreditsResponse:
         """Credit a payment reported by the payment provider."""
+        caller = current_caller()
         balance = await self._ledger.add_payment(
-            request.user_id, request.amount, _payment_id(request), current_caller()
+            request.user_id, request.amount, _payment_id(request, caller), caller
         )
         return pb.AddCreditsResponse(user_id=request.user_id, new_balance=balance)
 
 
-def _payment_id(request: pb.AddCreditsRequest) -> str:
+def _payment_id(request: pb.AddCreditsRequest, caller: Caller) -> str:
     """Return the id a payment is deduplicated by: the provider's event id or the request id."""
+    if caller.signature is not None:
+        # The signature covers the body alone: an id from anywhere else (a header) could be
+        # changed by whoever captured the call, making a replay look like a new payment.
+        if not request.event_id:
+            raise InvalidArgument(
+                "event_id",
+                "a signed payment must carry the provider's event id as eventId in its signed body",
+            )
+        if request.request_id and request.request_id != request.event_id:
+            raise InvalidArgument(
+                "request_id",
+                "a signed payment is known by the eventId its signature covers; its request_id "
+                "(Idempotency-Key) must be the same or left out",
+            )
     if request.event_id and request.request_id and request.event_id != request.request_id:
         # Two different ids for one payment is a client bug; picking one could credit twice.
         raise InvalidArgument(

@@ -117,10 +117,6 @@ SELECT k.fingerprint, k.expire_time < now() AS expired,
  WHERE k.user_id = $1 AND k.caller = $2 AND k.operation = $3 AND k.request_id = $4
 """
 
-_CLAIM_KEY = """
-INSERT INTO request_keys (user_id, caller, operation, request_id, fingerprint, expire_time)
-VALUES ($1, $2, $3, $4, $5, now() + $6::interval)
-"""
 _FORGET_EXPIRED_KEY = """
 DELETE FROM request_keys
  WHERE user_id = $1 AND caller = $2 AND operation = $3 AND request_id = $4 AND expire_time < now()
@@ -271,22 +267,6 @@ class LedgerStore:
         if done.outcome == LIMITED:
             raise RateLimitExceeded()
         return done.balance_after
-
-    async def claim_request_key(self, user_id: str, key: RequestKey) -> None:
-        """Claim a request key that answers with no ledger entry; RequestKeyTaken if it is taken."""
-        try:
-            await self._db.execute(
-                _CLAIM_KEY,
-                user_id,
-                key.caller,
-                key.operation,
-                key.request_id,
-                key.fingerprint,
-                key.retention,
-                writes=True,
-            )
-        except UniqueViolation as exc:
-            raise _taken(exc) from exc
 
     async def prior_request(self, user_id: str, key: RequestKey) -> PriorRequest | None:
         """Return what an earlier request with this key did, or None if none is remembered."""
