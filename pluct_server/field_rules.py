@@ -8,6 +8,8 @@ user id is in Unicode NFKC form; it is checked here too, for every field named u
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import protovalidate
@@ -20,6 +22,29 @@ from pluct_server.errors import FieldViolation, InvalidArgument
 
 _VALIDATOR = protovalidate.Validator()
 _FIELD_RULES = descriptor_pool.Default().FindExtensionByName("buf.validate.field")
+# What each pattern of the protos asks, in words: a caller told a regex has to decode it, and
+# the shim's legacy routes already speak in words. Keyed by the annotation's own text, so a
+# pattern is worded once for every field that carries it (tests check that every one is).
+PATTERN_WORDS: Mapping[str, str] = MappingProxyType(
+    {
+        r"^[^\p{Cc}\p{Cf}\p{Z}]*$": (
+            "must not contain control, format (invisible) or whitespace characters"
+        ),
+        r"^[^\p{Cc}\p{Cf}\p{Z}]+$": (
+            "must not be empty or contain control, format (invisible) or whitespace characters"
+        ),
+        r"^[^\p{Cc}]*$": "must not contain control characters",
+        r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$": (
+            "must not contain control characters other than tab, line feed and carriage return"
+        ),
+        r"^[^\p{Cc}\p{Cf}\p{Zl}\p{Zp}]*[^\p{Cc}\p{Cf}\p{Z}][^\p{Cc}\p{Cf}\p{Zl}\p{Zp}]*$": (
+            "must contain a visible character and no control, format (invisible) or "
+            "line-breaking characters"
+        ),
+        r"^[0-9a-f]{16}$": "must be 16 lowercase hexadecimal digits",
+        r"\S": "must not be blank",
+    }
+)
 # Fields holding a user id: NFKC form keeps one user from hiding behind a look-alike spelling,
 # such as full-width letters or a decomposed accent.
 USER_ID_FIELD = "user_id"
@@ -27,7 +52,7 @@ USER_ID_FIELD = "user_id"
 
 def check_fields(request: Message) -> None:
     """Raise InvalidArgument naming every field of `request` that breaks a rule, else return."""
-    violations = [_field_violation(found.proto) for found in _VALIDATOR.collect_violations(request)]
+    violations = [_field_violation(found) for found in _VALIDATOR.collect_violations(request)]
     if not violations:
         user_id = user_id_of(request)
         if user_id and not unicodedata.is_normalized("NFKC", user_id):
@@ -62,12 +87,18 @@ def rules_of(field: FieldDescriptor) -> Any:
     return field.GetOptions().Extensions[_FIELD_RULES]  # type: ignore[index]  # built at run time
 
 
-def _field_violation(violation: Any) -> FieldViolation:
+def _field_violation(violation: protovalidate.Violation) -> FieldViolation:
     """Turn a protovalidate violation into an AIP-193 field violation with a readable text."""
-    path = ".".join(_path_element(element) for element in violation.field.elements)
+    found = violation.proto
+    # A rule on a whole message (none of ours yet) names no field.
+    elements = found.field.elements if found.field is not None else ()
+    path = ".".join(_path_element(element) for element in elements)
+    words = None
+    if found.rule_id == "string.pattern":
+        words = PATTERN_WORDS.get(violation.rule_value)
     # protovalidate's texts speak of "value": name the field instead.
-    text = violation.message.removeprefix("value ")
-    return FieldViolation(path, f"{path} {text}", violation.rule_id)
+    text = words or found.message.removeprefix("value ")
+    return FieldViolation(path, f"{path} {text}", found.rule_id)
 
 
 def _path_element(element: Any) -> str:

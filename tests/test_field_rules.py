@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+import tempfile
 from typing import Any
 
 import aiohttp
@@ -13,9 +17,16 @@ from google.rpc import error_details_pb2, status_pb2
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
-from pluct_server.field_rules import rules_of
+from pluct_server.field_rules import PATTERN_WORDS, rules_of
 from pluct_server.server import SERVICES
-from tests.support import ADMIN_METADATA, WEBHOOK_METADATA, ledger_of, new_request_id, new_user_id
+from tests.support import (
+    ADMIN_METADATA,
+    ADMIN_SECRET,
+    WEBHOOK_METADATA,
+    ledger_of,
+    new_request_id,
+    new_user_id,
+)
 
 pytestmark = pytest.mark.usefixtures("database_dsn")
 
@@ -166,3 +177,100 @@ async def test_a_legacy_caller_reads_the_annotated_limits_in_its_message(server)
 
     assert reply.status == 400
     assert body["error"] == f"Valid amount between {amount.gte} and {amount.lte} is required"
+
+
+def pattern_fields() -> list[tuple[Any, FieldDescriptor]]:
+    """Every (method, field) of every RPC's request whose field has a pattern."""
+    return [
+        (method, field)
+        for method, field in request_fields()
+        if rules_of(field).string.HasField("pattern")
+    ]
+
+
+def pattern_breaking_value(pattern: str) -> str:
+    """A value within the field's length that breaks its pattern alone."""
+    return {r"\S": " ", r"^[0-9a-f]{16}$": "G" * 16}.get(pattern, "a\x00b")
+
+
+def described_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """Return each field of an error's google.rpc.BadRequest with its description."""
+    trailers = dict(error.trailing_metadata() or ())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    found: dict[str, str] = {}
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            found |= {v.field: v.description for v in bad_request.field_violations}
+    return found
+
+
+def test_every_pattern_of_the_protos_is_said_in_words():
+    unworded = {
+        field.full_name: rules_of(field).string.pattern
+        for _, field in pattern_fields()
+        if rules_of(field).string.pattern not in PATTERN_WORDS
+    }
+
+    assert not unworded
+
+
+@pytest.mark.parametrize(
+    ("method", "field"),
+    pattern_fields(),
+    ids=lambda value: getattr(value, "full_name", str(value)),
+)
+async def test_a_broken_pattern_is_told_in_words_over_grpc(channel, method, field):
+    pattern = rules_of(field).string.pattern
+    request = message_factory.GetMessageClass(method.input_type)()
+    setattr(request, field.name, pattern_breaking_value(pattern))
+    call = channel.unary_unary(
+        f"/{method.containing_service.full_name}/{method.name}",
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=None,
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(request, metadata=WEBHOOK_METADATA if method in PAYMENTS else ADMIN_METADATA)
+
+    said = f"{field.name} {PATTERN_WORDS[pattern]}"
+    details = raised.value.details() or ""
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert said in details.split("; ")
+    assert described_violations(raised.value)[field.name] == said
+    assert "regex" not in details and pattern not in details
+
+
+async def test_a_user_id_with_a_space_is_told_what_it_may_not_hold(credit):
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await credit.GetBalance(credit_pb.GetBalanceRequest(user_id="two words"))
+
+    said = "user_id must not contain control, format (invisible) or whitespace characters"
+    assert raised.value.details() == said
+    assert described_violations(raised.value) == {"user_id": said}
+
+
+async def test_the_command_line_tells_a_bad_user_id_in_words(server):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pluct_client",
+        "balance",
+        "two words",
+        env={
+            # Only what this call means: no key or target of the machine's own leaks in.
+            **{name: value for name, value in os.environ.items() if "PLUCT" not in name},
+            "PLUCT_TARGET": f"127.0.0.1:{server.grpc_port}",
+            "ADMIN_SECRET": ADMIN_SECRET,
+        },
+        cwd=tempfile.gettempdir(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+
+    assert process.returncode == 1
+    assert err.decode().strip() == (
+        "INVALID_ARGUMENT: user_id must not contain control, format (invisible) or whitespace "
+        "characters"
+    )
