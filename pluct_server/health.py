@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
@@ -20,6 +21,22 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LIVENESS_SERVICE = "pluct.liveness"
 
 
+class HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1.Health with List too, which grpcio's servicer advertises but lacks."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """Return the status of every service this server reports on, "" included."""
+        # A snapshot, as health.proto allows: a status may change while the answer is on its way.
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()
+            }
+        )
+
+
 class HealthMonitor:
     """Pings the database on an interval and publishes the result for "" and every service."""
 
@@ -29,7 +46,7 @@ class HealthMonitor:
         service_names: Sequence[str],
         interval_seconds: float,
     ) -> None:
-        self.servicer = health_aio.HealthServicer()
+        self.servicer = HealthServicer()
         self._database = database
         self._names = ("", *service_names)
         self._interval = interval_seconds
