@@ -207,6 +207,7 @@ class PluctServer:
         )
         await maintenance.refresh_now()
         signer = token_keys(settings, self.revocations)
+        _LOGGER.info("tokens signed with %s, active kid %s", signer.algorithm, signer.active_kid)
         vendor = TokenVendor(ledger, signer, settings.token_ttl)
         rules = access_rules(SERVICES)
         gateway_token = secrets.token_urlsafe(32)

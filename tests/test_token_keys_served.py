@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import timedelta
 
@@ -196,3 +197,34 @@ async def test_issuer_and_audience_are_set_and_required(database_dsn, tmp_path, 
         assert (claims["iss"], claims["aud"]) == ("https://credits.example", "premium-api")
         assert (await stubs.verdict(vended.token)).valid
         assert not (await stubs.verdict(bare)).valid
+
+
+async def test_the_signing_algorithm_and_kid_are_logged_once_and_the_jwks_is_cacheable(
+    database_dsn, tmp_path, caplog
+):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    generate_ed25519_key(keys, "2026-12")
+    generate_ed25519_key(keys, "2027-01")  # published ahead of its switch, as a rotation does
+    settings = settings_for_test(
+        tmp_path, token_algorithm="EdDSA", token_keys_dir=keys, token_active_kid="2026-12"
+    )
+    caplog.set_level(logging.INFO, logger="pluct_server.server")
+    async with (
+        running_server(settings, database_dsn) as server,
+        http_client(server.http_port) as http,
+    ):
+        published = await call(http, "GET", "/.well-known/jwks.json")
+        balance = await call(http, "GET", "/user/nobody/balance")
+
+    announced = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tokens ")]
+    assert announced == ["tokens signed with EdDSA, active kid 2026-12"]
+    assert [key["kid"] for key in published.body["keys"]] == ["2026-12", "2027-01"]
+    assert published.headers["Cache-Control"] == "public, max-age=300"
+    assert "Cache-Control" not in balance.headers  # a balance is never served from a cache
+
+
+async def test_the_jwks_is_cacheable_for_hs256_too(http):
+    reply = await call(http, "HEAD", "/.well-known/jwks.json")
+
+    assert (reply.status, reply.headers["Cache-Control"]) == (200, "public, max-age=300")

@@ -117,6 +117,12 @@ _UNROUTED = "unmatched"
 # Routes whose RPC charges the per-address limit inside its own statement, so that a vend stays
 # one database round trip; every other route pays it in a statement of its own first.
 _FOLDS_ADDRESS_CHARGE = frozenset({"tokens:vend"})
+# Headers of a route's successful answers, by RPC. The JWKS may be cached for 5 minutes:
+# verifiers refetch it at once when a token names a kid they lack, so this bounds only how long
+# a shared cache may serve an old set (the README's rotation waits that long before switching).
+_RESPONSE_HEADERS: Mapping[str, Mapping[str, str]] = {
+    "pluct.token.v1.TokenService.GetJwks": {"Cache-Control": "public, max-age=300"},
+}
 
 
 @dataclass(frozen=True)
@@ -249,7 +255,10 @@ class ShimHandler:
                 deferred_http_charge=deferred,
             )
             answer = await self._proxy.call(route, message, metadata)
-            return json_response(self._renderer.response(route, message, answer, datetime.now(UTC)))
+            return json_response(
+                self._renderer.response(route, message, answer, datetime.now(UTC)),
+                headers=_RESPONSE_HEADERS.get(route.rpc.method.full_name),
+            )
         except NoRoute:
             return problem_response(HttpProblem(404, "Not found", "NOT_FOUND"))
         except WrongMethod as wrong:
