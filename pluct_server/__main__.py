@@ -25,6 +25,7 @@ from pluct_server.config import (
 from pluct_server.errors import Unavailable
 from pluct_server.logs import setup_logging
 from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
+from pluct_server.runtime.listen_addresses import AddressUnavailable, claim_addresses
 from pluct_server.runtime.supervisor import Supervisor
 from pluct_server.server import wait_and_migrate
 from pluct_server.store.audit_store import AuditStore
@@ -70,18 +71,39 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.command == "serve":
+        return _serve(settings)
     try:
         with database_dsn(settings) as dsn:
             if settings.database_url is None:
-                # The embedded server's superuser owns the schema; the service serves as a
-                # role that may only do what serving needs.
-                settings = replace(settings, migrate_database_url=dsn)
-                dsn = asyncio.run(ensure_login_role(dsn, DEV_SERVING_ROLE))
+                settings, dsn = _serving_as_role(settings, dsn)
             if args.command == "migrate":
                 asyncio.run(_migrate(dsn, settings))
-            elif args.command == "audit":
-                return asyncio.run(_audit(dsn, settings))
             else:
+                return asyncio.run(_audit(dsn, settings))
+    except RuntimeError as error:
+        _LOGGER.error("%s", error)
+        return 1
+    except Unavailable:
+        _LOGGER.error("the database could not be reached; nothing was started")
+        return 1
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    """Claim the listen addresses, make the dev secrets, start the database, then the workers."""
+    # Before anything starts or prints: an address in use is the whole of the output.
+    try:
+        claimed = claim_addresses(settings)
+    except AddressUnavailable as error:
+        print(f"pluct: {error}", file=sys.stderr)
+        return 1
+    with claimed:
+        settings = claimed.settings
+        try:
+            with database_dsn(settings) as dsn:
+                if settings.database_url is None:
+                    settings, dsn = _serving_as_role(settings, dsn)
                 if not settings.production:
                     try:
                         settings, note = with_dev_secrets(settings)
@@ -91,13 +113,21 @@ def main(argv: list[str] | None = None) -> int:
                     if note:
                         print(note, flush=True)
                 return Supervisor(settings, dsn).run()
-    except RuntimeError as error:
-        _LOGGER.error("%s", error)
-        return 1
-    except Unavailable:
-        _LOGGER.error("the database could not be reached; nothing was started")
-        return 1
-    return 0
+        except AddressUnavailable as error:
+            print(f"pluct: {error}", file=sys.stderr)
+            return 1
+        except RuntimeError as error:
+            _LOGGER.error("%s", error)
+            return 1
+        except Unavailable:
+            _LOGGER.error("the database could not be reached; nothing was started")
+            return 1
+
+
+def _serving_as_role(settings: Settings, dsn: str) -> tuple[Settings, str]:
+    """Keep the embedded superuser for migrations; serve as a role that may only serve."""
+    settings = replace(settings, migrate_database_url=dsn)
+    return settings, asyncio.run(ensure_login_role(dsn, DEV_SERVING_ROLE))
 
 
 @contextlib.contextmanager

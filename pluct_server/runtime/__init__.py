@@ -1,1 +1,1 @@
-"""How the service runs as processes: the worker supervisor, and the embedded PostgreSQL of dev."""
+"""How the service runs as processes: supervisor, workers, their addresses, dev PostgreSQL."""

@@ -9,7 +9,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pluct_server.config import Settings
 from pluct_server.logs import setup_logging
 from pluct_server.metrics import MULTIPROCESS_DIR_ENV, flush_counts, forget_worker, serve_metrics
 from pluct_server.runtime.event_loop import loop_kind, run_on
+from pluct_server.runtime.listen_addresses import refusal
 from pluct_server.server import PluctServer, wait_and_migrate
 from pluct_server.store.database import Database
 
@@ -82,29 +82,11 @@ async def prepare_database(dsn: str, settings: Settings) -> PoolPlan:
     )
 
 
-def with_fixed_ports(settings: Settings) -> Settings:
-    """Turn port 0 into a free port now, so a replaced worker binds where its sibling listens."""
-    return replace(
-        settings,
-        grpc_listen=_fixed(settings.grpc_listen),
-        http_listen=_fixed(settings.http_listen),
-    )
-
-
-def _fixed(listen: str) -> str:
-    host, _, port = listen.rpartition(":")
-    if port != "0":
-        return listen
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host.strip("[]"), 0))
-        return f"{host}:{probe.getsockname()[1]}"
-
-
 class Supervisor:
     """Starts `settings.workers` workers, replaces the ones that die, and stops them all."""
 
     def __init__(self, settings: Settings, dsn: str) -> None:
+        # Its addresses were claimed as `serve` started (listen_addresses), port 0 made a port.
         self._settings = settings
         self._dsn = dsn
         self._context = multiprocessing.get_context("spawn")
@@ -120,7 +102,7 @@ class Supervisor:
         plan = asyncio.run(prepare_database(self._dsn, self._settings))
         # Workers find the schema current: they never need the owner's credentials.
         self._settings = replace(
-            with_fixed_ports(self._settings),
+            self._settings,
             db_pool_size=plan.per_worker,
             migrate_database_url=None,
         )
@@ -139,7 +121,12 @@ class Supervisor:
         os.environ.setdefault(_ARENA_LIMIT_ENV, _ARENA_LIMIT)
         try:
             if self._settings.metrics_listen:
-                serve_metrics(self._settings.metrics_listen)
+                try:
+                    serve_metrics(self._settings.metrics_listen)
+                except OSError as error:  # taken since the check at start
+                    raise refusal(
+                        "PLUCT_METRICS_LISTEN", self._settings.metrics_listen, error
+                    ) from None
             for index in range(self._settings.workers):
                 self._start(index)
             if not self._wait_until_ready():
