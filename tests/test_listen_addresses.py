@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from tests.support import ADMIN_SECRET, JWT_SECRET, WEBHOOK_SECRET, free_port
 from tests.test_process import (  # noqa: F401
+    REPO,
     ServiceProcess,
     production_dsn,
     run_command,
@@ -28,6 +30,7 @@ UNREACHABLE_DATABASE = "postgresql://nobody@127.0.0.1:1/none"
 GIVE_UP_SECONDS = 30
 # How /proc/net/tcp shows a connection that has closed and waits out its last packets.
 TIME_WAIT = "06"
+NOBODY = 65534
 
 
 def production_env(dsn: str, **extra: str) -> dict[str, str]:
@@ -103,6 +106,39 @@ def test_an_address_another_program_listens_on_is_refused_naming_it(foreign_list
 
     assert line.startswith(f"pluct: cannot listen on 127.0.0.1:{port} (PLUCT_HTTP_LISTEN): ")
     assert f"in use by pid {listener.pid} ({sys.executable} -c import socket" in line
+
+
+def as_unprivileged(env: dict[str, str], workdir: Path) -> subprocess.CompletedProcess[str]:
+    """Run `serve` as a user who may not listen on low ports (nobody, if the suite runs as root)."""
+    drop = []
+    if os.geteuid() == 0:
+        drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return subprocess.run(
+        [*drop, sys.executable, "-m", "pluct_server", "serve"],
+        cwd=workdir,
+        env={**env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'clients'}"},
+        capture_output=True,
+        text=True,
+        timeout=GIVE_UP_SECONDS,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "listen", "because"),
+    [
+        ("PLUCT_GRPC_LISTEN", "192.0.2.1:{port}", "Cannot assign requested address"),
+        ("PLUCT_HTTP_LISTEN", "no-such-host.invalid:{port}", ""),
+        ("PLUCT_METRICS_LISTEN", "127.0.0.1:1", "Permission denied"),
+    ],
+)
+def test_an_address_that_cannot_be_listened_on_is_one_line(setting, listen, because):
+    listen = listen.format(port=free_port())
+    env = production_env(UNREACHABLE_DATABASE, **{setting: listen})
+
+    line = refused_in_one_line(as_unprivileged(env, Path("/")))
+
+    assert line.startswith(f"pluct: cannot listen on {listen} ({setting}): {because}")
 
 
 def listening(port: int) -> bool:

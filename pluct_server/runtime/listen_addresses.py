@@ -85,10 +85,12 @@ def claim_addresses(settings: Settings) -> ClaimedAddresses:
 
 def refusal(setting: str, listen: str, error: OSError) -> AddressUnavailable:
     """Say in one line why `listen` (from `setting`) cannot be listened on, naming its holder."""
+    if error.errno != errno.EADDRINUSE:
+        return AddressUnavailable(f"cannot listen on {listen} ({setting}): {error.strerror}")
     try:
         address = _resolve(setting, listen)[0]
         holders = _holders(_ip(str(address.sockaddr[0])), int(address.sockaddr[1]))
-    except OSError:
+    except AddressUnavailable:
         holders = []
     by = f"in use by {', '.join(holders)}" if holders else "already in use"
     return AddressUnavailable(
@@ -131,23 +133,29 @@ def _check_free(address: _Address) -> None:
         try:
             probe.bind(address.sockaddr)
         except OSError as error:
-            if error.errno != errno.EADDRINUSE:
-                raise
             raise refusal(address.setting, address.listen, error) from None
 
 
 def _free_port(address: _Address) -> int:
     with socket.socket(address.family, socket.SOCK_STREAM) as probe:
-        probe.bind(address.sockaddr)
+        try:
+            probe.bind(address.sockaddr)
+        except OSError as error:
+            raise refusal(address.setting, address.listen, error) from None
         return int(probe.getsockname()[1])
 
 
 def _resolve(setting: str, listen: str) -> list[_Address]:
     """Return every address `listen` names (a host name may name IPv4 and IPv6 ones)."""
     host, _, port = listen.rpartition(":")
-    found = socket.getaddrinfo(
-        host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        raise AddressUnavailable(
+            f"cannot listen on {listen} ({setting}): {error.strerror}"
+        ) from None
     unique = dict.fromkeys(
         (family, sockaddr)
         for family, _, _, _, sockaddr in found
