@@ -100,18 +100,19 @@ def _serve(settings: Settings) -> int:
         return 1
     with claimed:
         settings = claimed.settings
+        if not settings.production:
+            # Before the embedded database starts, so they are printed before any log line.
+            try:
+                settings, note = with_dev_secrets(settings)
+            except ConfigError as error:
+                print(f"pluct: configuration error: {error}", file=sys.stderr)
+                return 2
+            if note:
+                print(note, flush=True)
         try:
             with database_dsn(settings) as dsn:
                 if settings.database_url is None:
                     settings, dsn = _serving_as_role(settings, dsn)
-                if not settings.production:
-                    try:
-                        settings, note = with_dev_secrets(settings)
-                    except ConfigError as error:
-                        print(f"pluct: configuration error: {error}", file=sys.stderr)
-                        return 2
-                    if note:
-                        print(note, flush=True)
                 return Supervisor(settings, dsn).run()
         except AddressUnavailable as error:
             print(f"pluct: {error}", file=sys.stderr)
