@@ -85,6 +85,20 @@ class AlreadyExists(DomainError):
     reason = "ALREADY_EXISTS"
 
 
+class PaymentEventReused(DomainError):
+    """A payment event id came back naming another user or amount than it was credited with."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "PAYMENT_EVENT_REUSED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this payment event id was already credited, to another user or amount; "
+            "nothing was credited",
+            field="event_id",
+        )
+
+
 class InsufficientCredits(DomainError):
     """The user's balance cannot pay for the request."""
 

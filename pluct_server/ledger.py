@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,7 @@ from pluct_server.errors import (
     AlreadyExists,
     InsufficientCredits,
     InvalidArgument,
+    PaymentEventReused,
     RateLimited,
     ReplayedTokenExpired,
     RequestIdReused,
@@ -41,7 +43,14 @@ from pluct_server.pagination import (
     xid_and_id_position,
 )
 from pluct_server.store.database import RateLimitExceeded
-from pluct_server.store.ledger_store import LedgerStore, RequestKeyTaken, UserExists
+from pluct_server.store.ledger_store import (
+    LedgerStore,
+    PaymentEventTaken,
+    RequestKeyTaken,
+    UserExists,
+)
+
+_LOGGER = logging.getLogger(__name__)
 
 USER_CREATION_REASON = "User account creation"
 WEBHOOK_REASON = "Payment gateway"
@@ -85,7 +94,6 @@ def _fingerprint(*parts: object) -> str:
 
 # Operations, as request-id scopes name them (stored; never rename).
 CREATE_USER = "create_user"
-PAYMENT = "payment"
 ADMIN_GRANT = "admin_grant"
 VEND = "vend"
 # The source label of pluct_credits_granted_total, by the kind of credit.
@@ -112,10 +120,8 @@ class Ledger:
     ) -> RequestKey | None:
         if not request_id:
             return None
-        # Payments are deduplicated by the provider's event id for ever; the rest expire.
-        retention = None if operation == PAYMENT else self._retention
         return RequestKey(
-            caller.request_scope, operation, request_id, _fingerprint(*parts), retention
+            caller.request_scope, operation, request_id, _fingerprint(*parts), self._retention
         )
 
     async def create_user(
@@ -154,36 +160,45 @@ class Ledger:
         """Return a user's balance; 0 for an unknown user."""
         return await self._store.balance(user_id)
 
-    async def add_payment(self, user_id: str, amount: int, request_id: str, caller: Caller) -> int:
-        """Credit a payment reported by the payment provider; return the new balance."""
-        return await self._credit(
-            user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, request_id, caller, PAYMENT
-        )
+    async def add_payment(self, user_id: str, amount: int, event_id: str, caller: Caller) -> int:
+        """Credit a payment reported by the payment provider; return the new balance.
+
+        Event ids are one namespace for the deployment, which has one payment provider: the
+        same event again, through any channel, credits nothing and answers what its first
+        credit left; the id with another user or amount is refused, and credits nothing.
+        """
+        try:
+            balance = await self._store.pay(
+                user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, caller.id, event_id
+            )
+        except PaymentEventTaken:
+            # Events are never forgotten (the serving role may not delete them), so the one
+            # that refused this credit is there to read.
+            prior = await self._store.prior_payment(event_id)
+            if prior is None or (prior.user_id, prior.amount) != (user_id, amount):
+                _LOGGER.warning(
+                    "payment refused: event_id=%s reused for another user or amount, key_id=%s "
+                    "address=%s",
+                    event_id,
+                    caller.id,
+                    caller.address,
+                )
+                raise PaymentEventReused() from None
+            return prior.balance_after
+        CREDITS_GRANTED.labels(_GRANT_SOURCES[EntryType.ADD_WEBHOOK]).inc(amount)
+        return balance
 
     async def add_admin_grant(
         self, user_id: str, amount: int, reason: str | None, request_id: str, caller: Caller
     ) -> int:
         """Credit a manual grant by an admin; return the new balance."""
+        entry_type = EntryType.ADMIN_ADD
         note = _note(reason, ADMIN_DEFAULT_REASON)
-        return await self._credit(
-            user_id, amount, EntryType.ADMIN_ADD, note, request_id, caller, ADMIN_GRANT
-        )
-
-    async def _credit(
-        self,
-        user_id: str,
-        amount: int,
-        entry_type: EntryType,
-        reason: str,
-        request_id: str,
-        caller: Caller,
-        operation: str,
-    ) -> int:
-        key = self._key(caller, operation, request_id, entry_type.value, user_id, amount, reason)
+        key = self._key(caller, ADMIN_GRANT, request_id, entry_type.value, user_id, amount, note)
         for _ in range(2):
             try:
                 balance = await self._store.credit(
-                    user_id, amount, entry_type, reason, caller.id, key
+                    user_id, amount, entry_type, note, caller.id, key
                 )
                 CREDITS_GRANTED.labels(_GRANT_SOURCES[entry_type]).inc(amount)
                 return balance

@@ -70,8 +70,8 @@ class RequestKey:
     request_id: str
     # Digest of what the request asked for, to tell a true retry from a reused id.
     fingerprint: str
-    # How long the id is remembered; None keeps it for ever (payments).
-    retention: timedelta | None
+    # How long the id is remembered (payment event ids, kept for ever, are not request keys).
+    retention: timedelta
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,15 @@ class PriorRequest:
     initial_credits: int
     balance_after: int | None
     claims: TokenClaims | None
+
+
+@dataclass(frozen=True)
+class PriorPayment:
+    """What a payment event id was first credited with, and the balance that credit left."""
+
+    user_id: str
+    amount: int
+    balance_after: int
 
 
 @dataclass(frozen=True)

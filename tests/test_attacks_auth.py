@@ -1189,19 +1189,19 @@ async def test_a_replayed_payment_credits_once_and_answers_the_same_balance(
             try:
                 return "ok", await pay_grpc(credit, payer, amount, event, field)
             except grpc.aio.AioRpcError as error:
-                assert error.code() == INVALID_ARGUMENT
+                assert error.code() == grpc.StatusCode.ALREADY_EXISTS
                 return "refused", error_reason(error)[0]
         reply = await pay_http(http, payer, amount, event, "body" if "body" in route else "header")
         if reply.status == 200:
             return "ok", int(reply.body["newBalance"])
-        expect_http(reply, 400)
+        expect_http(reply, 409, error="Payment event already used")
         return "refused", str(reply.body["reason"])
 
     assert await pay(first_route, 7) == ("ok", 9)
     assert await pay(replay_route, 7) == ("ok", 9)
     after = await world(db, payer)
-    # The same event with another amount is another request under a used id: refused.
-    assert await pay(replay_route, 700) == ("refused", "REQUEST_ID_REUSED")
+    # The same event with another amount is not this payment: refused, whatever the route.
+    assert await pay(replay_route, 700) == ("refused", "PAYMENT_EVENT_REUSED")
 
     assert await world(db, payer) == after
     assert await balance_in_db(db, payer) == 9

@@ -201,7 +201,7 @@ async def test_webhook_retry_with_same_request_id_counts_once(credit, user_id):
     assert (await credit.GetBalance(pb.GetBalanceRequest(user_id=user_id))).balance == 25
 
 
-async def test_webhook_request_id_reused_with_another_amount_is_refused(credit, user_id):
+async def test_a_payment_id_reused_with_another_amount_is_refused(credit, user_id):
     request_id = new_request_id()
     await credit.AddCredits(
         pb.AddCreditsRequest(user_id=user_id, amount=25, request_id=request_id),
@@ -214,8 +214,8 @@ async def test_webhook_request_id_reused_with_another_amount_is_refused(credit, 
             metadata=WEBHOOK_METADATA,
         )
 
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_reason(raised.value)[0] == "REQUEST_ID_REUSED"
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(raised.value)[0] == "PAYMENT_EVENT_REUSED"
     assert (await credit.GetBalance(pb.GetBalanceRequest(user_id=user_id))).balance == 25
 
 

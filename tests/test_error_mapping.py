@@ -13,6 +13,7 @@ EXPECTED = [
     (errors.MalformedCredentials("bad header"), grpc.StatusCode.INVALID_ARGUMENT),
     (errors.Unauthenticated("Unauthorized"), grpc.StatusCode.UNAUTHENTICATED),
     (errors.AlreadyExists("User already exists"), grpc.StatusCode.ALREADY_EXISTS),
+    (errors.PaymentEventReused(), grpc.StatusCode.ALREADY_EXISTS),
     (errors.InsufficientCredits(), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable(), grpc.StatusCode.UNAVAILABLE),
     (errors.PermissionDenied("key lacks admin"), grpc.StatusCode.PERMISSION_DENIED),

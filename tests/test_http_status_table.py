@@ -21,6 +21,7 @@ EXPECTED = [
     (errors.Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS"), 401, "Unauthorized"),
     (errors.Unauthenticated("needs admin", reason="ADMIN_TOKEN_REQUIRED"), 401, "needs admin"),
     (errors.AlreadyExists("User already exists"), 409, "User already exists"),
+    (errors.PaymentEventReused(), 409, "Payment event already used"),
     (errors.InsufficientCredits(), 403, "Insufficient credits"),
     (errors.Unavailable(), 503, None),
     (errors.PermissionDenied("this API key lacks the 'admin' scope"), 403, None),

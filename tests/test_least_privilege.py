@@ -31,6 +31,8 @@ FORBIDDEN = [
     "DROP TABLE ledger",
     "SET session_replication_role = replica",
     "DELETE FROM users",
+    "DELETE FROM payment_events",
+    "UPDATE payment_events SET user_id = 'x'",
     "UPDATE schema_migrations SET name = 'x'",
     "CREATE TABLE shadow_ledger (id int)",
     "CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger "

@@ -87,14 +87,14 @@ def test_migration_files_must_be_numbered_without_gaps(tmp_path):
         load_migrations(tmp_path)
 
 
-# The tables the hot statements (vend, credit, create, read) write or read by key.
+# The tables the hot statements (vend, credit, create, read) write or read by key, each keyed by
+# user; payment_events alone is keyed by the event id (see the last test).
 USER_KEYED_TABLES = ("users", "ledger", "request_keys")
 
 
-@pytest.mark.parametrize("table", USER_KEYED_TABLES)
-async def test_hot_tables_carry_user_id_in_every_primary_and_unique_key(conn, table):
-    # What sharding by user (Citus) requires: no key that two users' rows could share.
-    keys = await conn.fetch(
+async def unique_keys(conn: asyncpg.Connection, table: str) -> dict[str, list[str]]:
+    """Every primary and unique key of `table`: its name, and its columns in name order."""
+    rows = await conn.fetch(
         """
         SELECT c.conname, array_agg(a.attname ORDER BY a.attname) AS columns
           FROM pg_constraint c
@@ -104,6 +104,20 @@ async def test_hot_tables_carry_user_id_in_every_primary_and_unique_key(conn, ta
         """,
         table,
     )
+    return {row["conname"]: list(row["columns"]) for row in rows}
+
+
+@pytest.mark.parametrize("table", USER_KEYED_TABLES)
+async def test_hot_tables_carry_user_id_in_every_primary_and_unique_key(conn, table):
+    # What sharding by user (Citus) requires: no key that two users' rows could share.
+    keys = await unique_keys(conn, table)
 
     assert keys, f"{table} has no primary key"
-    assert all("user_id" in key["columns"] for key in keys), [dict(k) for k in keys]
+    assert all("user_id" in columns for columns in keys.values()), keys
+
+
+async def test_payment_events_are_keyed_by_the_event_id_alone(conn):
+    # On purpose, against the rule above: one payment provider, one namespace of event ids, so
+    # an event id names one payment whoever sends it for whichever user. Sharded, this table is
+    # distributed by event_id, and a payment is a transaction over two shards (README, Scaling).
+    assert await unique_keys(conn, "payment_events") == {"payment_events_pkey": ["event_id"]}

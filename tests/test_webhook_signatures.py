@@ -328,8 +328,11 @@ async def test_an_event_with_another_amount_is_refused_not_credited(webhook_http
         webhook_http, changed, signed(webhooks.sign(changed, NEW_SECRET, int(time.time())))
     )
 
-    assert reply.status == 400
-    assert reply.body["reason"] == "REQUEST_ID_REUSED"
+    assert reply.status == 409
+    assert (reply.body["error"], reply.body["reason"]) == (
+        "Payment event already used",
+        "PAYMENT_EVENT_REUSED",
+    )
     assert await ledger_of(database_dsn, user_id) == (5, Counter({"add_webhook": 1}))
 
 

@@ -160,6 +160,7 @@ LEGACY = LegacyProfile(
         ),
         ("INVALID_ARGUMENT", "token"): "Valid token is required",
         ("ALREADY_EXISTS", None): "User already exists",
+        ("PAYMENT_EVENT_REUSED", None): "Payment event already used",
         ("INSUFFICIENT_CREDITS", None): "Insufficient credits",
         ("MISSING_CREDENTIALS", None): "Unauthorized",
         ("BAD_CREDENTIALS", None): "Unauthorized",

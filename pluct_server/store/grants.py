@@ -19,6 +19,8 @@ SERVING_PRIVILEGES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "users": ("SELECT", "INSERT", "UPDATE"),
         "ledger": ("SELECT", "INSERT"),
         "request_keys": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        # Payment event ids are kept for ever: one forgotten or edited could be paid again.
+        "payment_events": ("SELECT", "INSERT"),
         "rate_limits": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "api_keys": ("SELECT", "INSERT", "UPDATE"),
         "token_revocations": ("SELECT", "INSERT", "DELETE"),

@@ -10,6 +10,7 @@ import asyncpg
 
 from pluct_server.models import (
     EntryType,
+    PriorPayment,
     PriorRequest,
     RequestKey,
     TokenClaims,
@@ -32,6 +33,10 @@ class RequestKeyTaken(Exception):
     """The request key was claimed before, by this request or another one."""
 
 
+class PaymentEventTaken(Exception):
+    """The payment event id was credited before, by this payment or another one."""
+
+
 # Credit statements for one user that one worker runs at once. Measured with two workers and
 # credits to one user (make bench's AddCredits): unbounded, 1,516-1,593/s at 8 in flight fell
 # to 617-767/s at 64 and 256 (p99 0.3-0.9 s). One turn gave 1,363-1,459/s throughout (each
@@ -42,8 +47,9 @@ CREDITS_AT_ONCE_PER_USER = 4
 # The constraints whose violation the domain needs to tell apart.
 _USER_EXISTS = "users_pkey"
 _REQUEST_KEY_TAKEN = "request_keys_pkey"
+_PAYMENT_EVENT_TAKEN = "payment_events_pkey"
 
-# Parameters shared by the statements that claim a request key, always the last four.
+# The request-key claim the mutating statements share; each says where its values come from.
 _CLAIM = """
     INSERT INTO request_keys (user_id, caller, operation, request_id, fingerprint, ledger_id,
                               expire_time)
@@ -77,8 +83,9 @@ SELECT balance FROM created
 """
 )
 
-_CREDIT = (
-    """
+# Every credit starts alike: the user, made if missing, its new balance and its ledger entry
+# ($1 user, $2 amount, $3 entry type, $4 reason, $5 actor, $6 the request or event id).
+_CREDITED = """
 WITH credited AS (
     INSERT INTO users AS u (user_id, balance, transaction_count)
     VALUES ($1, $2::bigint, 1)
@@ -89,23 +96,43 @@ WITH credited AS (
     RETURNING user_id, balance
 ), entry AS (
     INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, actor)
-    SELECT user_id, $3, $2::bigint, balance, $4, $8, $5 FROM credited
+    SELECT user_id, $3, $2::bigint, balance, $4, $6, $5 FROM credited
     RETURNING id, balance_after
-), claimed AS ("""
+)"""
+
+_CREDIT = (
+    _CREDITED
+    + """, claimed AS ("""
     + _CLAIM.format(
         user_id="$1",
-        caller="$6",
-        operation="$7",
-        request_id="$8",
+        caller="$7",
+        operation="$8",
+        request_id="$6",
         fingerprint="$9",
         ledger_id="id",
         retention="$10",
     )
-    + """ FROM entry WHERE $8::text IS NOT NULL
+    + """ FROM entry WHERE $6::text IS NOT NULL
 )
 SELECT balance_after FROM entry
 """
 )
+
+# A payment claims its event id in the statement that credits it: a second credit of the same
+# event, from any caller for any user, fails on payment_events_pkey and is undone whole.
+_PAY = (
+    _CREDITED
+    + """, claimed AS (
+    INSERT INTO payment_events (event_id, user_id, amount, ledger_id, balance_after)
+    SELECT $6, $1, $2::bigint, id, balance_after FROM entry WHERE $6::text IS NOT NULL
+)
+SELECT balance_after FROM entry
+"""
+)
+
+_PRIOR_PAYMENT = """
+SELECT user_id, amount, balance_after FROM payment_events WHERE event_id = $1
+"""
 
 _PRIOR_REQUEST = """
 SELECT k.fingerprint, k.expire_time < now() AS expired,
@@ -232,26 +259,57 @@ class LedgerStore:
         Raises RequestKeyTaken when the key was claimed before.
         """
         scope, operation, request_id, fingerprint, retention = _key_arguments(key)
+        return await self._credit(
+            _CREDIT,
+            user_id,
+            amount,
+            entry_type.value,
+            reason,
+            actor,
+            request_id,
+            scope,
+            operation,
+            fingerprint,
+            retention,
+        )
+
+    async def pay(
+        self,
+        user_id: str,
+        amount: int,
+        entry_type: EntryType,
+        reason: str,
+        actor: str,
+        event_id: str,
+    ) -> int:
+        """Credit a payment and claim its event id ("" for none) at once; return the new balance.
+
+        Raises PaymentEventTaken when the event id was credited before, and then credits nothing.
+        """
+        return await self._credit(
+            _PAY, user_id, amount, entry_type.value, reason, actor, event_id or None
+        )
+
+    async def _credit(self, statement: str, user_id: str, *arguments: object) -> int:
+        """Run a credit statement in the user's turn; return the balance after it."""
         try:
             async with self._credit_turns.turn(user_id):
-                row = await self._db.fetchrow(
-                    _CREDIT,
-                    user_id,
-                    amount,
-                    entry_type.value,
-                    reason,
-                    actor,
-                    scope,
-                    operation,
-                    request_id,
-                    fingerprint,
-                    retention,
-                    writes=True,
-                )
+                row = await self._db.fetchrow(statement, user_id, *arguments, writes=True)
         except UniqueViolation as exc:
             raise _taken(exc) from exc
         assert row is not None
         return int(row["balance_after"])
+
+    async def prior_payment(self, event_id: str) -> PriorPayment | None:
+        """Return what the payment with this event id credited, None if there was none."""
+        row = await self._db.fetchrow(_PRIOR_PAYMENT, event_id)
+        if row is None:
+            return None
+        return PriorPayment(
+            user_id=row["user_id"],
+            amount=int(row["amount"]),
+            balance_after=int(row["balance_after"]),
+        )
 
     async def spend_one(
         self, claims: TokenClaims, key: RequestKey | None, charges: Sequence[Charge]
@@ -352,6 +410,8 @@ def _taken(violation: UniqueViolation, otherwise: type[Exception] | None = None)
     """Translate a unique violation into what it means for the domain."""
     if violation.constraint == _REQUEST_KEY_TAKEN:
         return RequestKeyTaken()
+    if violation.constraint == _PAYMENT_EVENT_TAKEN:
+        return PaymentEventTaken()
     if otherwise is not None and violation.constraint == _USER_EXISTS:
         return otherwise()
     return violation

@@ -83,7 +83,7 @@ class CreditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddCredits(self, request, context):
-        """AddCredits records a payment from the provider's webhook, creating the user if needed; an event seen before is credited once, ever. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """AddCredits records a payment from the provider's webhook, creating the user if needed; an event id is one payment for the whole deployment, whoever sends it: seen again with the same user and amount it credits nothing and answers the first balance. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ALREADY_EXISTS (PAYMENT_EVENT_REUSED: the event id was paid to another user or amount), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -229,14 +229,14 @@ export type AddCreditsRequest = Message<"pluct.credit.v1.AddCreditsRequest"> & {
   amount: bigint;
 
   /**
-   * request_id makes retries safe: a repeat with the same id returns the first answer; for payments it never expires.
+   * request_id makes retries safe: for a payment it is its event id under another name (see event_id), and never expires.
    *
    * @generated from field: string request_id = 3;
    */
   requestId: string;
 
   /**
-   * event_id is the payment provider's event id, another name for request_id (send one, or the same in both).
+   * event_id is the payment provider's event id, one namespace for the deployment; request_id is another name for it (send one, or the same in both).
    *
    * @generated from field: string event_id = 4;
    */
@@ -315,7 +315,7 @@ export const CreditService: GenService<{
     output: typeof ListTransactionsResponseSchema;
   },
   /**
-   * AddCredits records a payment from the provider's webhook, creating the user if needed; an event seen before is credited once, ever. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
+   * AddCredits records a payment from the provider's webhook, creating the user if needed; an event id is one payment for the whole deployment, whoever sends it: seen again with the same user and amount it credits nothing and answers the first balance. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ALREADY_EXISTS (PAYMENT_EVENT_REUSED: the event id was paid to another user or amount), RESOURCE_EXHAUSTED, UNAVAILABLE.
    *
    * @generated from rpc pluct.credit.v1.CreditService.AddCredits
    */
