@@ -131,3 +131,50 @@ async def test_the_command_line_reads_the_servers_own_settings_and_prints_tables
     header, *rows = shown.splitlines()
     assert header.split()[0] == "user_id"
     assert any(row.split()[0] == user_id for row in rows)
+
+
+async def test_without_a_key_the_command_line_says_none_was_found_and_where_it_looked(
+    server, tmp_path
+):
+    code, out, errors = await run_cli(
+        "balance", "anyone", workdir=tmp_path, PLUCT_TARGET=f"127.0.0.1:{server.grpc_port}"
+    )
+
+    assert (code, out) == (1, "")
+    assert errors.splitlines() == [
+        "UNAUTHENTICATED: no API key found (looked for PLUCT_API_KEY, PLUCT_DEV_API_KEY or "
+        f"ADMIN_SECRET in the environment, {tmp_path / '.env'}, "
+        f"{tmp_path / '.data' / 'dev-secrets.env'})"
+    ]
+
+
+async def test_validate_exits_one_for_a_token_that_is_not_valid(server, user_id):
+    key = await caller_key(server)
+    await cli(server, "create-user", user_id, "--credits", "1", PLUCT_API_KEY=key)
+    _, vended, _ = await cli(server, "vend", user_id, PLUCT_API_KEY=key)
+    token = json.loads(vended)["token"]
+    target = f"127.0.0.1:{server.grpc_port}"
+
+    good, accepted, _ = await cli(server, "validate", token, PLUCT_API_KEY=key)
+    bad, refused, _ = await cli(server, "validate", token + "x", PLUCT_API_KEY=key)
+    bad_table, table, _ = await run_cli("validate", "BAD", PLUCT_API_KEY=key, PLUCT_TARGET=target)
+
+    assert (good, json.loads(accepted)["valid"]) == (0, True)
+    assert bad == bad_table == 1
+    assert json.loads(refused) == {"valid": False, "reason": "Invalid token signature"}
+    assert table.split()[:2] == ["valid", "False"]
+
+
+async def test_zero_and_false_fields_are_printed(server, user_id):
+    target = f"127.0.0.1:{server.grpc_port}"
+    await cli(server, "create-user", user_id, ADMIN_SECRET=ADMIN_SECRET)
+
+    _, listed, _ = await cli(server, "users", ADMIN_SECRET=ADMIN_SECRET)
+    _, table, _ = await run_cli("users", ADMIN_SECRET=ADMIN_SECRET, PLUCT_TARGET=target)
+
+    (mine,) = [user for user in json.loads(listed)["users"] if user["user_id"] == user_id]
+    assert (mine["balance"], mine["total_spent"]) == ("0", "0")
+    header, *rows = table.splitlines()
+    (row,) = [row.split() for row in rows if row.split()[:1] == [user_id]]
+    named = dict(zip(header.split(), row, strict=False))
+    assert (named["balance"], named["total_spent"]) == ("0", "0")

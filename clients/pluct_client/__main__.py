@@ -8,12 +8,12 @@ import json
 import sys
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
+from pluct.token.v1 import token_service_pb2 as token_pb
 
 from pluct_client.client import PluctClient, RetryableError
-from pluct_client.settings import read_settings
-from pluct_client.tables import as_table
+from pluct_client.settings import CliSettings, read_settings
+from pluct_client.tables import as_dict, as_table
 
 SCOPES = (
     "users:create",
@@ -79,8 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace) -> object:
-    settings = read_settings()
+async def _run(args: argparse.Namespace, settings: CliSettings) -> object:
     async with PluctClient(
         args.target or settings.target,
         api_key=settings.api_key,
@@ -117,21 +116,34 @@ async def _run(args: argparse.Namespace) -> object:
 def main(argv: list[str] | None = None) -> int:
     """Run one command and print its answer as JSON (or the error on stderr)."""
     args = _parser().parse_args(argv)
+    settings = read_settings()
     try:
-        answer = asyncio.run(_run(args))
+        answer = asyncio.run(_run(args, settings))
     except RetryableError as error:
         print(f"unavailable, retry: {error}", file=sys.stderr)
         return 75  # EX_TEMPFAIL
     except grpc.aio.AioRpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+        if error.code() == grpc.StatusCode.UNAUTHENTICATED and not (
+            settings.api_key or settings.admin_secret
+        ):
+            print(
+                f"UNAUTHENTICATED: no API key found (looked for "
+                f"{settings.where_keys_are_looked_for()})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"{error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     if not args.json:
         print(as_table(answer))
     elif isinstance(answer, Message):
-        print(json_format.MessageToJson(answer, preserving_proto_field_name=True))
+        print(json.dumps(as_dict(answer), indent=2))
     else:
         print(json.dumps(answer))
-    # An audit that found problems is a failure, for scripts and cron alike.
+    # A token that is not valid, and an audit that found problems, are failures, for scripts
+    # and cron alike.
+    if isinstance(answer, token_pb.ValidateTokenResponse) and not answer.valid:
+        return 1
     return 1 if getattr(answer, "problems", None) else 0
 
 

@@ -11,6 +11,8 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 # What `make run` writes on first start, in its data folder.
 DEV_SECRETS_FILE = "dev-secrets.env"
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 - reached locally, not bound
+# Where a bearer credential is read from, first found wins.
+KEY_VARIABLES = ("PLUCT_API_KEY", "PLUCT_DEV_API_KEY", "ADMIN_SECRET")
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,13 @@ class CliSettings:
     api_key: str | None
     admin_secret: str | None
     webhook_secret: str | None
+    # The settings files read after the environment, in order (whether they exist or not).
+    files: tuple[Path, ...] = ()
+
+    def where_keys_are_looked_for(self) -> str:
+        """Say which variables hold a key and where they were looked for, for a person."""
+        places = ", ".join(["the environment", *(str(path) for path in self.files)])
+        return f"{', '.join(KEY_VARIABLES[:-1])} or {KEY_VARIABLES[-1]} in {places}"
 
 
 def read_settings(
@@ -31,13 +40,15 @@ def read_settings(
     workdir = Path.cwd() if workdir is None else workdir
     dotenv = _read_env_file(workdir / ".env")
     data_dir = Path(environ.get("PLUCT_DATA_DIR") or dotenv.get("PLUCT_DATA_DIR") or ".data")
-    dev = _read_env_file((workdir / data_dir) / DEV_SECRETS_FILE)
+    dev_secrets = (workdir / data_dir) / DEV_SECRETS_FILE
+    dev = _read_env_file(dev_secrets)
     merged = {**dev, **dotenv, **environ}
     return CliSettings(
         target=_target(merged),
         api_key=merged.get("PLUCT_API_KEY") or merged.get("PLUCT_DEV_API_KEY") or None,
         admin_secret=merged.get("ADMIN_SECRET") or None,
         webhook_secret=merged.get("WEBHOOK_SECRET") or None,
+        files=(workdir / ".env", dev_secrets),
     )
 
 

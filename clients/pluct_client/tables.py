@@ -8,11 +8,41 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 
+def as_dict(message: Message) -> dict[str, Any]:
+    """Return a message as its JSON mapping, every field in the order the proto declares it."""
+    # Zero, false and empty are answers too (a balance of 0, "valid: false"): all are shown.
+    fields = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _declared_order(message, fields)
+
+
+def _declared_order(message: Message, fields: dict[str, Any]) -> dict[str, Any]:
+    """Reorder `fields` (MessageToDict puts the fields left at their default last)."""
+    ordered: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in fields:
+            continue
+        value = fields[field.name]
+        if field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            inner = getattr(message, field.name)
+            if isinstance(value, dict):
+                value = _declared_order(inner, value)
+            elif isinstance(value, list):
+                value = [
+                    _declared_order(item, entry) if isinstance(entry, dict) else entry
+                    for item, entry in zip(inner, value, strict=True)
+                ]
+        ordered[field.name] = value
+    # Anything a well-known type renders its own way keeps its place after the fields.
+    return ordered | {name: value for name, value in fields.items() if name not in ordered}
+
+
 def as_table(answer: object) -> str:
     """Render an answer: the rows of its one list as columns, or its fields as name: value."""
     if not isinstance(answer, Message):
         return str(answer)
-    fields = json_format.MessageToDict(answer, preserving_proto_field_name=True)
+    fields = as_dict(answer)
     rows = [value for value in fields.values() if _is_rows(value)]
     if len(rows) == 1:
         scalars = {name: value for name, value in fields.items() if not _is_rows(value)}
