@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,8 +84,9 @@ class Authenticator:
         self._limiter = limiter
         self._open = open_callers
         self._legacy_webhook_secret = legacy_webhook_secret
-        # Addresses over their failure limit, until when (monotonic): refused before any check.
-        self._blocked: dict[str, float] = {}
+        # Addresses over their failure limit, and until when (monotonic). Only failures are
+        # held back: a failure from such an address is refused without counting it again.
+        self._over: dict[str, float] = {}
 
     async def admit(
         self,
@@ -96,43 +98,56 @@ class Authenticator:
         via_http: bool = False,
     ) -> Caller:
         """Return who is calling, or raise why they may not call `method`."""
-        if presented.any and self._is_blocked(address):
-            self._log_refusal(method, address, "-", "too many failed authentications")
-            raise RateLimited(self._block_seconds(address))
-        caller = await self._identify(method, rule, presented, address, via_http)
-        if rule.public or caller.may(rule.scope):
-            return caller
-        legacy = via_http or self._open
-        if legacy and rule.legacy == auth_pb2.CALLER_AUTH_PUBLIC:
-            return caller
-        if not _is_api_key(caller):
-            # No credential, or a bootstrap secret of another route: the one this route needs
-            # is missing, as the legacy routes always said.
-            self._log_refusal(method, address, caller.id, "no credentials for this method")
-            raise Unauthenticated("Unauthorized", reason="MISSING_CREDENTIALS")
-        self._log_refusal(method, address, caller.id, f"key lacks scope {rule.scope}")
-        raise PermissionDenied(f"this API key lacks the {rule.scope!r} scope", scope=rule.scope)
+        caller = await self.identify(
+            method, presented, address, via_http=via_http, payments=rule.scope == PAYMENTS
+        )
+        return self.authorize(method, rule, caller)
 
-    def is_admin_secret(self, token: str) -> bool:
-        """Tell whether `token` is the bootstrap ADMIN_SECRET."""
-        return _same_secret(token, self._admin_secret)
-
-    async def _identify(
-        self, method: str, rule: AccessRule, presented: Presented, address: str, via_http: bool
+    async def identify(
+        self,
+        method: str,
+        presented: Presented,
+        address: str,
+        *,
+        via_http: bool = False,
+        payments: bool = False,
     ) -> Caller:
+        """Return who the credentials say is calling; raise when they are wrong.
+
+        A correct credential is always recognised, even from an address whose failures are
+        held back: a 256-bit key or a 32-character secret is not guessed, and locking its
+        owner out would hand the lock to whoever shares the address.
+        """
         # The credential the method is about wins: the payment route takes a checked signature,
         # then x-webhook-secret as it always did, whatever else a caller's library sends along.
         if presented.webhook_signature is not None:
             return Caller(
                 WEBHOOK_ID, WEBHOOK_SCOPES, address, via_http, signature=presented.webhook_signature
             )
-        if presented.webhook_secret is not None and (
-            rule.scope == PAYMENTS or presented.authorization is None
-        ):
+        if presented.webhook_secret is not None and (payments or presented.authorization is None):
             return await self._webhook_caller(method, presented.webhook_secret, address, via_http)
         if presented.authorization is not None:
             return await self._bearer_caller(method, presented.authorization, address, via_http)
         return Caller(ANONYMOUS_ID, frozenset(), address, via_http)
+
+    def authorize(self, method: str, rule: AccessRule, caller: Caller) -> Caller:
+        """Return `caller` when it may call `method`; raise why it may not."""
+        if rule.public or caller.may(rule.scope):
+            return caller
+        legacy = caller.via_http or self._open
+        if legacy and rule.legacy == auth_pb2.CALLER_AUTH_PUBLIC:
+            return caller
+        if not _is_api_key(caller):
+            # No credential, or a bootstrap secret of another route: the one this route needs
+            # is missing, as the legacy routes always said.
+            self._log_refusal(method, caller.address, caller.id, "no credentials for this method")
+            raise Unauthenticated("Unauthorized", reason="MISSING_CREDENTIALS")
+        self._log_refusal(method, caller.address, caller.id, f"key lacks scope {rule.scope}")
+        raise PermissionDenied(f"this API key lacks the {rule.scope!r} scope", scope=rule.scope)
+
+    def is_admin_secret(self, token: str) -> bool:
+        """Tell whether `token` is the bootstrap ADMIN_SECRET."""
+        return _same_secret(token, self._admin_secret)
 
     async def _bearer_caller(
         self, method: str, authorization: str, address: str, via_http: bool
@@ -172,32 +187,28 @@ class Authenticator:
         return Unauthenticated("Unauthorized", reason="BAD_CREDENTIALS")
 
     async def _failed(self, method: str, address: str, why: str, key_id: str = "-") -> None:
-        """Log and count one failed authentication; raise RateLimited once the address is over."""
+        """Log and count one failed authentication; raise RateLimited once the address is over.
+
+        The count lives in PostgreSQL, shared by every worker and replica; an address known to
+        be over is answered from memory, as counting a refused failure would change nothing.
+        """
         self._log_refusal(method, address, key_id, why)
+        subject = limit_subject(address)
+        now = time.monotonic()
+        until = self._over.get(subject)
+        if until is not None and until > now:
+            raise RateLimited(max(1, math.ceil(until - now)))
         charges = self._limiter.charges((AUTH_FAILURE, address))
         try:
             await self._limiter.charge(charges)
         except RateLimited as limited:
-            self._blocked[limit_subject(address)] = time.monotonic() + limited.retry_after_seconds
+            self._over[subject] = now + limited.retry_after_seconds
             raise
 
-    async def forget_old_blocks(self) -> None:
-        """Drop blocks that have run out, so many failing addresses cannot grow memory forever."""
+    async def forget_expired_holds(self) -> None:
+        """Drop what has run out, so many failing addresses cannot grow memory forever."""
         now = time.monotonic()
-        self._blocked = {address: until for address, until in self._blocked.items() if until > now}
-
-    def _is_blocked(self, address: str) -> bool:
-        subject = limit_subject(address)
-        until = self._blocked.get(subject)
-        if until is None:
-            return False
-        if until <= time.monotonic():
-            del self._blocked[subject]
-            return False
-        return True
-
-    def _block_seconds(self, address: str) -> int:
-        return max(1, round(self._blocked.get(limit_subject(address), 0.0) - time.monotonic()))
+        self._over = {subject: until for subject, until in self._over.items() if until > now}
 
     @staticmethod
     def _log_refusal(method: str, address: str, key_id: str, reason: str) -> None:

@@ -201,7 +201,7 @@ class PluctServer:
                 limiter.forget_spent_counters,
                 ledger.forget_expired_requests,
                 self.revocations.purge,
-                authenticator.forget_old_blocks,
+                authenticator.forget_expired_holds,
             ],
             refresh_seconds=settings.cache_refresh_seconds,
         )
