@@ -28,7 +28,10 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _trusted(text: str, proxies: Sequence[Network]) -> bool:
+def is_trusted(text: str, proxies: Sequence[Network]) -> bool:
+    """Tell whether the address `text` is one of the trusted proxies."""
+    if not proxies:
+        return False
     address = _address(text)
     return address is not None and any(address in network for network in proxies)
 
@@ -39,11 +42,11 @@ def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Netwo
     Behind trusted proxies the client is the right-most X-Forwarded-For entry that is not itself
     a trusted proxy: entries to its left were written by the client and prove nothing.
     """
-    if not forwarded_for or not proxies or not _trusted(peer, proxies):
+    if not forwarded_for or not proxies or not is_trusted(peer, proxies):
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, proxies):
+        if not is_trusted(hop, proxies):
             address = _address(hop)
             return str(address) if address is not None else UNKNOWN
     return hops[0] if hops else peer

@@ -127,6 +127,17 @@ class Settings:
     grpc_max_streams_per_connection: int = 1000
     grpc_max_concurrent_rpcs: int = 2000
     http_max_concurrent_requests: int = 1000
+    # The edge: what one client address may hold at once, and how long anyone may take.
+    # A request must arrive whole this soon after its headers (an HTTP body, a gRPC message).
+    request_read_timeout_seconds: float = 10.0
+    # Calls and requests without a credential that one address may have in flight, per worker.
+    grpc_max_concurrent_rpcs_per_address: int = 100
+    http_max_concurrent_requests_per_address: int = 64
+    # Open HTTP connections one address may hold, per worker.
+    http_max_connections_per_address: int = 256
+    # gRPC connections per worker, and how long one without calls is kept.
+    grpc_max_connections: int = 4000
+    grpc_max_connection_idle_seconds: int = 30
     dev_api_key: str | None = field(default=None, repr=False)
     # The schema owner's DSN: migrations run as it and grant the serving role what it needs.
     migrate_database_url: str | None = field(default=None, repr=False)
@@ -284,6 +295,46 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
             Settings.http_max_concurrent_requests,
             1,
             100_000,
+        ),
+        request_read_timeout_seconds=float(
+            _integer(
+                environ,
+                "PLUCT_REQUEST_READ_TIMEOUT_SECONDS",
+                int(Settings.request_read_timeout_seconds),
+                1,
+                300,
+            )
+        ),
+        grpc_max_concurrent_rpcs_per_address=_integer(
+            environ,
+            "PLUCT_GRPC_MAX_CONCURRENT_RPCS_PER_ADDRESS",
+            Settings.grpc_max_concurrent_rpcs_per_address,
+            1,
+            100_000,
+        ),
+        http_max_concurrent_requests_per_address=_integer(
+            environ,
+            "PLUCT_HTTP_MAX_CONCURRENT_REQUESTS_PER_ADDRESS",
+            Settings.http_max_concurrent_requests_per_address,
+            1,
+            100_000,
+        ),
+        http_max_connections_per_address=_integer(
+            environ,
+            "PLUCT_HTTP_MAX_CONNECTIONS_PER_ADDRESS",
+            Settings.http_max_connections_per_address,
+            1,
+            100_000,
+        ),
+        grpc_max_connections=_integer(
+            environ, "PLUCT_GRPC_MAX_CONNECTIONS", Settings.grpc_max_connections, 1, 1_000_000
+        ),
+        grpc_max_connection_idle_seconds=_integer(
+            environ,
+            "PLUCT_GRPC_MAX_CONNECTION_IDLE_SECONDS",
+            Settings.grpc_max_connection_idle_seconds,
+            1,
+            86_400,
         ),
     )
     if serving:

@@ -175,3 +175,22 @@ class OutcomeUnknownAfterTimeout(OutcomeUnknown):
     """A write reached the database and took too long: it may yet have committed."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class TooManyAtOnce(RateLimited):
+    """One client address already has its share of calls in flight; nothing was done."""
+
+    reason = "CONCURRENCY_LIMITED"
+
+    def __init__(self) -> None:
+        super().__init__(retry_after_seconds=1)
+
+
+class RequestTimeout(DomainError):
+    """A call's request did not arrive whole within the read timeout; nothing was done."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "REQUEST_TIMEOUT"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request did not arrive within {seconds:g} s")

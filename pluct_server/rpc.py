@@ -1,12 +1,13 @@
-"""The one interceptor every RPC passes: caller check, request decoding, and errors to statuses."""
+"""The one interceptor every RPC passes: the edge's bounds, caller check, decoding, errors."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -25,15 +26,18 @@ from pluct_server.access import (
     note_user,
     request_id_from,
 )
-from pluct_server.addresses import Network
+from pluct_server.addresses import Network, client_address, peer_host
+from pluct_server.admission import AddressShares, ArrivalDeadlines, RequestTimedOut
 from pluct_server.auth import Authenticator
-from pluct_server.callers import ADMIN, AccessRule, set_current_caller
+from pluct_server.callers import ADMIN, ANONYMOUS_ID, AccessRule, set_current_caller
 from pluct_server.errors import (
     ERROR_DOMAIN,
     DomainError,
     FieldViolation,
     InvalidArgument,
     RateLimited,
+    RequestTimeout,
+    TooManyAtOnce,
 )
 from pluct_server.field_rules import check_fields, user_id_of
 from pluct_server.limits import HTTP, Limiter
@@ -46,7 +50,7 @@ from pluct_server.metrics import (
     count_of,
     histogram_of,
 )
-from pluct_server.origin import call_origin
+from pluct_server.origin import FORWARDED_FOR, call_origin
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,8 +59,44 @@ REQUEST_ID_KEYS = ("x-request-id", "idempotency-key")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Metadata = Sequence[tuple[str, str | bytes]]
-# A guarded call, handed the call's metadata and peer, which gRPC builds anew on each read.
-Admitted = Callable[[bytes, grpc.aio.ServicerContext, Metadata, str], Awaitable[Any]]
+# A guarded call, handed the call's metadata and peer (which gRPC builds anew on each read), and
+# either the edge's gate (a call over the network, whose request it reads) or the request's bytes
+# (a call the shim makes in-process, having read and bounded it already).
+Admitted = Callable[
+    [grpc.aio.ServicerContext, Metadata, str, "CallGate | None", bytes], Awaitable[Any]
+]
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What gRPC callers may hold at once, and how long a request may take to arrive."""
+
+    # Calls in flight in all; beyond, RESOURCE_EXHAUSTED at once.
+    max_in_flight: int = 2000
+    # Calls without a credential one client address may have in flight.
+    max_in_flight_per_address: int = 100
+    # A call's request message must arrive this soon after its headers.
+    read_timeout_seconds: float = 10.0
+
+
+class CallGate:
+    """Counts gRPC calls in flight: all of them, and per address those without a credential."""
+
+    def __init__(self, limits: EdgeLimits) -> None:
+        self.limits = limits
+        self.in_flight = 0
+        self.anonymous = AddressShares(limits.max_in_flight_per_address)
+        self.arrivals = ArrivalDeadlines(limits.read_timeout_seconds)
+
+    async def receive(self, context: grpc.aio.ServicerContext) -> bytes:
+        """Read a call's one request message, as long as it arrives in time."""
+        try:
+            message = await self.arrivals.wait_for(context.read())
+        except RequestTimedOut:
+            raise RequestTimeout(self.limits.read_timeout_seconds) from None
+        if message is grpc.aio.EOF:
+            raise InvalidArgument("request", "the call ended without its request message")
+        return bytes(message)
 
 
 def status_details(error: DomainError) -> bytes:
@@ -116,12 +156,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         limiter: Limiter,
         gateway_token: str,
         trusted_proxies: Sequence[Network] = (),
+        edge: EdgeLimits | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._rules = rules
         self._limiter = limiter
         self._gateway_token = gateway_token
         self._trusted_proxies = tuple(trusted_proxies)
+        self.gate = CallGate(edge or EdgeLimits())
         # One guarded handler per method, built on its first call rather than on every call.
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -130,25 +172,116 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Return a handler that authenticates, decodes and maps errors around the servicer."""
+        """Return a handler that bounds, authenticates, decodes and maps errors around a servicer.
+
+        Every handler takes its request as a stream, so that it runs when the call's headers
+        arrive: the caller is checked and counted before its message is read, and a message
+        that never comes is waited for only until the read timeout.
+        """
         method = handler_call_details.method
         guarded = self._handlers.get(method)
         if guarded is not None:
             return guarded
         handler = await continuation(handler_call_details)
-        if handler is None or method not in self._rules:
-            return handler  # health, reflection, or an unknown method (UNIMPLEMENTED)
-        if handler.unary_unary is None:
+        if handler is None:
+            return handler  # an unknown method: UNIMPLEMENTED, at once
+        if method not in self._rules:
+            guarded = self._gated(method, handler)  # health and reflection: public, but bounded
+        elif handler.unary_unary is None:
             # Only unary calls can be guarded here; refuse to serve anything else unguarded.
             raise RuntimeError(f"{method} is not unary, and the interceptor cannot guard it")
-        admitted = self._admitted(method, handler.unary_unary, handler.request_deserializer)
-        guarded = grpc.unary_unary_rpc_method_handler(
-            observed(method, admitted),
-            request_deserializer=None,  # we decode after the caller check, see guard
-            response_serializer=handler.response_serializer,
-        )
+        else:
+            admitted = self._admitted(method, handler.unary_unary, handler.request_deserializer)
+            guarded = grpc.stream_unary_rpc_method_handler(
+                observed(method, admitted, self.gate),
+                request_deserializer=None,  # we decode after the caller check, see _admitted
+                response_serializer=handler.response_serializer,
+            )
         self._handlers[method] = guarded
         return guarded
+
+    def _gated(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Wrap a handler that is not ours (health, reflection) in the edge's bounds alone."""
+        gate = self.gate
+        proxies = self._trusted_proxies
+        decode = handler.request_deserializer or (lambda raw: raw)
+        respond = handler.response_serializer
+
+        async def enter(context: grpc.aio.ServicerContext) -> str:
+            """Count the call against its address's share, or refuse it at once."""
+            address = client_address(
+                peer_host(context.peer()),
+                _forwarded(context.invocation_metadata() or ()),
+                proxies,
+            )
+            if gate.in_flight >= gate.limits.max_in_flight:
+                await _refuse(context, method, TooManyAtOnce())
+            subject = gate.anonymous.take(address)
+            if subject is None:
+                await _refuse(context, method, TooManyAtOnce())
+            assert subject is not None
+            gate.in_flight += 1
+            return subject
+
+        def leave(subject: str) -> None:
+            gate.in_flight -= 1
+            gate.anonymous.give_back(subject)
+
+        async def send_all(result: Any, context: grpc.aio.ServicerContext) -> None:
+            # A handler either writes its responses itself or yields them.
+            if inspect.isawaitable(result):
+                await result
+                return
+            async for response in result:
+                await context.write(response)
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_call(_: object, context: grpc.aio.ServicerContext) -> Any:
+                subject = await enter(context)
+                try:
+                    request = decode(await _received(gate, context, method))
+                    return await unary(request, context)
+                finally:
+                    leave(subject)
+
+            return grpc.stream_unary_rpc_method_handler(unary_call, None, respond)
+        if handler.unary_stream is not None:
+            streaming = handler.unary_stream
+
+            async def watch_call(_: object, context: grpc.aio.ServicerContext) -> None:
+                subject = await enter(context)
+                try:
+                    request = decode(await _received(gate, context, method))
+                    await send_all(streaming(request, context), context)
+                finally:
+                    leave(subject)
+
+            return grpc.stream_stream_rpc_method_handler(watch_call, None, respond)
+        if handler.stream_stream is not None:
+            conversation = handler.stream_stream
+
+            async def requests(context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                # Each request of a stream has the read timeout to arrive, as the first one has.
+                while True:
+                    try:
+                        message = await gate.arrivals.wait_for(context.read())
+                    except RequestTimedOut:
+                        await _refuse(context, method, RequestTimeout(gate.arrivals.seconds))
+                    if message is grpc.aio.EOF:
+                        return
+                    yield decode(message)
+
+            async def stream_call(_: object, context: grpc.aio.ServicerContext) -> None:
+                subject = await enter(context)
+                try:
+                    await send_all(conversation(requests(context), context), context)
+                finally:
+                    leave(subject)
+
+            return grpc.stream_stream_rpc_method_handler(stream_call, None, respond)
+        raise RuntimeError(f"{method} streams its requests alone, which nothing here serves")
 
     def guard(
         self, method: str, behavior: Behavior, deserialize: Callable[[bytes], Any]
@@ -161,7 +294,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def guarded(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
             metadata = context.invocation_metadata() or ()
-            return await admitted(raw_request, context, metadata, context.peer())
+            # The shim bounds its own clients, and has read the request already.
+            return await admitted(context, metadata, context.peer(), None, raw_request)
 
         return guarded
 
@@ -177,13 +311,26 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         is_admin_method = rule.scope == ADMIN
 
         async def admitted(
-            raw_request: bytes, context: grpc.aio.ServicerContext, metadata: Metadata, peer: str
+            context: grpc.aio.ServicerContext,
+            metadata: Metadata,
+            peer: str,
+            gate: CallGate | None,
+            raw_request: bytes,
         ) -> Any:
+            share = None
             try:
+                # This call is counted already (see observed): more than the most is too many.
+                if gate is not None and gate.in_flight > gate.limits.max_in_flight:
+                    raise TooManyAtOnce()
                 origin = call_origin(metadata, peer, token, proxies)
                 caller = await authenticator.admit(
                     method, rule, origin.presented, origin.address, via_http=origin.via_http
                 )
+                if gate is not None and caller.id == ANONYMOUS_ID:
+                    # No credential, so nothing to hold to account: the address gets a share.
+                    share = gate.anonymous.take(origin.address)
+                    if share is None:
+                        raise TooManyAtOnce()
                 if origin.deferred_http_charge:
                     charges = limiter.charges((HTTP, origin.address))
                     caller = replace(caller, deferred_charges=charges)
@@ -197,6 +344,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         caller.address,
                     )
                 try:
+                    if gate is not None:
+                        raw_request = await gate.receive(context)
                     request = _decoded(deserialize, raw_request)
                     note_user(user_id_of(request))
                     check_fields(request)
@@ -232,6 +381,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     "internal error",
                     trailing_metadata=_request_id_trailer(),
                 )
+            finally:
+                if share is not None:
+                    assert gate is not None
+                    gate.anonymous.give_back(share)
 
         return admitted
 
@@ -244,8 +397,8 @@ def _decoded(deserialize: Callable[[bytes], Any], raw_request: bytes) -> Any:
         raise InvalidArgument("request", "request is not a valid message") from exc
 
 
-def observed(method: str, admitted: Admitted) -> Behavior:
-    """Wrap a gRPC call with its metrics and its access line (HTTP calls have their own)."""
+def observed(method: str, admitted: Admitted, gate: CallGate) -> Behavior:
+    """Wrap a gRPC call with its metrics, its access line and its place among calls in flight."""
     service, _, name = method.lstrip("/").rpartition("/")
     labels = ("unary", service, name)
     started = count_of(GRPC_STARTED, *labels)
@@ -253,7 +406,7 @@ def observed(method: str, admitted: Admitted) -> Behavior:
     # The counter of each status code this method has answered with, looked up once.
     handled_by_code: dict[str, BatchedCount] = {}
 
-    async def observe(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
+    async def observe(_: object, context: grpc.aio.ServicerContext) -> Any:
         # Read once: each read of either builds it anew from gRPC's core.
         metadata = context.invocation_metadata() or ()
         peer = context.peer()
@@ -263,13 +416,15 @@ def observed(method: str, admitted: Admitted) -> Behavior:
         CURRENT_CALL.set(record)
         started.inc()
         begin = time.perf_counter()
+        gate.in_flight += 1
         try:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
-            return await admitted(raw_request, context, metadata, peer)
+            return await admitted(context, metadata, peer, gate, b"")
         except asyncio.CancelledError:
             record.code = grpc.StatusCode.CANCELLED.name
             raise
         finally:
+            gate.in_flight -= 1
             elapsed = time.perf_counter() - begin
             handling_seconds.observe(elapsed)
             handled = handled_by_code.get(record.code)
@@ -281,6 +436,32 @@ def observed(method: str, admitted: Admitted) -> Behavior:
             log_access(record, elapsed)
 
     return observe
+
+
+async def _received(gate: CallGate, context: grpc.aio.ServicerContext, method: str) -> bytes:
+    """Read a call's request in time, or end the call with the reason it was not."""
+    try:
+        return await gate.receive(context)
+    except DomainError as error:
+        await _refuse(context, method, error)
+        raise  # abort raises; this is for the type checker
+
+
+async def _refuse(context: grpc.aio.ServicerContext, method: str, error: DomainError) -> Any:
+    """End a call that is not ours to guard (health, reflection) with a domain error's status."""
+    count_of(REFUSALS, method, error.reason).inc()
+    await context.abort(
+        error.code, error.message, trailing_metadata=((STATUS_DETAILS_KEY, status_details(error)),)
+    )
+
+
+def _forwarded(metadata: Metadata) -> str:
+    """Return every X-Forwarded-For line of a call, joined (a proxy appends after forged ones)."""
+    return ",".join(
+        value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        for key, value in metadata
+        if key == FORWARDED_FOR
+    )
 
 
 def _request_id_trailer() -> tuple[tuple[str, str], ...]:

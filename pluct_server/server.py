@@ -29,7 +29,7 @@ from pluct_server.maintenance import Maintenance
 from pluct_server.metrics import flush_counts
 from pluct_server.reflection import enable_reflection
 from pluct_server.revocations import Revocations
-from pluct_server.rpc import ServiceInterceptor
+from pluct_server.rpc import EdgeLimits, ServiceInterceptor
 from pluct_server.services.admin import AdminServicer
 from pluct_server.services.credit import CreditServicer
 from pluct_server.services.token import TokenServicer
@@ -60,6 +60,8 @@ _DATABASE_WAIT_SECONDS = 30.0
 # Requests are a few hundred bytes; anything near this is an attack, refused before decoding.
 _MAX_MESSAGE_BYTES = 1024 * 1024
 DEV_KEY_NAME = "dev key (make run)"
+_KEEPALIVE_SECONDS = 60
+_KEEPALIVE_TIMEOUT_SECONDS = 20
 
 
 async def wait_and_migrate(
@@ -104,6 +106,28 @@ async def _retrying(step: Callable[[], Awaitable[None]], wait_seconds: float) ->
             _LOGGER.info("database not reachable yet; retrying in %.1fs", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def grpc_options(settings: Settings, *, reuse_port: bool) -> list[tuple[str, int]]:
+    """Return the gRPC server's options: its ports, message sizes and connection bounds."""
+    read_timeout_ms = int(settings.request_read_timeout_seconds * 1000)
+    return [
+        ("grpc.so_reuseport", int(reuse_port)),
+        ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        # A connection that has not set up HTTP/2 within the read timeout is closed.
+        ("grpc.server_handshake_timeout_ms", read_timeout_ms),
+        # A connection with no call for this long gets a GOAWAY and is closed; clients reconnect
+        # on their next call. Connections cost memory whether or not they carry calls.
+        ("grpc.max_connection_idle_ms", settings.grpc_max_connection_idle_seconds * 1000),
+        # Beyond this many connections a worker accepts no more (existing ones keep working),
+        # so a flood of connections cannot use up the file descriptors its pool needs.
+        ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
+        # A peer that vanished without closing (a dead host holding a Watch) is found and
+        # dropped: pinged after a minute of silence, and given 20 s to answer.
+        ("grpc.keepalive_time_ms", _KEEPALIVE_SECONDS * 1000),
+        ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_SECONDS * 1000),
+    ]
 
 
 def token_keys(settings: Settings, revocations: Revocations | None = None) -> TokenKeys:
@@ -155,6 +179,7 @@ class PluctServer:
         self.calls: InProcessCalls | None = None
         self._server: grpc.aio.Server | None = None
         self._gateway: Gateway | None = None
+        self._interceptor: ServiceInterceptor | None = None
         self._maintenance: Maintenance | None = None
         self._tracing = tracing_wanted(os.environ)
 
@@ -218,18 +243,20 @@ class PluctServer:
             limiter=limiter,
             gateway_token=gateway_token,
             trusted_proxies=settings.trusted_proxies,
+            # Calls in flight are counted by the interceptor, not by gRPC's own limit: it knows
+            # who is calling, so one address cannot fill what everyone shares.
+            edge=EdgeLimits(
+                max_in_flight=settings.grpc_max_concurrent_rpcs,
+                max_in_flight_per_address=settings.grpc_max_concurrent_rpcs_per_address,
+                read_timeout_seconds=settings.request_read_timeout_seconds,
+            ),
         )
+        self._interceptor = interceptor
         # Tracing goes outermost, so a call's span covers our interceptor's checks too.
         tracers = server_interceptors() if self._tracing else []
         server = grpc.aio.server(
             interceptors=[*tracers, interceptor],
-            options=[
-                ("grpc.so_reuseport", int(self._reuse_port)),
-                ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-            ],
-            # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once.
-            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+            options=grpc_options(settings, reuse_port=self._reuse_port),
         )
         servicers = (
             CreditServicer(ledger),
@@ -265,7 +292,10 @@ class PluctServer:
             probe=self.health.check_now,
             limits=HttpLimits(
                 max_body_bytes=settings.http_max_body_bytes,
+                body_seconds=settings.request_read_timeout_seconds,
                 max_concurrent_requests=settings.http_max_concurrent_requests,
+                max_requests_per_address=settings.http_max_concurrent_requests_per_address,
+                max_connections_per_address=settings.http_max_connections_per_address,
             ),
         )
         await server.start()
@@ -297,6 +327,8 @@ class PluctServer:
         if self._maintenance is not None:
             await self._maintenance.stop()
             self._maintenance = None
+        if self._interceptor is not None:
+            await self._interceptor.gate.arrivals.close()
         await self.database.close()
         flush_counts()  # the last calls' counts, before the worker exits
         if self._tracing:

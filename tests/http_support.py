@@ -58,8 +58,11 @@ async def call(
 ) -> Reply:
     """Make one request and return its status, headers and JSON body.
 
-    Every answer is JSON, but for a scrape of /metrics that succeeds (Prometheus text).
+    Every answer is JSON, but for a scrape of /metrics that succeeds (Prometheus text). Raw
+    `data` is declared JSON, as the legacy callers send it, unless `headers` say otherwise.
     """
+    if data is not None and not any(name.lower() == "content-type" for name in headers or {}):
+        headers = {**(headers or {}), "Content-Type": "application/json"}
     async with http.request(
         method, path, json=json_body, data=data, headers=headers, allow_redirects=False
     ) as response:

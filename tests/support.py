@@ -53,6 +53,10 @@ def settings_for_test(data_dir: Path, **overrides: object) -> Settings:
         http_ip_rate=RATE_OFF,
         signup_rate=RATE_OFF,
         auth_failure_rate=RATE_OFF,
+        # So are the shares one address may hold at once: every test client is on loopback.
+        grpc_max_concurrent_rpcs_per_address=100_000,
+        http_max_concurrent_requests_per_address=100_000,
+        http_max_connections_per_address=100_000,
         cache_refresh_seconds=1.0,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]

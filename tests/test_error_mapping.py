@@ -18,6 +18,8 @@ EXPECTED = [
     (errors.Unavailable(), grpc.StatusCode.UNAVAILABLE),
     (errors.PermissionDenied("key lacks admin"), grpc.StatusCode.PERMISSION_DENIED),
     (errors.RateLimited(3), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.TooManyAtOnce(), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.RequestTimeout(10), grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.NotFound("no such key"), grpc.StatusCode.NOT_FOUND),
     (errors.ReplayedTokenExpired(), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.OutcomeUnknown(), grpc.StatusCode.ABORTED),

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -26,9 +26,24 @@ from pluct_server.access import (
     request_id_from,
 )
 from pluct_server.addresses import UNKNOWN, Network, client_address
-from pluct_server.auth import AUTHORIZATION_HEADER, WEBHOOK_HEADER, Authenticator, Presented
-from pluct_server.callers import ADMIN, METRICS_READ, AccessRule
-from pluct_server.errors import DomainError
+from pluct_server.admission import AddressShares
+from pluct_server.auth import (
+    AUTHORIZATION_HEADER,
+    WEBHOOK_HEADER,
+    WEBHOOK_SCOPES,
+    Authenticator,
+    Presented,
+)
+from pluct_server.callers import (
+    ADMIN,
+    ANONYMOUS_ID,
+    METRICS_READ,
+    PAYMENTS,
+    WEBHOOK_ID,
+    AccessRule,
+    Caller,
+)
+from pluct_server.errors import DomainError, TooManyAtOnce
 from pluct_server.gateway.describe import (
     DESCRIBE,
     HEALTH,
@@ -82,6 +97,11 @@ class HttpLimits:
     rpc_seconds: float = 10.0
     # Requests served at once; more get 503 at once rather than a place in a queue.
     max_concurrent_requests: int = 1000
+    # Requests without a credential one client address may have in flight; more get 429 at
+    # once, so that one address cannot hold what every caller shares.
+    max_requests_per_address: int = 64
+    # Connections one client address may hold open; more are closed as they arrive.
+    max_connections_per_address: int = 256
 
 
 def json_response(
@@ -114,6 +134,8 @@ _METRICS_RULE = AccessRule(METRICS_READ, auth_pb2.CALLER_AUTH_ADMIN)
 _REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
 # What a request is named by when no route matched (or it failed before routing).
 _UNROUTED = "unmatched"
+# Set (by the connection's protocol) on a request that came in HTTP/0.9, which is refused.
+HTTP09_REQUEST = web.RequestKey("pluct.http09", bool)
 # Routes whose RPC charges the per-address limit inside its own statement, so that a vend stays
 # one database round trip; every other route pays it in a statement of its own first.
 _FOLDS_ADDRESS_CHARGE = frozenset({"tokens:vend"})
@@ -169,6 +191,7 @@ class ShimHandler:
             METRICS.name: self._metrics,
         }
         self._in_flight = 0
+        self._anonymous = AddressShares(limits.max_requests_per_address)
         self.draining = False
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -184,17 +207,8 @@ class ShimHandler:
         begin = time.perf_counter()
         response: web.StreamResponse | None = None
         try:
-            if self._in_flight >= self._limits.max_concurrent_requests:
-                # Shed load rather than queue it: a flood must not take the memory with it.
-                busy = HttpProblem(503, "Server busy", "OVERLOADED", headers={"Retry-After": "1"})
-                response = problem_response(busy)
-                return response
-            self._in_flight += 1
-            try:
-                response = await self._serve(request)
-                return response
-            finally:
-                self._in_flight -= 1
+            response = await self._serve(request)
+            return response
         finally:
             status = response.status if response is not None else 499
             if response is not None:
@@ -212,53 +226,58 @@ class ShimHandler:
         route: Route | None = None
         bearer = False
         try:
+            if request.get(HTTP09_REQUEST):
+                # HTTP/0.9 has no headers: no Content-Type, no credentials, no Host.
+                raise HttpProblem(400, "HTTP/1.0 or newer is required", "MALFORMED_HTTP")
             parts = split_path(request.rel_url.raw_path)
-            metadata = forwarded_metadata(request.headers, current_request_id())
             address = client_address(
                 request.remote or UNKNOWN,
                 # Every line of it: a proxy may add its own line after the client's forged one.
                 ",".join(request.headers.getall("X-Forwarded-For", ())),
                 self._guards.trusted_proxies,
             )
-            presented = _presented(metadata)
             bearer = self._router.admin_only(parts)
-            if bearer:
-                await self._charge_address(address)
-                # Strangers learn nothing about /admin/...: no token, no 404 or 405 either.
-                await self._admit("/admin", _ADMIN_PREFIX_RULE, presented, address)
-            route, variables = self._router.resolve(request.method, parts)
-            self._note_route(route)
-            if route.rpc is None:
-                if route is not HEALTH:  # orchestrators probe it often; it stays unmetered
-                    await self._charge_address(address)
-                if route is METRICS:
-                    await self._admit("/metrics", _METRICS_RULE, presented, address)
-                return await self._builtins[route.name]()
-            rule = self._guards.rules[route.rpc.path]
-            deferred = rule.scope in _FOLDS_ADDRESS_CHARGE
-            if not bearer and not deferred:
-                await self._charge_address(address)
+            variables: Mapping[str, str] = {}
+            if not bearer:
+                route, variables = self._router.resolve(request.method, parts)
+                self._note_route(route)
+                if route is HEALTH:
+                    # Unbounded and unmetered: probes must pass whoever else misbehaves.
+                    return await self._health()
+            if self._in_flight >= self._limits.max_concurrent_requests:
+                # Shed load rather than queue it: a flood must not take the memory with it.
+                raise HttpProblem(503, "Server busy", "OVERLOADED", headers={"Retry-After": "1"})
+            metadata = forwarded_metadata(request.headers, current_request_id())
+            # Credentials first: a wrong one is refused before anything is held for it, and a
+            # right one is not counted against its address's share.
+            caller = await self._identify(_presented(metadata), address, route, bearer=bearer)
+            share = None
+            if caller.id == ANONYMOUS_ID:
+                share = self._anonymous.take(address)
+                if share is None:
+                    busy = TooManyAtOnce()
+                    raise HttpProblem(
+                        429,
+                        busy.message,
+                        busy.reason,
+                        headers={"Retry-After": str(busy.retry_after_seconds)},
+                    )
+            self._in_flight += 1
             try:
-                message, presented = await self._request_message(
-                    request, route, variables, rule, presented, address, checked=bearer
-                )
-            except (CallError, HttpProblem):
-                if deferred:
-                    # Refused before its statement could count it: count it here.
+                if bearer:
                     await self._charge_address(address)
-                raise
-            bearer = bearer or route.rpc.caller_auth == auth_pb2.CALLER_AUTH_ADMIN
-            metadata += gateway_metadata(
-                self._guards.gateway_token,
-                address,
-                webhook_signature=presented.webhook_signature,
-                deferred_http_charge=deferred,
-            )
-            answer = await self._proxy.call(route, message, metadata)
-            return json_response(
-                self._renderer.response(route, message, answer, datetime.now(UTC)),
-                headers=_RESPONSE_HEADERS.get(route.rpc.method.full_name),
-            )
+                    # Strangers learn nothing about /admin/...: no token, no 404 or 405 either.
+                    self._authorize("/admin", _ADMIN_PREFIX_RULE, caller)
+                    route, variables = self._router.resolve(request.method, parts)
+                    self._note_route(route)
+                assert route is not None
+                return await self._serve_route(
+                    request, route, variables, metadata, caller, address, checked=bearer
+                )
+            finally:
+                self._in_flight -= 1
+                if share is not None:
+                    self._anonymous.give_back(share)
         except NoRoute:
             return problem_response(HttpProblem(404, "Not found", "NOT_FOUND"))
         except WrongMethod as wrong:
@@ -269,13 +288,14 @@ class ShimHandler:
                 )
             )
         except CallError as error:
+            bearer = bearer or _needs_bearer(route)
             return problem_response(
                 to_problem(error, self._profile, bearer_route=bearer, json_names=_json_names(route))
             )
         except HttpProblem as problem:
             response = problem_response(problem)
-            if problem.status in (408, 413):
-                response.force_close()  # the rest of that body is not worth reading
+            if problem.status in (400, 408, 413, 415, 429):
+                response.force_close()  # the rest of that request is not worth reading
             return response
         except asyncio.CancelledError:
             raise
@@ -285,19 +305,66 @@ class ShimHandler:
             )
             return problem_response(HttpProblem(500, "internal error", "INTERNAL"))
 
+    async def _serve_route(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        variables: Mapping[str, str],
+        metadata: Sequence[tuple[str, str]],
+        caller: Caller,
+        address: str,
+        *,
+        checked: bool,
+    ) -> web.StreamResponse:
+        """Serve a routed request whose caller is known and counted."""
+        if route.rpc is None:
+            await self._charge_address(address)
+            if route is METRICS:
+                self._authorize("/metrics", _METRICS_RULE, caller)
+            return await self._builtins[route.name]()
+        rule = self._guards.rules[route.rpc.path]
+        deferred = rule.scope in _FOLDS_ADDRESS_CHARGE
+        if not checked and not deferred:
+            await self._charge_address(address)
+        try:
+            message, caller = await self._request_message(
+                request, route, variables, rule, caller, address, checked=checked
+            )
+        except (CallError, HttpProblem):
+            if deferred:
+                # Refused before its statement could count it: count it here.
+                await self._charge_address(address)
+            raise
+        metadata = (
+            *metadata,
+            *gateway_metadata(
+                self._guards.gateway_token,
+                address,
+                webhook_signature=caller.signature,
+                deferred_http_charge=deferred,
+            ),
+        )
+        answer = await self._proxy.call(route, message, metadata)
+        return json_response(
+            self._renderer.response(route, message, answer, datetime.now(UTC)),
+            headers=_RESPONSE_HEADERS.get(route.rpc.method.full_name),
+        )
+
     async def _request_message(
         self,
         request: web.BaseRequest,
         route: Route,
         variables: Mapping[str, str],
         rule: AccessRule,
-        presented: Presented,
+        caller: Caller,
         address: str,
         *,
         checked: bool,
-    ) -> tuple[Message, Presented]:
+    ) -> tuple[Message, Caller]:
         """Check the caller, read the body and build the request message, in that order."""
         assert route.rpc is not None
+        if route.rpc.body:
+            _check_content_type(request)
         signed = request.headers.get(SIGNATURE_HEADER)
         body = None
         if signed is not None and rule.legacy == auth_pb2.CALLER_AUTH_WEBHOOK:
@@ -306,13 +373,13 @@ class ShimHandler:
             await self._check_signature_time(route.rpc.path, signed, address)
             raw = await self._read_body(request)
             digest = await self._check_signature(route.rpc.path, signed, raw, address)
-            presented = replace(presented, webhook_signature=digest)
-            await self._admit(route.rpc.path, rule, presented, address)
+            caller = Caller(WEBHOOK_ID, WEBHOOK_SCOPES, address, True, signature=digest)
+            self._authorize(route.rpc.path, rule, caller)
             body = parse_json_body(raw) if route.rpc.body else None
         else:
             if not checked:
                 # The secret is checked before the body is read, so strangers cannot make us read.
-                await self._admit(route.rpc.path, rule, presented, address)
+                self._authorize(route.rpc.path, rule, caller)
             if route.rpc.body:
                 body = parse_json_body(await self._read_body(request))
         message = self._transcoder.request(
@@ -322,13 +389,31 @@ class ShimHandler:
             body,
             request.headers.get(IDEMPOTENCY_HEADER),
         )
-        return message, presented
+        return message, caller
 
-    async def _admit(
-        self, method: str, rule: AccessRule, presented: Presented, address: str
-    ) -> None:
+    async def _identify(
+        self, presented: Presented, address: str, route: Route | None, *, bearer: bool
+    ) -> Caller:
+        """Return who the request's credentials name, on the routes that read credentials."""
+        if bearer:
+            method, payments = "/admin", False
+        elif route is not None and route.rpc is not None:
+            method = route.rpc.path
+            payments = self._guards.rules[method].scope == PAYMENTS
+        elif route is METRICS:
+            method, payments = "/metrics", False
+        else:
+            return Caller(ANONYMOUS_ID, address=address, via_http=True)  # public documents
         try:
-            await self._guards.authenticator.admit(method, rule, presented, address, via_http=True)
+            return await self._guards.authenticator.identify(
+                method, presented, address, via_http=True, payments=payments
+            )
+        except DomainError as error:
+            raise CallError.from_domain(error) from None
+
+    def _authorize(self, method: str, rule: AccessRule, caller: Caller) -> None:
+        try:
+            self._guards.authenticator.authorize(method, rule, caller)
         except DomainError as error:
             raise CallError.from_domain(error) from None
 
@@ -415,6 +500,32 @@ def _observe_http(method: str, record: CallRecord, status: int, seconds: float) 
     histogram_of(HTTP_REQUEST_SECONDS, method, route).observe(seconds)
     record.code = str(status)
     log_access(record, seconds)
+
+
+def _check_content_type(request: web.BaseRequest) -> None:
+    """Refuse a body declared as anything but JSON; one declared as nothing is read as JSON."""
+    if "Content-Type" not in request.headers:
+        return  # the legacy callers that send none keep working
+    declared = request.content_type  # the media type alone, lower case, without parameters
+    if declared == "application/json" or (
+        declared.startswith("application/") and declared.endswith("+json")
+    ):
+        return
+    raise HttpProblem(
+        415,
+        "Content-Type must be application/json",
+        "UNSUPPORTED_MEDIA_TYPE",
+        headers={"Accept": "application/json"},
+    )
+
+
+def _needs_bearer(route: Route | None) -> bool:
+    """Tell whether a route's refusals name the Bearer scheme (admin routes)."""
+    return (
+        route is not None
+        and route.rpc is not None
+        and route.rpc.caller_auth == auth_pb2.CALLER_AUTH_ADMIN
+    )
 
 
 def _presented(metadata: Sequence[tuple[str, str]]) -> Presented:

@@ -30,6 +30,8 @@ _REASONS = {
     408: "The body did not arrive in time",
     409: "Already exists",
     413: "Request body too large",
+    415: "The body is declared as something other than JSON",
+    429: "Too many requests; retry after Retry-After seconds",
     500: "Internal error",
     503: "Unavailable; retry later",
     504: "The service did not answer in time",
@@ -212,11 +214,12 @@ def _error_statuses(route: Route) -> set[int]:
     names = set(re.findall(r"\b[A-Z_]+\b", listed.group(1))) if listed else set()
     codes = {code for code in grpc.StatusCode if code.name in names}
     statuses = {status for code in codes for status in possible_statuses(code)}
-    statuses.update({400, 500, 503, 504})  # the shim's own: bad JSON, a dead channel, a deadline
+    # The shim's own: bad JSON, an address over its share, a dead channel, a deadline.
+    statuses.update({400, 429, 500, 503, 504})
     if route.rpc.caller_auth != auth_pb2.CALLER_AUTH_PUBLIC:
         statuses.add(401)
     if route.rpc.body:
-        statuses.update({408, 413})
+        statuses.update({408, 413, 415})
     return statuses
 
 

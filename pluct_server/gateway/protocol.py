@@ -1,19 +1,55 @@
-"""aiohttp's connection handling, made to answer even unparseable requests in JSON."""
+"""aiohttp's connection handling: JSON for unparseable requests, and a share per client address."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion10, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import RawRequestMessage
+from aiohttp.streams import StreamReader
 
-from pluct_server.gateway.app import json_response
+from pluct_server.addresses import UNKNOWN, Network, is_trusted
+from pluct_server.admission import AddressShares
+from pluct_server.gateway.app import HTTP09_REQUEST, json_response
 
 _LOGGER = logging.getLogger(__name__)
 
 
 class JsonErrorRequestHandler(web.RequestHandler):
     """aiohttp's per-connection protocol, with JSON for the requests it refuses before routing."""
+
+    # What this connection holds of its address's share (None: nothing, or a trusted proxy's).
+    _share: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Take the connection into its address's share, or close it at once."""
+        server = self._manager
+        assert isinstance(server, JsonErrorServer)
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if peer else UNKNOWN
+        # A trusted proxy carries many clients' connections: their addresses are in the
+        # requests, where the request shares count them.
+        if not is_trusted(host, server.trusted_proxies):
+            self._share = server.connection_shares.take(host)
+            if self._share is None:
+                _LOGGER.info("closed a connection from %s: it holds its share already", host)
+                transport.close()
+                return
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Give the connection's place in its address's share back."""
+        if self._share is not None:
+            server = self._manager
+            assert isinstance(server, JsonErrorServer)
+            server.connection_shares.give_back(self._share)
+            self._share = None
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -46,7 +82,37 @@ class JsonErrorRequestHandler(web.RequestHandler):
 
 
 class JsonErrorServer(web.Server):
-    """web.Server whose connections use JsonErrorRequestHandler."""
+    """web.Server whose connections use JsonErrorRequestHandler, at most so many per address."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        connections_per_address: int,
+        trusted_proxies: Sequence[Network] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.connection_shares = AddressShares(connections_per_address)
+        self.trusted_proxies = tuple(trusted_proxies)
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: web.RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        """Make a request; one in HTTP/0.9 is marked for refusal, to be answered in HTTP/1.0."""
+        if message.version >= HttpVersion10:
+            return super()._make_request(message, payload, protocol, writer, task)
+        # An answer goes out in the request's version, and HTTP/0.9 has no status line or
+        # headers to say "400": HTTP/1.0 says it, and closes.
+        message = message._replace(version=HttpVersion10, should_close=True)
+        request = super()._make_request(message, payload, protocol, writer, task)
+        request[HTTP09_REQUEST] = True
+        return request
 
     def __call__(self) -> JsonErrorRequestHandler:
         """Return the protocol for one new connection."""

@@ -72,6 +72,8 @@ class Gateway:
         # in plain text), and we read bodies ourselves, under our own limits.
         server = JsonErrorServer(
             self._handler,
+            connections_per_address=self.limits.max_connections_per_address,
+            trusted_proxies=self._guards.trusted_proxies,
             keepalive_timeout=self.limits.idle_seconds,
             # A client gone mid-request cancels its handler (and so its gRPC call).
             handler_cancellation=True,

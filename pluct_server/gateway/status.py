@@ -38,6 +38,8 @@ HTTP_STATUS_BY_REASON: Mapping[tuple[grpc.StatusCode, str], int] = MappingProxyT
         (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS"): 403,
         (grpc.StatusCode.ABORTED, "OUTCOME_UNKNOWN"): 503,
         (grpc.StatusCode.DEADLINE_EXCEEDED, "OUTCOME_UNKNOWN"): 503,
+        # A request that did not arrive in time, as the shim answers a body that never came.
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "REQUEST_TIMEOUT"): 408,
     }
 )
 

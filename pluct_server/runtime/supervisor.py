@@ -8,6 +8,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -112,6 +113,8 @@ class Supervisor:
             plan.per_worker,
             plan.max_connections,
         )
+        open_files = raise_open_files_limit()
+        _LOGGER.info("each worker may hold %d open files (connections included)", open_files)
         previous = {sig: signal.signal(sig, self._stop) for sig in stop_signals()}
         # Every worker writes its metrics here; /metrics on any of them adds them all up.
         samples = tempfile.TemporaryDirectory(prefix="pluct-metrics-")
@@ -222,6 +225,20 @@ class Supervisor:
                 _LOGGER.error("worker %d did not stop in time; killing it", index)
                 process.kill()
                 process.join()
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's (and so its workers') open-file limit to the hard one; return it.
+
+    Every connection is a file descriptor: at a shell's usual 1,024, a flood of connections
+    would leave a worker none for its database pool long before its connection bounds are met.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
 
 
 def run_worker(settings: Settings, dsn: str, index: int, parent: int, ready: Any) -> None:
