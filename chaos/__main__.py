@@ -16,7 +16,7 @@ from chaos.outcome import FAILED, SKIPPED, Outcome
 from chaos.progress import Progress
 from chaos.report import summary, write_reports
 from chaos.run import Run
-from chaos.scenarios import db_restart, failover, killed_workers, pgbouncer
+from chaos.scenarios import db_restart, failover, hostile_clients, killed_workers, pgbouncer
 
 OUT = Path(__file__).parent / "out"
 Scenario = Callable[[Run], Awaitable[None]]
@@ -25,6 +25,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "db-restart": (db_restart.TITLE, db_restart.scenario),
     "pgbouncer": (pgbouncer.TITLE, pgbouncer.scenario),
     "failover": (failover.TITLE, failover.scenario),
+    "hostile-clients": (hostile_clients.TITLE, hostile_clients.scenario),
 }
 
 

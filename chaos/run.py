@@ -118,15 +118,20 @@ class Run:
         return bouncer
 
     async def service(
-        self, database_url: str, migrate_url: str, settings: Mapping[str, str] | None = None
+        self,
+        database_url: str,
+        migrate_url: str,
+        settings: Mapping[str, str] | None = None,
+        *,
+        workers: int = WORKERS,
     ) -> Service:
-        """Start the service with three workers; stop it on the way out."""
+        """Start the service with `workers` workers (three by default); stop it on the way out."""
         log = self.out / "service.log"
         service = await start_service(
-            database_url, migrate_url, log, workers=WORKERS, settings=settings
+            database_url, migrate_url, log, workers=workers, settings=settings
         )
         self._cleanups.append(service.stop)
-        self.say(f"service serving on {service.grpc_target} with {WORKERS} workers")
+        self.say(f"service serving on {service.grpc_target} with {workers} workers")
         return service
 
     async def start_load(self, service: Service) -> Drivers:
