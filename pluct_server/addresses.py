@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from functools import lru_cache
+from urllib.parse import unquote
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 UNKNOWN = "-"
@@ -12,7 +13,8 @@ UNKNOWN = "-"
 
 def peer_host(peer: str) -> str:
     """Return the host of a gRPC peer string ("ipv4:1.2.3.4:5", "ipv6:[::1]:5", "unix:...")."""
-    kind, _, rest = peer.partition(":")
+    # gRPC percent-encodes its peer strings: an IPv6 peer comes as "ipv6:%5B::1%5D:5".
+    kind, _, rest = unquote(peer).partition(":")
     if kind == "ipv4":
         return rest.rpartition(":")[0] or UNKNOWN
     if kind == "ipv6":

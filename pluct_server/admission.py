@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from pluct_server.addresses import limit_subject
@@ -17,40 +17,49 @@ from pluct_server.addresses import limit_subject
 T = TypeVar("T")
 
 
-class AddressShares:
-    """Counts what each client address holds; refuses an address at its share, or a full total."""
+class Shares:
+    """Counts what each subject holds at once (a client address, a key): at most so many each.
 
-    def __init__(self, per_address: int, total: int | None = None) -> None:
-        self._per_address = per_address
+    With a `total`, the subjects together hold at most that many too, but for what is taken
+    outside it (see `take`).
+    """
+
+    def __init__(
+        self,
+        per_subject: int,
+        total: int | None = None,
+        subject_of: Callable[[str], str] = limit_subject,
+    ) -> None:
+        self._per_subject = per_subject
         self._total = total
-        self._held: dict[str, int] = {}
-        self.in_use = 0
-
-    def take(self, address: str) -> str | None:
-        """Take one for `address`; return what to give back, or None when it may not have one."""
-        if self._total is not None and self.in_use >= self._total:
-            return None
         # An IPv6 customer holds a whole /64: rotating addresses inside it buys no more.
-        subject = limit_subject(address)
+        self._subject_of = subject_of
+        self._held: dict[str, int] = {}
+        self._in_total = 0
+
+    def take(self, who: str, *, within_total: bool = True) -> tuple[str, bool] | None:
+        """Take one for `who`; return what to give back, or None when it may not have one."""
+        if within_total and self._total is not None and self._in_total >= self._total:
+            return None
+        subject = self._subject_of(who)
         held = self._held.get(subject, 0)
-        if held >= self._per_address:
+        if held >= self._per_subject:
             return None
         self._held[subject] = held + 1
-        self.in_use += 1
-        return subject
+        if within_total:
+            self._in_total += 1
+        return subject, within_total
 
-    def give_back(self, subject: str) -> None:
-        """Give back one that `take` returned `subject` for."""
+    def give_back(self, taken: tuple[str, bool]) -> None:
+        """Give back one that `take` returned `taken` for."""
+        subject, within_total = taken
         held = self._held[subject] - 1
         if held:
             self._held[subject] = held
         else:
-            del self._held[subject]  # addresses come and go: keep only those holding something
-        self.in_use -= 1
-
-    def held_by(self, address: str) -> int:
-        """Return how many `address` holds now."""
-        return self._held.get(limit_subject(address), 0)
+            del self._held[subject]  # subjects come and go: keep only those holding something
+        if within_total:
+            self._in_total -= 1
 
 
 class RequestTimedOut(Exception):
@@ -86,7 +95,8 @@ class ArrivalDeadlines:
             if task not in self._overdue:
                 raise  # the caller went away, or the server is stopping
             self._overdue.discard(task)
-            task.uncancel()
+            if task.uncancel() > 0:
+                raise  # cancelled by someone else too: that cancellation stands
             raise RequestTimedOut() from None
         finally:
             self._waiting.pop(task, None)

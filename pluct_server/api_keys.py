@@ -108,14 +108,17 @@ class ApiKeys:
         self._active.pop(key_id, None)
         return record
 
-    async def identify(self, secret: str) -> ApiKeyRecord | None:
-        """Return the live key whose secret this is, or None."""
+    async def identify(self, secret: str, *, look_up: bool = True) -> ApiKeyRecord | None:
+        """Return the live key whose secret this is, or None.
+
+        A key not in memory is looked up in the database only with `look_up`.
+        """
         key_id = key_id_of(secret)
         if key_id is None:
             return None
         record = self._active.get(key_id)
         if record is None:
-            if key_id in self._unknown:
+            if key_id in self._unknown or not look_up:
                 return None
             # Made on another replica since our last refresh, perhaps.
             record = await self._store.find(key_id)

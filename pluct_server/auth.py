@@ -31,12 +31,15 @@ from pluct_server.errors import (
 )
 from pluct_server.key_secrets import key_id_of
 from pluct_server.limits import AUTH_FAILURE, Limiter
+from pluct_server.logs import Sampled
 
 _LOGGER = logging.getLogger(__name__)
 
 WEBHOOK_HEADER = "x-webhook-secret"
 AUTHORIZATION_HEADER = "authorization"
 WEBHOOK_SCOPES = frozenset({PAYMENTS})
+# Refusals logged one by one per address, method and reason in ten seconds; more are counted.
+_REFUSALS_LOGGED = 100
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class Authenticator:
         # Addresses over their failure limit, and until when (monotonic). Only failures are
         # held back: a failure from such an address is refused without counting it again.
         self._over: dict[str, float] = {}
+        # Every refusal is logged, but for a flood from one address: then a hundred lines in
+        # ten seconds, and how many more.
+        self._refusals = Sampled(_LOGGER, burst=_REFUSALS_LOGGED)
 
     async def admit(
         self,
@@ -159,7 +165,9 @@ class Authenticator:
             raise MalformedCredentials("authorization must be 'Bearer <token>'")
         if self.is_admin_secret(token):
             return Caller(ADMIN_SECRET_ID, frozenset({ADMIN}), address, via_http)
-        record = await self._keys.identify(token)
+        # An address whose failures are held back gets no database lookup for a key this
+        # replica does not know: the live keys are all in memory, refreshed every few seconds.
+        record = await self._keys.identify(token, look_up=not self._held_back(address))
         if record is None:
             # The id a secret claims is no secret (16 hex digits), and names the key to chase.
             claimed = key_id_of(token) or "-"
@@ -205,15 +213,21 @@ class Authenticator:
             self._over[subject] = now + limited.retry_after_seconds
             raise
 
+    def _held_back(self, address: str) -> bool:
+        """Tell whether `address` is known to be over its failure limit."""
+        until = self._over.get(limit_subject(address))
+        return until is not None and until > time.monotonic()
+
     async def forget_expired_holds(self) -> None:
         """Drop what has run out, so many failing addresses cannot grow memory forever."""
         now = time.monotonic()
         self._over = {subject: until for subject, until in self._over.items() if until > now}
 
-    @staticmethod
-    def _log_refusal(method: str, address: str, key_id: str, reason: str) -> None:
+    def _log_refusal(self, method: str, address: str, key_id: str, reason: str) -> None:
         # Never the secret itself: only what lets an operator find and block the caller.
-        _LOGGER.warning(
+        self._refusals.log(
+            logging.WARNING,
+            (limit_subject(address), method, reason),
             "authentication refused: address=%s method=%s key_id=%s reason=%s",
             address,
             method,

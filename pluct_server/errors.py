@@ -178,9 +178,18 @@ class OutcomeUnknownAfterTimeout(OutcomeUnknown):
 
 
 class TooManyAtOnce(RateLimited):
-    """One client address already has its share of calls in flight; nothing was done."""
+    """The caller (its address, or its key) has its share of calls in flight; nothing was done."""
 
     reason = "CONCURRENCY_LIMITED"
+
+    def __init__(self) -> None:
+        super().__init__(retry_after_seconds=1)
+
+
+class Overloaded(RateLimited):
+    """As many calls are in flight as the server takes at once; nothing was done."""
+
+    reason = "OVERLOADED"
 
     def __init__(self) -> None:
         super().__init__(retry_after_seconds=1)

@@ -8,6 +8,7 @@ import logging
 import select
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from typing import TextIO
@@ -18,6 +19,8 @@ LOG_FORMATS = ("text", "json")
 _BATCH_LIMIT = getattr(select, "PIPE_BUF", 512)
 # How long a batched line may wait before it is written: a reader tailing the log sees no lag.
 _BATCH_SECONDS = 0.02
+# Kinds of sampled lines remembered at most, so many addresses cannot grow memory forever.
+_SAMPLED_KINDS = 10_000
 # The milliseconds of a timestamp, formatted once rather than on every line.
 _MILLIS = tuple(f"{n:03d}" for n in range(1000))
 
@@ -238,3 +241,45 @@ def setup_logging(
     logging.getLogger("pluct_server.access").setLevel(
         logging.NOTSET if access_log else logging.WARNING
     )
+
+
+class Sampled:
+    """Logs up to `burst` lines of each kind in an interval, then counts the rest.
+
+    Below the burst every line is written, as before; a flood of refusals from one address is
+    worth a line now and then with how many were left out, not one per refusal: the lines would
+    cost more than the refusals, and bury everything else in the log.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int,
+        interval_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._clock = clock
+        self._burst = burst
+        self._interval = interval_seconds
+        # Per kind of line: when its interval began, lines written in it, lines left out.
+        self._kinds: dict[object, tuple[float, int, int]] = {}
+
+    def log(self, level: int, kind: object, message: str, *args: object) -> None:
+        """Log `message`, unless `burst` lines of the same `kind` were written this interval."""
+        now = self._clock()
+        began, written, left_out = self._kinds.get(kind, (now - self._interval, 0, 0))
+        if now - began >= self._interval:
+            if len(self._kinds) >= _SAMPLED_KINDS:
+                self._kinds = {k: v for k, v in self._kinds.items() if now - v[0] < self._interval}
+            self._kinds[kind] = (now, 1, 0)
+            if left_out:
+                message += " (and %d more like it left out since)"
+                args = (*args, left_out)
+        elif written < self._burst:
+            self._kinds[kind] = (began, written + 1, left_out)
+        else:
+            self._kinds[kind] = (began, written, left_out + 1)
+            return
+        self._logger.log(level, message, *args)

@@ -26,15 +26,16 @@ from pluct_server.access import (
     note_user,
     request_id_from,
 )
-from pluct_server.addresses import Network, client_address, peer_host
-from pluct_server.admission import AddressShares, ArrivalDeadlines, RequestTimedOut
+from pluct_server.addresses import Network
+from pluct_server.admission import ArrivalDeadlines, RequestTimedOut, Shares
 from pluct_server.auth import Authenticator
-from pluct_server.callers import ADMIN, ANONYMOUS_ID, AccessRule, set_current_caller
+from pluct_server.callers import ADMIN, ANONYMOUS_ID, AccessRule, Caller, set_current_caller
 from pluct_server.errors import (
     ERROR_DOMAIN,
     DomainError,
     FieldViolation,
     InvalidArgument,
+    Overloaded,
     RateLimited,
     RequestTimeout,
     TooManyAtOnce,
@@ -50,11 +51,13 @@ from pluct_server.metrics import (
     count_of,
     histogram_of,
 )
-from pluct_server.origin import FORWARDED_FOR, call_origin
+from pluct_server.origin import call_origin
 
 _LOGGER = logging.getLogger(__name__)
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Health's calls that probes make: bounded per address, but never refused for the total.
+_PROBES = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/List"})
 REQUEST_ID_KEYS = ("x-request-id", "idempotency-key")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -71,22 +74,41 @@ Admitted = Callable[
 class EdgeLimits:
     """What gRPC callers may hold at once, and how long a request may take to arrive."""
 
-    # Calls in flight in all; beyond, RESOURCE_EXHAUSTED at once.
-    max_in_flight: int = 2000
+    # Calls in flight in all (health's Check and List aside); beyond, RESOURCE_EXHAUSTED at once.
+    max_in_flight: int
     # Calls without a credential one client address may have in flight.
-    max_in_flight_per_address: int = 100
+    max_in_flight_per_address: int
     # A call's request message must arrive this soon after its headers.
-    read_timeout_seconds: float = 10.0
+    read_timeout_seconds: float
 
 
 class CallGate:
-    """Counts gRPC calls in flight: all of them, and per address those without a credential."""
+    """Counts gRPC calls in flight: in all, per address without a credential, per key with one.
+
+    Callers without a credential hold at most half of all calls between them, and one key at
+    most half too: strangers from many addresses, or one leaked key, still leave room for the
+    others. Health's Check and List are bounded per address alone, so that probes pass while
+    every other place is taken.
+    """
 
     def __init__(self, limits: EdgeLimits) -> None:
         self.limits = limits
         self.in_flight = 0
-        self.anonymous = AddressShares(limits.max_in_flight_per_address)
+        half = max(1, limits.max_in_flight // 2)
+        self.anonymous = Shares(limits.max_in_flight_per_address, total=half)
+        self.keyed = Shares(half, subject_of=str)
         self.arrivals = ArrivalDeadlines(limits.read_timeout_seconds)
+
+    def admit(self, caller: Caller) -> tuple[Shares, tuple[str, bool]]:
+        """Take the caller's place among calls in flight, or raise TooManyAtOnce."""
+        if caller.id == ANONYMOUS_ID:
+            # No credential, so nothing to hold to account: the address gets a share.
+            shares, taken = self.anonymous, self.anonymous.take(caller.address)
+        else:
+            shares, taken = self.keyed, self.keyed.take(caller.id)
+        if taken is None:
+            raise TooManyAtOnce()
+        return shares, taken
 
     async def receive(self, context: grpc.aio.ServicerContext) -> bytes:
         """Read a call's one request message, as long as it arrives in time."""
@@ -146,7 +168,7 @@ def _field_violations(error: DomainError) -> tuple[FieldViolation, ...]:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps our own RPCs; health and reflection pass through untouched."""
+    """Guards our own RPCs; bounds health's and reflection's calls like every other one."""
 
     def __init__(
         self,
@@ -155,15 +177,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         *,
         limiter: Limiter,
         gateway_token: str,
+        edge: EdgeLimits,
         trusted_proxies: Sequence[Network] = (),
-        edge: EdgeLimits | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._rules = rules
         self._limiter = limiter
         self._gateway_token = gateway_token
         self._trusted_proxies = tuple(trusted_proxies)
-        self.gate = CallGate(edge or EdgeLimits())
+        self.gate = CallGate(edge)
         # One guarded handler per method, built on its first call rather than on every call.
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -203,29 +225,31 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _gated(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Wrap a handler that is not ours (health, reflection) in the edge's bounds alone."""
         gate = self.gate
+        token = self._gateway_token
         proxies = self._trusted_proxies
         decode = handler.request_deserializer or (lambda raw: raw)
         respond = handler.response_serializer
+        # A probe asks Check (or List) and must be answered while everything else is taken.
+        is_probe = method in _PROBES
 
-        async def enter(context: grpc.aio.ServicerContext) -> str:
-            """Count the call against its address's share, or refuse it at once."""
-            address = client_address(
-                peer_host(context.peer()),
-                _forwarded(context.invocation_metadata() or ()),
-                proxies,
-            )
-            if gate.in_flight >= gate.limits.max_in_flight:
+        async def enter(context: grpc.aio.ServicerContext) -> tuple[str, bool]:
+            """Count the call, against its address's share, or refuse it at once."""
+            if not is_probe and gate.in_flight >= gate.limits.max_in_flight:
+                await _refuse(context, method, Overloaded())
+            metadata = context.invocation_metadata() or ()
+            address = call_origin(metadata, context.peer(), token, proxies).address
+            taken = gate.anonymous.take(address, within_total=not is_probe)
+            if taken is None:
                 await _refuse(context, method, TooManyAtOnce())
-            subject = gate.anonymous.take(address)
-            if subject is None:
-                await _refuse(context, method, TooManyAtOnce())
-            assert subject is not None
-            gate.in_flight += 1
-            return subject
+            assert taken is not None
+            if not is_probe:
+                gate.in_flight += 1
+            return taken
 
-        def leave(subject: str) -> None:
-            gate.in_flight -= 1
-            gate.anonymous.give_back(subject)
+        def leave(taken: tuple[str, bool]) -> None:
+            if not is_probe:
+                gate.in_flight -= 1
+            gate.anonymous.give_back(taken)
 
         async def send_all(result: Any, context: grpc.aio.ServicerContext) -> None:
             # A handler either writes its responses itself or yields them.
@@ -239,48 +263,44 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             unary = handler.unary_unary
 
             async def unary_call(_: object, context: grpc.aio.ServicerContext) -> Any:
-                subject = await enter(context)
+                taken = await enter(context)
                 try:
                     request = decode(await _received(gate, context, method))
                     return await unary(request, context)
                 finally:
-                    leave(subject)
+                    leave(taken)
 
             return grpc.stream_unary_rpc_method_handler(unary_call, None, respond)
         if handler.unary_stream is not None:
             streaming = handler.unary_stream
 
-            async def watch_call(_: object, context: grpc.aio.ServicerContext) -> None:
-                subject = await enter(context)
+            async def unary_stream_call(_: object, context: grpc.aio.ServicerContext) -> None:
+                taken = await enter(context)
                 try:
                     request = decode(await _received(gate, context, method))
                     await send_all(streaming(request, context), context)
                 finally:
-                    leave(subject)
+                    leave(taken)
 
-            return grpc.stream_stream_rpc_method_handler(watch_call, None, respond)
+            return grpc.stream_stream_rpc_method_handler(unary_stream_call, None, respond)
         if handler.stream_stream is not None:
             conversation = handler.stream_stream
 
             async def requests(context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                # Each request of a stream has the read timeout to arrive, as the first one has.
-                while True:
-                    try:
-                        message = await gate.arrivals.wait_for(context.read())
-                    except RequestTimedOut:
-                        await _refuse(context, method, RequestTimeout(gate.arrivals.seconds))
-                    if message is grpc.aio.EOF:
-                        return
+                # The first request has the read timeout to arrive; a conversation under way
+                # (grpcurl, an IDE) may pause as long as it likes, holding its share meanwhile.
+                yield decode(await _received(gate, context, method))
+                while (message := await context.read()) is not grpc.aio.EOF:
                     yield decode(message)
 
-            async def stream_call(_: object, context: grpc.aio.ServicerContext) -> None:
-                subject = await enter(context)
+            async def stream_stream_call(_: object, context: grpc.aio.ServicerContext) -> None:
+                taken = await enter(context)
                 try:
                     await send_all(conversation(requests(context), context), context)
                 finally:
-                    leave(subject)
+                    leave(taken)
 
-            return grpc.stream_stream_rpc_method_handler(stream_call, None, respond)
+            return grpc.stream_stream_rpc_method_handler(stream_stream_call, None, respond)
         raise RuntimeError(f"{method} streams its requests alone, which nothing here serves")
 
     def guard(
@@ -317,32 +337,22 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             gate: CallGate | None,
             raw_request: bytes,
         ) -> Any:
-            share = None
+            place = None
             try:
                 # This call is counted already (see observed): more than the most is too many.
                 if gate is not None and gate.in_flight > gate.limits.max_in_flight:
-                    raise TooManyAtOnce()
+                    raise Overloaded()
                 origin = call_origin(metadata, peer, token, proxies)
                 caller = await authenticator.admit(
                     method, rule, origin.presented, origin.address, via_http=origin.via_http
                 )
-                if gate is not None and caller.id == ANONYMOUS_ID:
-                    # No credential, so nothing to hold to account: the address gets a share.
-                    share = gate.anonymous.take(origin.address)
-                    if share is None:
-                        raise TooManyAtOnce()
+                if gate is not None:
+                    place = gate.admit(caller)
                 if origin.deferred_http_charge:
                     charges = limiter.charges((HTTP, origin.address))
                     caller = replace(caller, deferred_charges=charges)
                 set_current_caller(caller)
                 note_caller(caller.id)
-                if is_admin_method:
-                    _LOGGER.info(
-                        "admin action: method=%s key_id=%s address=%s",
-                        method,
-                        caller.id,
-                        caller.address,
-                    )
                 try:
                     if gate is not None:
                         raw_request = await gate.receive(context)
@@ -355,6 +365,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     if caller.deferred_charges:
                         await limiter.charge(caller.deferred_charges)
                     raise
+                if is_admin_method:
+                    # Once the request is whole: a call that never sends one did nothing.
+                    _LOGGER.info(
+                        "admin action: method=%s key_id=%s address=%s",
+                        method,
+                        caller.id,
+                        caller.address,
+                    )
                 return await behavior(request, context)
             except DomainError as error:
                 note_code(error.code.name)
@@ -382,9 +400,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     trailing_metadata=_request_id_trailer(),
                 )
             finally:
-                if share is not None:
-                    assert gate is not None
-                    gate.anonymous.give_back(share)
+                if place is not None:
+                    shares, taken = place
+                    shares.give_back(taken)
 
         return admitted
 
@@ -452,15 +470,6 @@ async def _refuse(context: grpc.aio.ServicerContext, method: str, error: DomainE
     count_of(REFUSALS, method, error.reason).inc()
     await context.abort(
         error.code, error.message, trailing_metadata=((STATUS_DETAILS_KEY, status_details(error)),)
-    )
-
-
-def _forwarded(metadata: Metadata) -> str:
-    """Return every X-Forwarded-For line of a call, joined (a proxy appends after forged ones)."""
-    return ",".join(
-        value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-        for key, value in metadata
-        if key == FORWARDED_FOR
     )
 
 

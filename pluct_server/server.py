@@ -313,6 +313,11 @@ class PluctServer:
             await self.stop(0)  # half a service is worse than none
             raise
 
+    @property
+    def grpc_calls_in_flight(self) -> int:
+        """Return how many gRPC calls count against the total now (health's probes aside)."""
+        return 0 if self._interceptor is None else self._interceptor.gate.in_flight
+
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within `grace`, then close the pool."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace

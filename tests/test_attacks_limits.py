@@ -841,7 +841,8 @@ async def test_guessing_the_admin_secret_over_grpc_holds_back_failures_never_the
             admin_pb.ListUsersRequest(page_size=1), metadata=grpc_via(guesser, *ADMIN_METADATA)
         )
         assert len(served.users) <= 1
-        # The failures are the address's, counted in the database, whichever door it knocks on.
+        # The failures are the address's, whichever door it knocks on (another server shares
+        # them too: see the test after this one).
         assert_too_many(
             await call(
                 http, "GET", "/admin/users", headers=via(guesser, Authorization="Bearer wrong")

@@ -19,6 +19,7 @@ EXPECTED = [
     (errors.PermissionDenied("key lacks admin"), grpc.StatusCode.PERMISSION_DENIED),
     (errors.RateLimited(3), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.TooManyAtOnce(), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Overloaded(), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.RequestTimeout(10), grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.NotFound("no such key"), grpc.StatusCode.NOT_FOUND),
     (errors.ReplayedTokenExpired(), grpc.StatusCode.FAILED_PRECONDITION),

@@ -27,6 +27,7 @@ EXPECTED = [
     (errors.PermissionDenied("this API key lacks the 'admin' scope"), 403, None),
     (errors.RateLimited(3), 429, "Too many requests"),
     (errors.TooManyAtOnce(), 429, "Too many requests"),
+    (errors.Overloaded(), 429, "Too many requests"),
     (errors.RequestTimeout(10), 408, None),
     (errors.NotFound("no API key has id 0123"), 404, None),
     (errors.ReplayedTokenExpired(), 400, None),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from chaos.attackers import Pressure, pressure_from_json
 from chaos.bystander import Bystander, Seen
 from chaos.run import DATABASE, OWNER, SERVING_ROLE, Run
 from chaos.service import Service, make_keys
+from pluct_server.config import Settings
 
 TITLE = "2,400 slow HTTP bodies, 6,000 stalled gRPC streams, 3,000 idle HTTP/2 connections"
 ATTACK_SECONDS = 15.0
@@ -25,6 +27,7 @@ IDLE_SECONDS = 5
 # Each attacker connects from an address of its own; the bystander from 127.0.0.1.
 SLOW_SOURCE, STALL_SOURCE, IDLE_SOURCE = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 USER = "bystander"
+DEADLINE_EXCEEDED = 4  # the gRPC status a stalled call ends with, once its read timeout passes
 # The attackers run niced, as if on machines of their own: their CPU is not the service's.
 ATTACKER_NICENESS = "10"
 # Public calls a stalled stream may name: no key is needed to reach them.
@@ -96,6 +99,19 @@ def _record(run: Run, name: str, pressure: Pressure, seen: dict[str, Seen], rss:
         )
 
 
+def _held_at_most(run: Run, what: str, timed_out: int, share: int, seconds: float) -> None:
+    """Check the attacker held no more than its share: each held request ends in a timeout."""
+    workers = os.cpu_count() or 1
+    rounds = math.ceil(seconds / Settings.request_read_timeout_seconds)
+    most = workers * share * rounds
+    run.outcome.check(
+        f"{what}: the attacker's address held at most its share",
+        timed_out <= most,
+        f"{timed_out} ended by the read timeout; its share, {share} in each of {workers} workers, "
+        f"allows {most} in {seconds:.0f} s",
+    )
+
+
 async def scenario(run: Run) -> None:
     """Attack with each hostile client in turn; the bystander must be served all along."""
     primary = await run.cluster("primary")
@@ -116,6 +132,13 @@ async def scenario(run: Run) -> None:
             run, service, bystander, "2,400 slow bodies", asyncio.create_task(slow)
         )
         _record(run, "slow-bodies", *result)
+        _held_at_most(
+            run,
+            "slow bodies",
+            result[0].answers["408"],
+            Settings.http_max_concurrent_requests_per_address,
+            seconds,
+        )
 
         stalled = attacker(
             "stalled-streams", service.grpc_target, STALL_SOURCE, seconds, *STALLED_PATHS
@@ -128,6 +151,13 @@ async def scenario(run: Run) -> None:
             asyncio.create_task(stalled),
         )
         _record(run, "stalled-streams", *result)
+        _held_at_most(
+            run,
+            "stalled calls",
+            result[0].answers[f"grpc-status {DEADLINE_EXCEEDED}"],
+            Settings.grpc_max_concurrent_rpcs_per_address,
+            seconds,
+        )
 
         began = time.monotonic()
         idle = attacker("idle", service.grpc_target, IDLE_SOURCE, IDLE_SECONDS + 10.0)

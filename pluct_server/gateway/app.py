@@ -26,7 +26,7 @@ from pluct_server.access import (
     request_id_from,
 )
 from pluct_server.addresses import UNKNOWN, Network, client_address
-from pluct_server.admission import AddressShares
+from pluct_server.admission import Shares
 from pluct_server.auth import (
     AUTHORIZATION_HEADER,
     WEBHOOK_HEADER,
@@ -191,7 +191,11 @@ class ShimHandler:
             METRICS.name: self._metrics,
         }
         self._in_flight = 0
-        self._anonymous = AddressShares(limits.max_requests_per_address)
+        # Requests without a credential: per address, and in all at most half of every request,
+        # so strangers from many addresses still leave room for callers that prove who they are.
+        self._anonymous = Shares(
+            limits.max_requests_per_address, total=max(1, limits.max_concurrent_requests // 2)
+        )
         self.draining = False
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -238,7 +242,10 @@ class ShimHandler:
             )
             bearer = self._router.admin_only(parts)
             variables: Mapping[str, str] = {}
-            if not bearer:
+            if bearer:
+                # Resolved for the shape of its errors alone: it is served only once admitted.
+                route = self._quietly_resolved(request.method, parts)
+            else:
                 route, variables = self._router.resolve(request.method, parts)
                 self._note_route(route)
                 if route is HEALTH:
@@ -247,37 +254,13 @@ class ShimHandler:
             if self._in_flight >= self._limits.max_concurrent_requests:
                 # Shed load rather than queue it: a flood must not take the memory with it.
                 raise HttpProblem(503, "Server busy", "OVERLOADED", headers={"Retry-After": "1"})
-            metadata = forwarded_metadata(request.headers, current_request_id())
-            # Credentials first: a wrong one is refused before anything is held for it, and a
-            # right one is not counted against its address's share.
-            caller = await self._identify(_presented(metadata), address, route, bearer=bearer)
-            share = None
-            if caller.id == ANONYMOUS_ID:
-                share = self._anonymous.take(address)
-                if share is None:
-                    busy = TooManyAtOnce()
-                    raise HttpProblem(
-                        429,
-                        busy.message,
-                        busy.reason,
-                        headers={"Retry-After": str(busy.retry_after_seconds)},
-                    )
             self._in_flight += 1
             try:
-                if bearer:
-                    await self._charge_address(address)
-                    # Strangers learn nothing about /admin/...: no token, no 404 or 405 either.
-                    self._authorize("/admin", _ADMIN_PREFIX_RULE, caller)
-                    route, variables = self._router.resolve(request.method, parts)
-                    self._note_route(route)
-                assert route is not None
-                return await self._serve_route(
-                    request, route, variables, metadata, caller, address, checked=bearer
+                return await self._serve_counted(
+                    request, parts, None if bearer else route, variables, address
                 )
             finally:
                 self._in_flight -= 1
-                if share is not None:
-                    self._anonymous.give_back(share)
         except NoRoute:
             return problem_response(HttpProblem(404, "Not found", "NOT_FOUND"))
         except WrongMethod as wrong:
@@ -289,12 +272,15 @@ class ShimHandler:
             )
         except CallError as error:
             bearer = bearer or _needs_bearer(route)
-            return problem_response(
+            response = problem_response(
                 to_problem(error, self._profile, bearer_route=bearer, json_names=_json_names(route))
             )
+            if error.reason == TooManyAtOnce.reason:
+                response.force_close()  # an address over its share gets no connection to keep
+            return response
         except HttpProblem as problem:
             response = problem_response(problem)
-            if problem.status in (400, 408, 413, 415, 429):
+            if problem.status in (400, 408, 413, 415):
                 response.force_close()  # the rest of that request is not worth reading
             return response
         except asyncio.CancelledError:
@@ -305,50 +291,92 @@ class ShimHandler:
             )
             return problem_response(HttpProblem(500, "internal error", "INTERNAL"))
 
-    async def _serve_route(
+    def _quietly_resolved(self, verb: str, parts: Sequence[str]) -> Route | None:
+        """Return the route of `parts`, or None where there is none."""
+        try:
+            return self._router.resolve(verb, parts)[0]
+        except (NoRoute, WrongMethod):
+            return None
+
+    async def _serve_counted(
         self,
         request: web.BaseRequest,
-        route: Route,
+        parts: Sequence[str],
+        route: Route | None,
         variables: Mapping[str, str],
-        metadata: Sequence[tuple[str, str]],
-        caller: Caller,
         address: str,
-        *,
-        checked: bool,
     ) -> web.StreamResponse:
-        """Serve a routed request whose caller is known and counted."""
-        if route.rpc is None:
-            await self._charge_address(address)
-            if route is METRICS:
-                self._authorize("/metrics", _METRICS_RULE, caller)
-            return await self._builtins[route.name]()
-        rule = self._guards.rules[route.rpc.path]
-        deferred = rule.scope in _FOLDS_ADDRESS_CHARGE
-        if not checked and not deferred:
-            await self._charge_address(address)
+        """Serve a request that has its place among those in flight: share, charge, caller, call.
+
+        A request without a credential takes its address's share before anything is done for
+        it; one with a credential has it checked at once, and is not counted against the share
+        when it is right. Every request pays the per-address rate once: up front, or, on the
+        route that folds it into its own statement, when it is refused before that statement.
+        """
+        metadata = forwarded_metadata(request.headers, current_request_id())
+        presented = _presented(metadata)
+        rule = self._guards.rules[route.rpc.path] if route is not None and route.rpc else None
+        deferred = rule is not None and rule.scope in _FOLDS_ADDRESS_CHARGE
+        method = _credential_method(route)
+        # A signed payment proves itself by its body: until that is read, it is a stranger's,
+        # whatever other headers its sender's library adds.
+        signed = (
+            rule is not None
+            and rule.legacy == auth_pb2.CALLER_AUTH_WEBHOOK
+            and SIGNATURE_HEADER in request.headers
+        )
+        credentialed = method is not None and presented.any and not signed
+        taken = None
+        if not credentialed:
+            taken = self._anonymous.take(address)
+            if taken is None:
+                raise CallError.from_domain(TooManyAtOnce())
         try:
-            message, caller = await self._request_message(
-                request, route, variables, rule, caller, address, checked=checked
-            )
-        except (CallError, HttpProblem):
-            if deferred:
-                # Refused before its statement could count it: count it here.
+            if not deferred:
                 await self._charge_address(address)
-            raise
-        metadata = (
-            *metadata,
-            *gateway_metadata(
-                self._guards.gateway_token,
-                address,
-                webhook_signature=caller.signature,
-                deferred_http_charge=deferred,
-            ),
-        )
-        answer = await self._proxy.call(route, message, metadata)
-        return json_response(
-            self._renderer.response(route, message, answer, datetime.now(UTC)),
-            headers=_RESPONSE_HEADERS.get(route.rpc.method.full_name),
-        )
+            try:
+                caller = Caller(ANONYMOUS_ID, address=address, via_http=True)
+                if credentialed:
+                    payments = rule is not None and rule.scope == PAYMENTS
+                    caller = await self._identify(method or "", presented, address, payments)
+                if route is None:  # under an admin-only prefix
+                    # Strangers learn nothing about /admin/...: no token, no 404 or 405 either.
+                    self._authorize("/admin", _ADMIN_PREFIX_RULE, caller)
+                    route, variables = self._router.resolve(request.method, parts)
+                    self._note_route(route)
+                    rule = self._guards.rules[route.rpc.path] if route.rpc else None
+                    checked = True
+                else:
+                    checked = False
+                if route.rpc is None or rule is None:
+                    if route is METRICS:
+                        self._authorize("/metrics", _METRICS_RULE, caller)
+                    return await self._builtins[route.name]()
+                message, caller = await self._request_message(
+                    request, route, variables, rule, caller, address, checked=checked
+                )
+            except (CallError, HttpProblem):
+                if deferred:
+                    # Refused before its statement could count it: count it here.
+                    await self._charge_address(address)
+                raise
+            metadata = (
+                *metadata,
+                *gateway_metadata(
+                    self._guards.gateway_token,
+                    address,
+                    webhook_signature=caller.signature,
+                    deferred_http_charge=deferred,
+                ),
+            )
+            answer = await self._proxy.call(route, message, metadata)
+            return json_response(
+                self._renderer.response(route, message, answer, datetime.now(UTC)),
+                headers=_RESPONSE_HEADERS.get(route.rpc.method.full_name),
+            )
+        finally:
+            if taken is not None:
+                self._anonymous.give_back(taken)
 
     async def _request_message(
         self,
@@ -363,14 +391,14 @@ class ShimHandler:
     ) -> tuple[Message, Caller]:
         """Check the caller, read the body and build the request message, in that order."""
         assert route.rpc is not None
-        if route.rpc.body:
-            _check_content_type(request)
         signed = request.headers.get(SIGNATURE_HEADER)
         body = None
         if signed is not None and rule.legacy == auth_pb2.CALLER_AUTH_WEBHOOK:
             # The signature covers the raw body, so the body is read before it is checked, but
             # only once the header's time window holds.
             await self._check_signature_time(route.rpc.path, signed, address)
+            if route.rpc.body:
+                _check_content_type(request)
             raw = await self._read_body(request)
             digest = await self._check_signature(route.rpc.path, signed, raw, address)
             caller = Caller(WEBHOOK_ID, WEBHOOK_SCOPES, address, True, signature=digest)
@@ -381,6 +409,7 @@ class ShimHandler:
                 # The secret is checked before the body is read, so strangers cannot make us read.
                 self._authorize(route.rpc.path, rule, caller)
             if route.rpc.body:
+                _check_content_type(request)
                 body = parse_json_body(await self._read_body(request))
         message = self._transcoder.request(
             route,
@@ -392,18 +421,9 @@ class ShimHandler:
         return message, caller
 
     async def _identify(
-        self, presented: Presented, address: str, route: Route | None, *, bearer: bool
+        self, method: str, presented: Presented, address: str, payments: bool
     ) -> Caller:
-        """Return who the request's credentials name, on the routes that read credentials."""
-        if bearer:
-            method, payments = "/admin", False
-        elif route is not None and route.rpc is not None:
-            method = route.rpc.path
-            payments = self._guards.rules[method].scope == PAYMENTS
-        elif route is METRICS:
-            method, payments = "/metrics", False
-        else:
-            return Caller(ANONYMOUS_ID, address=address, via_http=True)  # public documents
+        """Return who the request's credentials name; refuse wrong ones."""
         try:
             return await self._guards.authenticator.identify(
                 method, presented, address, via_http=True, payments=payments
@@ -515,8 +535,17 @@ def _check_content_type(request: web.BaseRequest) -> None:
         415,
         "Content-Type must be application/json",
         "UNSUPPORTED_MEDIA_TYPE",
-        headers={"Accept": "application/json"},
+        headers={"Accept-Post": "application/json"},
     )
+
+
+def _credential_method(route: Route | None) -> str | None:
+    """Return the method a route's credentials are checked for; None when it reads none."""
+    if route is None:
+        return "/admin"  # an admin-only prefix, before its route is resolved
+    if route.rpc is not None:
+        return route.rpc.path
+    return "/metrics" if route is METRICS else None  # the other documents are public
 
 
 def _needs_bearer(route: Route | None) -> bool:

@@ -14,17 +14,19 @@ from aiohttp.http import RawRequestMessage
 from aiohttp.streams import StreamReader
 
 from pluct_server.addresses import UNKNOWN, Network, is_trusted
-from pluct_server.admission import AddressShares
+from pluct_server.admission import Shares
 from pluct_server.gateway.app import HTTP09_REQUEST, json_response
+from pluct_server.logs import Sampled
 
 _LOGGER = logging.getLogger(__name__)
+_REFUSED = Sampled(_LOGGER, burst=10)
 
 
 class JsonErrorRequestHandler(web.RequestHandler):
     """aiohttp's per-connection protocol, with JSON for the requests it refuses before routing."""
 
     # What this connection holds of its address's share (None: nothing, or a trusted proxy's).
-    _share: str | None = None
+    _share: tuple[str, bool] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take the connection into its address's share, or close it at once."""
@@ -37,10 +39,20 @@ class JsonErrorRequestHandler(web.RequestHandler):
         if not is_trusted(host, server.trusted_proxies):
             self._share = server.connection_shares.take(host)
             if self._share is None:
-                _LOGGER.info("closed a connection from %s: it holds its share already", host)
+                _REFUSED.log(
+                    logging.INFO,
+                    host,
+                    "closed a connection from %s: it holds its share of connections already",
+                    host,
+                )
                 transport.close()
                 return
-        super().connection_made(transport)
+        try:
+            super().connection_made(transport)
+        except BaseException:
+            # uvloop reports no loss for a connection whose set-up failed: give its place back.
+            self.connection_lost(None)
+            raise
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Give the connection's place in its address's share back."""
@@ -92,11 +104,11 @@ class JsonErrorServer(web.Server):
         trusted_proxies: Sequence[Network] = (),
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, **kwargs)
-        self.connection_shares = AddressShares(connections_per_address)
+        super().__init__(handler, request_factory=self._make_request_of_any_version, **kwargs)
+        self.connection_shares = Shares(connections_per_address)
         self.trusted_proxies = tuple(trusted_proxies)
 
-    def _make_request(
+    def _make_request_of_any_version(
         self,
         message: RawRequestMessage,
         payload: StreamReader,
@@ -105,14 +117,15 @@ class JsonErrorServer(web.Server):
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
         """Make a request; one in HTTP/0.9 is marked for refusal, to be answered in HTTP/1.0."""
+        request = web.BaseRequest
         if message.version >= HttpVersion10:
-            return super()._make_request(message, payload, protocol, writer, task)
+            return request(message, payload, protocol, writer, task, self._loop)
         # An answer goes out in the request's version, and HTTP/0.9 has no status line or
         # headers to say "400": HTTP/1.0 says it, and closes.
         message = message._replace(version=HttpVersion10, should_close=True)
-        request = super()._make_request(message, payload, protocol, writer, task)
-        request[HTTP09_REQUEST] = True
-        return request
+        made = request(message, payload, protocol, writer, task, self._loop)
+        made[HTTP09_REQUEST] = True
+        return made
 
     def __call__(self) -> JsonErrorRequestHandler:
         """Return the protocol for one new connection."""

@@ -47,6 +47,7 @@ _WATCH_SECONDS = 0.5
 # Read by glibc as a worker starts; a value in the environment wins.
 _ARENA_LIMIT_ENV = "MALLOC_ARENA_MAX"
 _ARENA_LIMIT = "2"
+_OPEN_FILES_WANTED = 65_536
 
 
 @dataclass(frozen=True)
@@ -228,16 +229,18 @@ class Supervisor:
 
 
 def raise_open_files_limit() -> int:
-    """Raise this process's (and so its workers') open-file limit to the hard one; return it.
+    """Raise this process's (and its workers') open-file limit towards the hard one; return it.
 
     Every connection is a file descriptor: at a shell's usual 1,024, a flood of connections
     would leave a worker none for its database pool long before its connection bounds are met.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
+    # Far above every connection bound a worker keeps; a container's million is no use to it.
+    wanted = _OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, _OPEN_FILES_WANTED)
+    if soft < wanted:
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
     return soft
 
 
