@@ -56,6 +56,20 @@ async def _connect(
     )
 
 
+async def _open(
+    pressure: Pressure, host: str, port: int, source: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """Open a connection and count it held, or count it refused and return None."""
+    try:
+        opened = await _connect(host, port, source)
+    except (OSError, TimeoutError):
+        pressure.refused_connects += 1
+        return None
+    pressure.opened += 1
+    pressure.hold(1)
+    return opened
+
+
 class SlowBodies:
     """Connections that each send a request's headers, then its body one byte a second."""
 
@@ -103,13 +117,10 @@ class SlowBodies:
 
     async def _drip(self) -> None:
         pressure = self.pressure
-        try:
-            reader, writer = await _connect(self._host, self._port, self._source)
-        except (OSError, TimeoutError):
-            pressure.refused_connects += 1
+        opened = await _open(pressure, self._host, self._port, self._source)
+        if opened is None:
             return
-        pressure.opened += 1
-        pressure.hold(1)
+        reader, writer = opened
         try:
             writer.write(self._head)
             answer = asyncio.create_task(reader.read(256))
@@ -347,13 +358,10 @@ class IdleConnections:
 
     async def _idle(self, stop: float) -> None:
         pressure = self.pressure
-        try:
-            reader, writer = await _connect(self._host, self._port, self._source)
-        except (OSError, TimeoutError):
-            pressure.refused_connects += 1
+        opened = await _open(pressure, self._host, self._port, self._source)
+        if opened is None:
             return
-        pressure.opened += 1
-        pressure.hold(1)
+        reader, writer = opened
         connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         connection.initiate_connection()
         writer.write(connection.data_to_send())

@@ -8,7 +8,7 @@ import contextlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import grpc
@@ -73,21 +73,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return _serve(settings)
+    return _failures_told(lambda: _operate(args.command, settings))
+
+
+def _operate(command: str, settings: Settings) -> int:
+    """Run an operator's command (migrate, audit) against the database."""
+    with database_dsn(settings) as dsn:
+        if settings.database_url is None:
+            settings, dsn = _serving_as_role(settings, dsn)
+        if command == "migrate":
+            asyncio.run(_migrate(dsn, settings))
+            return 0
+        return asyncio.run(_audit(dsn, settings))
+
+
+def _failures_told(step: Callable[[], int]) -> int:
+    """Run `step`; a failure it cannot go on from is one log line and exit status 1."""
     try:
-        with database_dsn(settings) as dsn:
-            if settings.database_url is None:
-                settings, dsn = _serving_as_role(settings, dsn)
-            if args.command == "migrate":
-                asyncio.run(_migrate(dsn, settings))
-            else:
-                return asyncio.run(_audit(dsn, settings))
+        return step()
     except RuntimeError as error:
         _LOGGER.error("%s", error)
         return 1
     except Unavailable:
         _LOGGER.error("the database could not be reached; nothing was started")
         return 1
-    return 0
 
 
 def _serve(settings: Settings) -> int:
@@ -110,19 +119,18 @@ def _serve(settings: Settings) -> int:
             if note:
                 print(note, flush=True)
         try:
-            with database_dsn(settings) as dsn:
-                if settings.database_url is None:
-                    settings, dsn = _serving_as_role(settings, dsn)
-                return Supervisor(settings, dsn).run()
+            return _failures_told(lambda: _supervise(settings))
         except AddressUnavailable as error:
             print(f"pluct: {error}", file=sys.stderr)
             return 1
-        except RuntimeError as error:
-            _LOGGER.error("%s", error)
-            return 1
-        except Unavailable:
-            _LOGGER.error("the database could not be reached; nothing was started")
-            return 1
+
+
+def _supervise(settings: Settings) -> int:
+    """Start the database (or take DATABASE_URL's), then the workers, until stopped."""
+    with database_dsn(settings) as dsn:
+        if settings.database_url is None:
+            settings, dsn = _serving_as_role(settings, dsn)
+        return Supervisor(settings, dsn).run()
 
 
 def _serving_as_role(settings: Settings, dsn: str) -> tuple[Settings, str]:

@@ -259,28 +259,30 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async for response in result:
                 await context.write(response)
 
+        async def with_request(
+            context: grpc.aio.ServicerContext, serve: Callable[[Any], Awaitable[Any]]
+        ) -> Any:
+            """Take the call's place, read its one request in time, and serve it."""
+            taken = await enter(context)
+            try:
+                return await serve(decode(await _received(gate, context, method)))
+            finally:
+                leave(taken)
+
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
             async def unary_call(_: object, context: grpc.aio.ServicerContext) -> Any:
-                taken = await enter(context)
-                try:
-                    request = decode(await _received(gate, context, method))
-                    return await unary(request, context)
-                finally:
-                    leave(taken)
+                return await with_request(context, lambda request: unary(request, context))
 
             return grpc.stream_unary_rpc_method_handler(unary_call, None, respond)
         if handler.unary_stream is not None:
             streaming = handler.unary_stream
 
             async def unary_stream_call(_: object, context: grpc.aio.ServicerContext) -> None:
-                taken = await enter(context)
-                try:
-                    request = decode(await _received(gate, context, method))
-                    await send_all(streaming(request, context), context)
-                finally:
-                    leave(taken)
+                await with_request(
+                    context, lambda request: send_all(streaming(request, context), context)
+                )
 
             return grpc.stream_stream_rpc_method_handler(unary_stream_call, None, respond)
         if handler.stream_stream is not None:
