@@ -20,8 +20,8 @@ from pluct_server.config import (
     Settings,
     load_settings,
     read_environment,
-    with_dev_secrets,
 )
+from pluct_server.dev_secrets import with_dev_secrets
 from pluct_server.errors import Unavailable
 from pluct_server.logs import setup_logging
 from pluct_server.runtime.embedded_postgres import EmbeddedPostgres

@@ -1,22 +1,23 @@
-"""Settings from the environment (and a .env file), validated once at start."""
+"""Settings from the environment (and a .env file), validated once at start: a leaf module."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
-import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
-from pluct_server.key_secrets import new_secret
-from pluct_server.logs import LOG_FORMATS
-from pluct_server.runtime.event_loop import EVENT_LOOPS, loop_available
-
+LOG_FORMATS = ("text", "json")
+# The names PLUCT_EVENT_LOOP accepts. The default is uvloop: measured with
+# `python -m bench.event_loops`, it serves more calls per core (README, "Scaling").
+EVENT_LOOPS = ("uvloop", "asyncio")
 SECRET_NAMES = ("ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET")
 SECRET_MIN_CHARS = 32
 SECRET_MIN_DISTINCT_CHARS = 10
@@ -69,80 +70,235 @@ def parse_rate(name: str, raw: str) -> Rate:
     return Rate(count, _PERIOD_SECONDS[match[2]]) if count else RATE_OFF
 
 
+Parse = Callable[[str, str], Any]
+_VARIABLE = "variable"
+_PARSE = "parse"
+
+
+def _declared(name: str, default: Any, parse: Parse, *, secret: bool = False) -> Any:
+    """Declare one setting: its variable, its default and how its text is read, in one place."""
+    return field(default=default, repr=not secret, metadata={_VARIABLE: name, _PARSE: parse})
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _stripped_or_none(name: str, raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _dsn(name: str, raw: str) -> str | None:
+    dsn = raw.strip() or None
+    if dsn is not None and not dsn.startswith(("postgres://", "postgresql://")):
+        raise ConfigError(f"{name} must start with postgresql:// or postgres://")
+    return dsn
+
+
+def _whole(low: int, high: int) -> Parse:
+    """Read a whole number from `low` to `high`."""
+
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _whole_seconds(low: int, high: int) -> Parse:
+    """Read whole seconds from `low` to `high`, as a float."""
+    whole = _whole(low, high)
+    return lambda name, raw: float(whole(name, raw))
+
+
+def _timedelta_of(unit: str, low: int, high: int) -> Parse:
+    """Read a whole number of `unit` (seconds, microseconds) as a timedelta."""
+    whole = _whole(low, high)
+    return lambda name, raw: timedelta(**{unit: whole(name, raw)})
+
+
+def _listen(name: str, raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must look like host:port (e.g. 127.0.0.1:8787), got {raw!r}")
+    return raw
+
+
+def _log_level(name: str, raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    return level
+
+
+def _one_of(*choices: str) -> Parse:
+    """Read one of `choices`, in any case."""
+
+    def parse(name: str, raw: str) -> str:
+        for choice in choices:
+            if raw.lower() == choice.lower():
+                return choice
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+
+    return parse
+
+
+def _switch(name: str, raw: str) -> bool:
+    text = raw.lower()
+    if text in ("on", "true", "1", "yes"):
+        return True
+    if text in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {text!r}")
+
+
+def _duration(name: str, raw: str) -> timedelta:
+    match = _DURATION.match(raw)
+    if match is None or int(match[1]) == 0:
+        raise ConfigError(
+            f"{name} must be a positive duration such as 24h, 90m or 3600s, got {raw!r}"
+        )
+    return timedelta(seconds=int(match[1]) * _DURATION_SECONDS[match[2]])
+
+
+def _networks(name: str, raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list addresses or CIDR networks, got {part.strip()!r}"
+            ) from None
+    return tuple(networks)
+
+
+def _path(name: str, raw: str) -> Path | None:
+    return Path(raw) if raw else None
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server needs to know, already checked."""
+    """Everything the server needs to know, already checked: each setting declared once, here.
 
-    database_url: str | None
-    admin_secret: str
-    jwt_secret: str
-    webhook_secret: str
-    grpc_listen: str = "127.0.0.1:50051"
-    http_listen: str = "127.0.0.1:8787"
-    signup_allowance: int = 10
-    token_ttl: timedelta = timedelta(seconds=60)
-    data_dir: Path = Path(".data")
-    db_pool_size: int = 20
+    Secrets (and the database URLs, which may hold passwords) are left out of the repr, so a
+    settings object that reaches a log line or a traceback shows none of them.
+    """
+
+    database_url: str | None = _declared("DATABASE_URL", None, _dsn, secret=True)
+    admin_secret: str = _declared("ADMIN_SECRET", "", _text, secret=True)
+    jwt_secret: str = _declared("JWT_SECRET", "", _text, secret=True)
+    webhook_secret: str = _declared("WEBHOOK_SECRET", "", _text, secret=True)
+    grpc_listen: str = _declared("PLUCT_GRPC_LISTEN", "127.0.0.1:50051", _listen)
+    http_listen: str = _declared("PLUCT_HTTP_LISTEN", "127.0.0.1:8787", _listen)
+    signup_allowance: int = _declared("PLUCT_SIGNUP_ALLOWANCE", 10, _whole(0, 10_000))
+    token_ttl: timedelta = _declared(
+        "PLUCT_TOKEN_TTL_SECONDS", timedelta(seconds=60), _timedelta_of("seconds", 1, 86_400)
+    )
+    data_dir: Path = _declared("PLUCT_DATA_DIR", Path(".data"), lambda name, raw: Path(raw))
+    db_pool_size: int = _declared("PLUCT_DB_POOL_SIZE", 20, _whole(1, 500))
     # Spends that arrive together go in one statement of at most this many; the first of a batch
     # may wait this long for company (0: none; batches still form while the database is busy).
-    spend_batch_max: int = 32
-    spend_batch_wait: timedelta = timedelta(0)
+    spend_batch_max: int = _declared("PLUCT_SPEND_BATCH_MAX", 32, _whole(1, 64))
+    spend_batch_wait: timedelta = _declared(
+        "PLUCT_SPEND_BATCH_WAIT_US", timedelta(0), _timedelta_of("microseconds", 0, 100_000)
+    )
     # Batches one worker runs at once: spends arriving meanwhile wait for the next batch.
-    spend_batches_in_flight: int = 1
+    spend_batches_in_flight: int = _declared("PLUCT_SPEND_BATCHES_IN_FLIGHT", 1, _whole(1, 16))
     # How long a statement may run before the call answers "outcome unknown" (or unavailable).
-    db_command_timeout_seconds: float = 10.0
+    db_command_timeout_seconds: float = _declared(
+        "PLUCT_DB_COMMAND_TIMEOUT_SECONDS", 10.0, _whole_seconds(1, 600)
+    )
     # Prepared statements cached per connection; 0 (for PgBouncer in transaction mode) uses none.
-    db_statement_cache_size: int = 100
-    health_interval_seconds: float = 2.0
-    shutdown_grace_seconds: float = 10.0
-    http_max_body_bytes: int = 64 * 1024
-    log_level: str = "INFO"
-    log_format: str = "text"
-    event_loop: str = "uvloop"
+    db_statement_cache_size: int = _declared(
+        "PLUCT_DB_STATEMENT_CACHE_SIZE", 100, _whole(0, 10_000)
+    )
+    health_interval_seconds: float = _declared(
+        "PLUCT_HEALTH_INTERVAL_SECONDS", 2.0, _whole_seconds(1, 3600)
+    )
+    shutdown_grace_seconds: float = _declared(
+        "PLUCT_SHUTDOWN_GRACE_SECONDS", 10.0, _whole_seconds(0, 3600)
+    )
+    http_max_body_bytes: int = _declared("PLUCT_HTTP_MAX_BODY_BYTES", 64 * 1024, _whole(256, 10**7))
+    log_level: str = _declared("PLUCT_LOG_LEVEL", "INFO", _log_level)
+    log_format: str = _declared("PLUCT_LOG_FORMAT", "text", _one_of(*LOG_FORMATS))
+    event_loop: str = _declared("PLUCT_EVENT_LOOP", "uvloop", _one_of(*EVENT_LOOPS))
     # One line per gRPC call and HTTP request (logger pluct_server.access).
-    access_log: bool = True
+    access_log: bool = _declared("PLUCT_ACCESS_LOG", True, _switch)
     # A listener of its own for /metrics (host:port), besides the HTTP port's /metrics.
-    metrics_listen: str | None = None
+    metrics_listen: str | None = _declared("PLUCT_METRICS_LISTEN", None, _listen)
     # Who may call: "keys" needs an API key (or a bootstrap secret) on every gRPC call.
-    caller_auth: str = "keys"
-    reflection: bool = True
+    caller_auth: str = _declared("PLUCT_CALLER_AUTH", "keys", _one_of(*CALLER_AUTH_MODES))
+    reflection: bool = _declared("PLUCT_REFLECTION", True, _switch)
     # Limits, each `Rate(0)` when switched off. Defaults and their reasons: README, "Abuse limits".
-    vend_rate: Rate = Rate(30, 60)
-    http_ip_rate: Rate = Rate(100, 1)
-    signup_rate: Rate = Rate(30, 3600)
-    auth_failure_rate: Rate = Rate(10, 60)
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    request_id_retention: timedelta = timedelta(hours=24)
-    webhook_legacy_secret: bool = True
-    token_algorithm: str = "HS256"
-    token_keys_dir: Path | None = None
-    token_active_kid: str | None = None
-    token_issuer: str | None = None
-    token_audience: str | None = None
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_client_ca_file: Path | None = None
-    # How stale the caches of API keys, revocations and blocked addresses may get.
-    cache_refresh_seconds: float = 2.0
-    grpc_max_streams_per_connection: int = 1000
-    grpc_max_concurrent_rpcs: int = 2000
-    http_max_concurrent_requests: int = 1000
+    vend_rate: Rate = _declared("PLUCT_VEND_RATE", Rate(30, 60), parse_rate)
+    http_ip_rate: Rate = _declared("PLUCT_HTTP_IP_RATE", Rate(100, 1), parse_rate)
+    signup_rate: Rate = _declared("PLUCT_SIGNUP_RATE", Rate(30, 3600), parse_rate)
+    auth_failure_rate: Rate = _declared("PLUCT_AUTH_FAILURE_RATE", Rate(10, 60), parse_rate)
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _declared(
+        "PLUCT_TRUSTED_PROXIES", (), _networks
+    )
+    request_id_retention: timedelta = _declared(
+        "PLUCT_REQUEST_ID_RETENTION", timedelta(hours=24), _duration
+    )
+    webhook_legacy_secret: bool = _declared("PLUCT_WEBHOOK_LEGACY_SECRET", True, _switch)
+    token_algorithm: str = _declared("PLUCT_TOKEN_ALG", "HS256", _one_of(*TOKEN_ALGORITHMS))
+    token_keys_dir: Path | None = _declared("PLUCT_TOKEN_KEYS_DIR", None, _path)
+    token_active_kid: str | None = _declared("PLUCT_TOKEN_ACTIVE_KID", None, _stripped_or_none)
+    token_issuer: str | None = _declared("PLUCT_TOKEN_ISSUER", None, _stripped_or_none)
+    token_audience: str | None = _declared("PLUCT_TOKEN_AUDIENCE", None, _stripped_or_none)
+    tls_cert_file: Path | None = _declared("PLUCT_TLS_CERT_FILE", None, _path)
+    tls_key_file: Path | None = _declared("PLUCT_TLS_KEY_FILE", None, _path)
+    tls_client_ca_file: Path | None = _declared("PLUCT_TLS_CLIENT_CA_FILE", None, _path)
+    # How stale the caches of API keys, revocations and held-back addresses may get.
+    cache_refresh_seconds: float = _declared(
+        "PLUCT_CACHE_REFRESH_SECONDS", 2.0, _whole_seconds(1, 60)
+    )
+    grpc_max_streams_per_connection: int = _declared(
+        "PLUCT_GRPC_MAX_STREAMS_PER_CONNECTION", 1000, _whole(1, 10_000)
+    )
+    grpc_max_concurrent_rpcs: int = _declared(
+        "PLUCT_GRPC_MAX_CONCURRENT_RPCS", 2000, _whole(1, 100_000)
+    )
+    http_max_concurrent_requests: int = _declared(
+        "PLUCT_HTTP_MAX_CONCURRENT_REQUESTS", 1000, _whole(1, 100_000)
+    )
     # The edge: what one client address may hold at once, and how long anyone may take.
     # A request must arrive whole this soon after its headers (an HTTP body, a gRPC message).
-    request_read_timeout_seconds: float = 10.0
+    request_read_timeout_seconds: float = _declared(
+        "PLUCT_REQUEST_READ_TIMEOUT_SECONDS", 10.0, _whole_seconds(1, 300)
+    )
     # Calls and requests without a credential that one address may have in flight, per worker.
-    grpc_max_concurrent_rpcs_per_address: int = 100
-    http_max_concurrent_requests_per_address: int = 64
+    grpc_max_concurrent_rpcs_per_address: int = _declared(
+        "PLUCT_GRPC_MAX_CONCURRENT_RPCS_PER_ADDRESS", 100, _whole(1, 100_000)
+    )
+    http_max_concurrent_requests_per_address: int = _declared(
+        "PLUCT_HTTP_MAX_CONCURRENT_REQUESTS_PER_ADDRESS", 64, _whole(1, 100_000)
+    )
     # Open HTTP connections one address may hold, per worker.
-    http_max_connections_per_address: int = 256
+    http_max_connections_per_address: int = _declared(
+        "PLUCT_HTTP_MAX_CONNECTIONS_PER_ADDRESS", 256, _whole(1, 100_000)
+    )
     # gRPC connections per worker, and how long one without calls is kept.
-    grpc_max_connections: int = 4000
-    grpc_max_connection_idle_seconds: int = 30
-    dev_api_key: str | None = field(default=None, repr=False)
+    grpc_max_connections: int = _declared("PLUCT_GRPC_MAX_CONNECTIONS", 4000, _whole(1, 1_000_000))
+    grpc_max_connection_idle_seconds: int = _declared(
+        "PLUCT_GRPC_MAX_CONNECTION_IDLE_SECONDS", 30, _whole(1, 86_400)
+    )
     # The schema owner's DSN: migrations run as it and grant the serving role what it needs.
-    migrate_database_url: str | None = field(default=None, repr=False)
+    migrate_database_url: str | None = _declared(
+        "PLUCT_MIGRATE_DATABASE_URL", None, _dsn, secret=True
+    )
     # Server processes sharing the ports; the default, one per core, keeps every core busy.
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = _declared("PLUCT_WORKERS", os.cpu_count() or 1, _whole(1, 64))
+    # Made by `make run` (dev mode), never read from a variable of its own.
+    dev_api_key: str | None = field(default=None, repr=False)
 
     @property
     def production(self) -> bool:
@@ -170,6 +326,10 @@ class Settings:
         return self.tls_cert_file is not None
 
 
+# Read as they are, not stripped: a secret is whatever the operator set.
+_UNSTRIPPED = frozenset({"ADMIN_SECRET", "JWT_SECRET", "WEBHOOK_SECRET"})
+
+
 def read_environment(env_file: Path = Path(".env")) -> dict[str, str]:
     """Merge the .env file (if any) under the process environment; the real environment wins."""
     merged = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
@@ -182,161 +342,18 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
 
     Only a server needs its secrets: the operator commands (migrate, audit) check none.
     """
-    database_url = environ.get("DATABASE_URL", "").strip() or None
-    if database_url is not None and not database_url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("DATABASE_URL must start with postgresql:// or postgres://")
-    migrate_database_url = environ.get("PLUCT_MIGRATE_DATABASE_URL", "").strip() or None
-    if migrate_database_url is not None:
-        if database_url is None:
-            raise ConfigError("PLUCT_MIGRATE_DATABASE_URL needs DATABASE_URL (the serving role)")
-        if not migrate_database_url.startswith(("postgres://", "postgresql://")):
-            raise ConfigError(
-                "PLUCT_MIGRATE_DATABASE_URL must start with postgresql:// or postgres://"
-            )
-    settings = Settings(
-        database_url=database_url,
-        migrate_database_url=migrate_database_url,
-        admin_secret=environ.get("ADMIN_SECRET", ""),
-        jwt_secret=environ.get("JWT_SECRET", ""),
-        webhook_secret=environ.get("WEBHOOK_SECRET", ""),
-        grpc_listen=_listen(environ, "PLUCT_GRPC_LISTEN", Settings.grpc_listen),
-        http_listen=_listen(environ, "PLUCT_HTTP_LISTEN", Settings.http_listen),
-        signup_allowance=_integer(
-            environ, "PLUCT_SIGNUP_ALLOWANCE", Settings.signup_allowance, 0, 10_000
-        ),
-        token_ttl=timedelta(
-            seconds=_integer(
-                environ, "PLUCT_TOKEN_TTL_SECONDS", Settings.token_ttl.seconds, 1, 86_400
-            )
-        ),
-        data_dir=Path(environ.get("PLUCT_DATA_DIR", "").strip() or Settings.data_dir),
-        db_pool_size=_integer(environ, "PLUCT_DB_POOL_SIZE", Settings.db_pool_size, 1, 500),
-        spend_batch_max=_integer(environ, "PLUCT_SPEND_BATCH_MAX", Settings.spend_batch_max, 1, 64),
-        spend_batch_wait=timedelta(
-            microseconds=_integer(environ, "PLUCT_SPEND_BATCH_WAIT_US", 0, 0, 100_000)
-        ),
-        spend_batches_in_flight=_integer(
-            environ, "PLUCT_SPEND_BATCHES_IN_FLIGHT", Settings.spend_batches_in_flight, 1, 16
-        ),
-        db_command_timeout_seconds=float(
-            _integer(environ, "PLUCT_DB_COMMAND_TIMEOUT_SECONDS", 10, 1, 600)
-        ),
-        db_statement_cache_size=_integer(
-            environ, "PLUCT_DB_STATEMENT_CACHE_SIZE", Settings.db_statement_cache_size, 0, 10_000
-        ),
-        health_interval_seconds=float(
-            _integer(
-                environ,
-                "PLUCT_HEALTH_INTERVAL_SECONDS",
-                int(Settings.health_interval_seconds),
-                1,
-                3600,
-            )
-        ),
-        shutdown_grace_seconds=float(
-            _integer(
-                environ,
-                "PLUCT_SHUTDOWN_GRACE_SECONDS",
-                int(Settings.shutdown_grace_seconds),
-                0,
-                3600,
-            )
-        ),
-        http_max_body_bytes=_integer(
-            environ, "PLUCT_HTTP_MAX_BODY_BYTES", Settings.http_max_body_bytes, 256, 10**7
-        ),
-        log_level=_log_level(environ),
-        log_format=_choice(environ, "PLUCT_LOG_FORMAT", LOG_FORMATS, "text"),
-        event_loop=_choice(environ, "PLUCT_EVENT_LOOP", EVENT_LOOPS, Settings.event_loop),
-        access_log=_switch(environ, "PLUCT_ACCESS_LOG", default=True),
-        metrics_listen=(
-            _listen(environ, "PLUCT_METRICS_LISTEN", "")
-            if environ.get("PLUCT_METRICS_LISTEN", "").strip()
-            else None
-        ),
-        caller_auth=_choice(environ, "PLUCT_CALLER_AUTH", CALLER_AUTH_MODES, "keys"),
-        reflection=_switch(environ, "PLUCT_REFLECTION", default=True),
-        vend_rate=_rate(environ, "PLUCT_VEND_RATE", Settings.vend_rate),
-        http_ip_rate=_rate(environ, "PLUCT_HTTP_IP_RATE", Settings.http_ip_rate),
-        signup_rate=_rate(environ, "PLUCT_SIGNUP_RATE", Settings.signup_rate),
-        auth_failure_rate=_rate(environ, "PLUCT_AUTH_FAILURE_RATE", Settings.auth_failure_rate),
-        trusted_proxies=_networks(environ, "PLUCT_TRUSTED_PROXIES"),
-        request_id_retention=_duration(
-            environ, "PLUCT_REQUEST_ID_RETENTION", Settings.request_id_retention
-        ),
-        webhook_legacy_secret=_switch(environ, "PLUCT_WEBHOOK_LEGACY_SECRET", default=True),
-        token_algorithm=_choice(environ, "PLUCT_TOKEN_ALG", TOKEN_ALGORITHMS, "HS256"),
-        token_keys_dir=_path(environ, "PLUCT_TOKEN_KEYS_DIR"),
-        token_active_kid=environ.get("PLUCT_TOKEN_ACTIVE_KID", "").strip() or None,
-        token_issuer=environ.get("PLUCT_TOKEN_ISSUER", "").strip() or None,
-        token_audience=environ.get("PLUCT_TOKEN_AUDIENCE", "").strip() or None,
-        tls_cert_file=_path(environ, "PLUCT_TLS_CERT_FILE"),
-        tls_key_file=_path(environ, "PLUCT_TLS_KEY_FILE"),
-        tls_client_ca_file=_path(environ, "PLUCT_TLS_CLIENT_CA_FILE"),
-        cache_refresh_seconds=float(
-            _integer(
-                environ, "PLUCT_CACHE_REFRESH_SECONDS", int(Settings.cache_refresh_seconds), 1, 60
-            )
-        ),
-        grpc_max_streams_per_connection=_integer(
-            environ,
-            "PLUCT_GRPC_MAX_STREAMS_PER_CONNECTION",
-            Settings.grpc_max_streams_per_connection,
-            1,
-            10_000,
-        ),
-        grpc_max_concurrent_rpcs=_integer(
-            environ, "PLUCT_GRPC_MAX_CONCURRENT_RPCS", Settings.grpc_max_concurrent_rpcs, 1, 100_000
-        ),
-        workers=_integer(environ, "PLUCT_WORKERS", os.cpu_count() or 1, 1, 64),
-        http_max_concurrent_requests=_integer(
-            environ,
-            "PLUCT_HTTP_MAX_CONCURRENT_REQUESTS",
-            Settings.http_max_concurrent_requests,
-            1,
-            100_000,
-        ),
-        request_read_timeout_seconds=float(
-            _integer(
-                environ,
-                "PLUCT_REQUEST_READ_TIMEOUT_SECONDS",
-                int(Settings.request_read_timeout_seconds),
-                1,
-                300,
-            )
-        ),
-        grpc_max_concurrent_rpcs_per_address=_integer(
-            environ,
-            "PLUCT_GRPC_MAX_CONCURRENT_RPCS_PER_ADDRESS",
-            Settings.grpc_max_concurrent_rpcs_per_address,
-            1,
-            100_000,
-        ),
-        http_max_concurrent_requests_per_address=_integer(
-            environ,
-            "PLUCT_HTTP_MAX_CONCURRENT_REQUESTS_PER_ADDRESS",
-            Settings.http_max_concurrent_requests_per_address,
-            1,
-            100_000,
-        ),
-        http_max_connections_per_address=_integer(
-            environ,
-            "PLUCT_HTTP_MAX_CONNECTIONS_PER_ADDRESS",
-            Settings.http_max_connections_per_address,
-            1,
-            100_000,
-        ),
-        grpc_max_connections=_integer(
-            environ, "PLUCT_GRPC_MAX_CONNECTIONS", Settings.grpc_max_connections, 1, 1_000_000
-        ),
-        grpc_max_connection_idle_seconds=_integer(
-            environ,
-            "PLUCT_GRPC_MAX_CONNECTION_IDLE_SECONDS",
-            Settings.grpc_max_connection_idle_seconds,
-            1,
-            86_400,
-        ),
-    )
+    given: dict[str, Any] = {}
+    for declared in fields(Settings):
+        name = declared.metadata.get(_VARIABLE)
+        if name is None:
+            continue
+        raw = environ.get(name, "")
+        raw = raw if name in _UNSTRIPPED else raw.strip()
+        if raw:
+            given[declared.name] = declared.metadata[_PARSE](name, raw)
+    settings = Settings(**given)
+    if settings.migrate_database_url is not None and settings.database_url is None:
+        raise ConfigError("PLUCT_MIGRATE_DATABASE_URL needs DATABASE_URL (the serving role)")
     if serving:
         _check_tls(settings)
         _check_token_keys(settings)
@@ -356,6 +373,16 @@ def load_settings(environ: Mapping[str, str], *, serving: bool = True) -> Settin
 
 def _split_secrets(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def loop_available(name: str) -> bool:
+    """Whether a loop PLUCT_EVENT_LOOP accepts can run here (uvloop is a package of its own)."""
+    if name != "uvloop":
+        return True  # asyncio's loop comes with Python
+    try:
+        return importlib.util.find_spec("uvloop") is not None
+    except (ImportError, ValueError):  # ValueError: a module already loaded without a spec
+        return False
 
 
 def _check_event_loop(settings: Settings) -> None:
@@ -406,147 +433,3 @@ def check_strong_secret(name: str, value: str) -> None:
             f"{name} is too weak: use at least {SECRET_MIN_CHARS} characters with at least "
             f"{SECRET_MIN_DISTINCT_CHARS} different ones (e.g. `openssl rand -hex 32`)"
         )
-
-
-DEV_API_KEY = "PLUCT_DEV_API_KEY"
-DEV_TOKEN_KEYS_DIR = "token-keys"
-DEV_TOKEN_KID = "dev-1"
-
-
-def with_dev_secrets(settings: Settings) -> tuple[Settings, str | None]:
-    """Fill unset secrets (and the dev API key) from the data folder, creating them on first use.
-
-    Returns the settings and, only when something was just created, a note to print once.
-    """
-    path = settings.data_dir / DEV_SECRETS_FILE
-    stored = {k: v for k, v in dotenv_values(path).items() if v} if path.exists() else {}
-    names = (*SECRET_NAMES, DEV_API_KEY)
-    created = False
-    if not all(stored.get(name) for name in names):
-        made = {name: secrets.token_urlsafe(32) for name in SECRET_NAMES}
-        made[DEV_API_KEY] = new_secret()[1]
-        stored = {name: stored.get(name) or made[name] for name in names}
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        # Written with 0600 from the start, so the secrets are never readable by others.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write("# Development secrets, generated once by `make run`. Not for production.\n")
-            out.writelines(f"{name}={stored[name]}\n" for name in names)
-        created = True
-    filled = replace(
-        settings,
-        admin_secret=settings.admin_secret or stored["ADMIN_SECRET"],
-        jwt_secret=settings.jwt_secret or stored["JWT_SECRET"],
-        webhook_secret=settings.webhook_secret or stored["WEBHOOK_SECRET"],
-        dev_api_key=stored[DEV_API_KEY],
-    )
-    filled = _with_dev_token_keys(filled)
-    if not created:
-        return filled, None
-    lines = [f"Generated development secrets in {path} (shown this once):"]
-    lines += [f"  {name}={stored[name]}" for name in SECRET_NAMES]
-    lines.append(f"  {DEV_API_KEY}={stored[DEV_API_KEY]}   (an API key with every scope)")
-    return filled, "\n".join(lines)
-
-
-def _with_dev_token_keys(settings: Settings) -> Settings:
-    """In dev mode with EdDSA and no key folder, make (once) and use a key under the data folder."""
-    if settings.token_algorithm != "EdDSA":
-        return settings
-    from pluct_server.tokens import generate_ed25519_key
-
-    folder = settings.token_keys_dir or settings.data_dir / DEV_TOKEN_KEYS_DIR
-    kids = sorted(pem.stem for pem in folder.glob("*.pem")) if folder.is_dir() else []
-    if not kids:
-        folder.mkdir(parents=True, exist_ok=True)
-        generate_ed25519_key(folder, DEV_TOKEN_KID)
-        kids = [DEV_TOKEN_KID]
-    active = settings.token_active_kid or (kids[0] if len(kids) == 1 else None)
-    if active is None:
-        raise ConfigError(f"PLUCT_TOKEN_ACTIVE_KID must pick one of the keys in {folder}")
-    return replace(settings, token_keys_dir=folder, token_active_kid=active)
-
-
-def _integer(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _listen(environ: Mapping[str, str], name: str, default: str) -> str:
-    raw = environ.get(name, "").strip() or default
-    host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{name} must look like host:port (e.g. 127.0.0.1:8787), got {raw!r}")
-    return raw
-
-
-def _log_level(environ: Mapping[str, str]) -> str:
-    level = environ.get("PLUCT_LOG_LEVEL", "").strip().upper() or "INFO"
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"PLUCT_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    return level
-
-
-def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = environ.get(name, "").strip() or default
-    for choice in choices:
-        if raw.lower() == choice.lower():
-            return choice
-    raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-
-
-def _switch(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("on", "true", "1", "yes"):
-        return True
-    if raw in ("off", "false", "0", "no"):
-        return False
-    raise ConfigError(f"{name} must be on or off, got {raw!r}")
-
-
-def _rate(environ: Mapping[str, str], name: str, default: Rate) -> Rate:
-    raw = environ.get(name, "").strip()
-    return parse_rate(name, raw) if raw else default
-
-
-def _duration(environ: Mapping[str, str], name: str, default: timedelta) -> timedelta:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    match = _DURATION.match(raw)
-    if match is None or int(match[1]) == 0:
-        raise ConfigError(
-            f"{name} must be a positive duration such as 24h, 90m or 3600s, got {raw!r}"
-        )
-    return timedelta(seconds=int(match[1]) * _DURATION_SECONDS[match[2]])
-
-
-def _networks(
-    environ: Mapping[str, str], name: str
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    networks = []
-    for part in environ.get(name, "").split(","):
-        if not part.strip():
-            continue
-        try:
-            networks.append(ipaddress.ip_network(part.strip(), strict=False))
-        except ValueError:
-            raise ConfigError(
-                f"{name} must list addresses or CIDR networks, got {part.strip()!r}"
-            ) from None
-    return tuple(networks)
-
-
-def _path(environ: Mapping[str, str], name: str) -> Path | None:
-    raw = environ.get(name, "").strip()
-    return Path(raw) if raw else None

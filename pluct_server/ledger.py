@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
 from pluct_server.callers import ANONYMOUS_ID, Caller
+from pluct_server.config import Settings
 from pluct_server.errors import (
     AlreadyExists,
     InsufficientCredits,
@@ -108,7 +109,7 @@ class Ledger:
         store: LedgerStore,
         limiter: Limiter,
         signup_allowance: int,
-        request_id_retention: timedelta = timedelta(hours=24),
+        request_id_retention: timedelta = Settings.request_id_retention,
     ) -> None:
         self._store = store
         self._limiter = limiter

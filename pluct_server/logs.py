@@ -14,7 +14,6 @@ from json.encoder import encode_basestring_ascii
 from typing import TextIO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_FORMATS = ("text", "json")
 # Lines written in one go by a worker stay whole on a pipe its siblings write to (POSIX).
 _BATCH_LIMIT = getattr(select, "PIPE_BUF", 512)
 # How long a batched line may wait before it is written: a reader tailing the log sees no lag.

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from pluct_server.config import ConfigError, load_settings, read_environment, with_dev_secrets
+from pluct_server.config import ConfigError, load_settings, read_environment
+from pluct_server.dev_secrets import with_dev_secrets
 
 STRONG = {
     "ADMIN_SECRET": "0123456789abcdefghijklmnopqrstuvwxyz-admin",
@@ -233,3 +234,34 @@ def test_tls_needs_both_files_and_client_ca_needs_tls(tmp_path):
         load_settings({"PLUCT_TLS_CERT_FILE": str(cert)})
     with pytest.raises(ConfigError):
         load_settings({"PLUCT_TLS_CLIENT_CA_FILE": str(cert)})
+
+
+def test_no_secret_shows_in_the_settings_repr():
+    environ = {
+        "DATABASE_URL": "postgresql://app:db-password-1@db/pluct",
+        "PLUCT_MIGRATE_DATABASE_URL": "postgresql://owner:db-password-2@db/pluct",
+        **STRONG,
+    }
+    settings = load_settings(environ)
+
+    shown = repr(settings)
+    for secret in (*STRONG.values(), "db-password-1", "db-password-2"):
+        assert secret not in shown
+    assert "grpc_listen='127.0.0.1:50051'" in shown  # what is no secret still shows
+
+
+def test_every_variable_is_in_the_readmes_table_and_the_table_names_no_other():
+    from dataclasses import fields
+    from pathlib import Path
+
+    from pluct_server.config import Settings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented: set[str] = set()
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            documented.update(part.strip("` ") for part in line.split("|")[1].split(","))
+    declared = {f.metadata["variable"] for f in fields(Settings) if "variable" in f.metadata}
+
+    assert declared == documented

@@ -12,7 +12,8 @@ import pytest
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
 from pluct_server.callers import GRANTABLE_SCOPES
-from pluct_server.config import DEV_SECRETS_FILE, with_dev_secrets
+from pluct_server.config import DEV_SECRETS_FILE
+from pluct_server.dev_secrets import with_dev_secrets
 from pluct_server.server import DEV_KEY_NAME
 from tests.support import (
     ADMIN_METADATA,

@@ -43,6 +43,7 @@ from pluct_server.callers import (
     AccessRule,
     Caller,
 )
+from pluct_server.config import Settings
 from pluct_server.errors import DomainError, TooManyAtOnce
 from pluct_server.gateway.describe import (
     DESCRIBE,
@@ -88,20 +89,20 @@ class HttpLimits:
     """How much an HTTP client may send, and how long anyone may take."""
 
     # Larger bodies are refused with 413 (none of our requests comes near it).
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int = Settings.http_max_body_bytes
     # A client has this long to send a whole body, or gets 408 (a slow drip cannot pin a handler).
-    body_seconds: float = 10.0
+    body_seconds: float = Settings.request_read_timeout_seconds
     # An idle connection, or one still sending its headers, is closed after this long.
     idle_seconds: float = 15.0
     # The deadline of each gRPC call behind a request.
     rpc_seconds: float = 10.0
     # Requests served at once; more get 503 at once rather than a place in a queue.
-    max_concurrent_requests: int = 1000
+    max_concurrent_requests: int = Settings.http_max_concurrent_requests
     # Requests without a credential one client address may have in flight; more get 429 at
     # once, so that one address cannot hold what every caller shares.
-    max_requests_per_address: int = 64
+    max_requests_per_address: int = Settings.http_max_concurrent_requests_per_address
     # Connections one client address may hold open; more are closed as they arrive.
-    max_connections_per_address: int = 256
+    max_connections_per_address: int = Settings.http_max_connections_per_address
 
 
 def json_response(

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-# The names PLUCT_EVENT_LOOP accepts. The default (Settings.event_loop) is uvloop: measured with
-# `python -m bench.event_loops`, it serves more calls per core (README, "Scaling").
-EVENT_LOOPS = ("uvloop", "asyncio")
+from pluct_server.config import EVENT_LOOPS
 
 T = TypeVar("T")
-
-
-def loop_available(name: str) -> bool:
-    """Whether a loop PLUCT_EVENT_LOOP accepts can run here (uvloop is a package of its own)."""
-    if name != "uvloop":
-        return True  # asyncio's loop comes with Python
-    try:
-        return importlib.util.find_spec("uvloop") is not None
-    except (ImportError, ValueError):  # ValueError: a module already loaded without a spec
-        return False
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
+from pluct_server.config import Settings
 from pluct_server.errors import OutcomeUnknown, OutcomeUnknownAfterTimeout, Unavailable
 from pluct_server.metrics import DB_POOL_CONNECTIONS, DB_POOL_IN_USE, DB_POOL_WAITS, count_of
 
@@ -64,10 +65,10 @@ class Database:
         self,
         dsn: str,
         *,
-        max_size: int = 20,
+        max_size: int = Settings.db_pool_size,
         connect_timeout: float = 5.0,
-        command_timeout: float = 10.0,
-        statement_cache_size: int = 100,
+        command_timeout: float = Settings.db_command_timeout_seconds,
+        statement_cache_size: int = Settings.db_statement_cache_size,
     ) -> None:
         self._dsn = dsn
         self._max_size = max_size

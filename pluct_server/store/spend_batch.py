@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pluct_server.config import Settings
 from pluct_server.metrics import (
     SPEND_BATCH_SECONDS,
     SPEND_BATCH_SIZE,
@@ -93,9 +94,9 @@ class SpendBatcher:
         self,
         database: Database,
         *,
-        max_size: int = 32,
-        max_wait: timedelta = timedelta(0),
-        max_in_flight: int = 1,
+        max_size: int = Settings.spend_batch_max,
+        max_wait: timedelta = Settings.spend_batch_wait,
+        max_in_flight: int = Settings.spend_batches_in_flight,
     ) -> None:
         self._db = database
         self._max_size = max_size
