@@ -48,8 +48,8 @@ from bench.report import (
     write_chart,
 )
 from bench.workloads import pgbench_script, wrk_script
-from pluct_server.config import Settings
 from pluct_server.runtime.embedded_postgres import postgres_tool
+from pluct_server.values.settings import Settings
 
 OUT = Path(__file__).parent / "out"
 ADMIN = (("authorization", f"Bearer {SECRETS['ADMIN_SECRET']}"),)

@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from pluct_server.access import CallRecord, log_access
-from pluct_server.config import Settings
-from pluct_server.logs import TEXT_FORMAT, JsonFormatter, setup_logging
+from pluct_server.observability.access import CallRecord, log_access
+from pluct_server.observability.logs import TEXT_FORMAT, JsonFormatter, setup_logging
 from pluct_server.runtime.event_loop import run_on
+from pluct_server.values.settings import Settings
 
-ACCESS = logging.getLogger("pluct_server.access")
+ACCESS = logging.getLogger("pluct_server.observability.access")
 # A ValidateToken call as the access line sees it.
 RECORD = CallRecord(
     "grpc",

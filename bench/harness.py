@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psutil
 
-from pluct_server.config import SECRET_NAMES
 from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
+from pluct_server.values.settings import SECRET_NAMES
 from tests.support import free_port, scratch_database, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pluct_server.metrics import FLUSH_SECONDS, GRPC_LABELS
+from pluct_server.observability.metrics import FLUSH_SECONDS, GRPC_LABELS
 from tests.support import MetricSamples as Samples
 from tests.support import metric_samples
 

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
-from pluct_server.models import TokenClaims
-from pluct_server.tokens import EDDSA, HS256, TokenKeys, generate_ed25519_key
+from pluct_server.security.tokens import EDDSA, HS256, TokenKeys, generate_ed25519_key
+from pluct_server.values.records import TokenClaims
 
 SECRET = "bench-jwt-secret-" + "0123456789abcdef" * 4
 

@@ -14,24 +14,24 @@ from dataclasses import replace
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pluct_server.audit import audit
-from pluct_server.config import (
+from pluct_server.app.dev_secrets import with_dev_secrets
+from pluct_server.app.server import wait_and_migrate
+from pluct_server.app.tls import grpc_channel_credentials
+from pluct_server.domain.audit import audit
+from pluct_server.domain.errors import Unavailable
+from pluct_server.observability.logs import setup_logging
+from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
+from pluct_server.runtime.listen_addresses import AddressUnavailable, claim_addresses
+from pluct_server.runtime.supervisor import Supervisor
+from pluct_server.store.audit_store import AuditStore
+from pluct_server.store.database import Database
+from pluct_server.store.grants import DEV_SERVING_ROLE, ensure_login_role
+from pluct_server.values.settings import (
     ConfigError,
     Settings,
     load_settings,
     read_environment,
 )
-from pluct_server.dev_secrets import with_dev_secrets
-from pluct_server.errors import Unavailable
-from pluct_server.logs import setup_logging
-from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
-from pluct_server.runtime.listen_addresses import AddressUnavailable, claim_addresses
-from pluct_server.runtime.supervisor import Supervisor
-from pluct_server.server import wait_and_migrate
-from pluct_server.store.audit_store import AuditStore
-from pluct_server.store.database import Database
-from pluct_server.store.grants import DEV_SERVING_ROLE, ensure_login_role
-from pluct_server.tls import grpc_channel_credentials
 
 _LOGGER = logging.getLogger("pluct_server")
 

@@ -13,11 +13,11 @@ from pluct.admin.v1 import admin_service_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2_grpc
 
-from pluct_server.config import Settings
+from pluct_server.app.server import PluctServer
 from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
 from pluct_server.runtime.event_loop import loop_factory
-from pluct_server.server import PluctServer
 from pluct_server.store.grants import ensure_login_role
+from pluct_server.values.settings import Settings
 from tests.support import (
     SERVING_ROLE,
     DefaultKey,

@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from pluct_server.gateway import Gateway, HttpLimits
-from pluct_server.server import SERVICES, PluctServer
+from pluct_server.api.http import Gateway, HttpLimits
+from pluct_server.app.server import SERVICES, PluctServer
 from tests.support import ADMIN_SECRET, WEBHOOK_SECRET
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_SECRET}"}

@@ -17,9 +17,9 @@ import asyncpg
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from pluct_server.callers import GRANTABLE_SCOPES, Caller
-from pluct_server.config import RATE_OFF, Settings
-from pluct_server.server import PluctServer
+from pluct_server.app.server import PluctServer
+from pluct_server.security.callers import GRANTABLE_SCOPES, Caller
+from pluct_server.values.settings import RATE_OFF, Settings
 
 ADMIN_SECRET = "test-admin-" + "a1b2c3d4e5f6g7h8i9j0" * 2
 WEBHOOK_SECRET = "test-webhook-" + "k1l2m3n4o5p6q7r8s9t0" * 2

@@ -19,9 +19,9 @@ import pytest
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server import logs
-from pluct_server.access import CallRecord, log_access
-from pluct_server.logs import setup_logging
+from pluct_server.observability import logs
+from pluct_server.observability.access import CallRecord, log_access
+from pluct_server.observability.logs import setup_logging
 from tests.support import (
     ADMIN_METADATA,
     ADMIN_SECRET,
@@ -272,8 +272,8 @@ def test_outside_an_event_loop_a_line_is_written_at_once(worker_logging):
 # Written just before the process ends, as a worker's last lines are.
 LAST_LINE_SCRIPT = """
 import asyncio, os, signal
-from pluct_server.access import CallRecord, log_access
-from pluct_server.logs import setup_logging
+from pluct_server.observability.access import CallRecord, log_access
+from pluct_server.observability.logs import setup_logging
 
 async def serve():
     stop = asyncio.Event()

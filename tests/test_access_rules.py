@@ -6,8 +6,8 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2
 from pluct.api.v1 import auth_pb2
 
-from pluct_server.callers import access_rules
-from pluct_server.server import SERVICES
+from pluct_server.app.server import SERVICES
+from pluct_server.security.callers import access_rules
 
 
 def service_with(*, streaming: bool, scope: int = auth_pb2.SCOPE_ADMIN):

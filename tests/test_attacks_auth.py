@@ -27,8 +27,8 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as token_pb
 from pluct.token.v1 import token_service_pb2_grpc
 
-from pluct_server.key_secrets import key_id_of
-from pluct_server.server import PluctServer
+from pluct_server.app.server import PluctServer
+from pluct_server.security.key_secrets import key_id_of
 from tests.http_support import (
     ADMIN_HEADERS,
     WEBHOOK_HEADERS,
@@ -861,7 +861,7 @@ def refusal_records(caplog: pytest.LogCaptureFixture) -> list[tuple[Any, ...]]:
     return [
         tuple(record.args or ())
         for record in caplog.records
-        if record.name == "pluct_server.auth"
+        if record.name == "pluct_server.security.auth"
         and record.levelno == logging.WARNING
         and record.getMessage().startswith("authentication refused:")
     ]
@@ -941,7 +941,7 @@ async def test_every_admin_action_is_logged_with_the_acting_key(server, bare, cr
         return [
             tuple(record.args or ())
             for record in caplog.records
-            if record.name == "pluct_server.rpc"
+            if record.name == "pluct_server.api.grpc.interceptor"
             and record.levelno == logging.INFO
             and record.getMessage().startswith("admin action:")
         ]

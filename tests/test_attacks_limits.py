@@ -30,9 +30,9 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as token_pb
 from pluct.token.v1 import token_service_pb2_grpc
 
-from pluct_server import webhooks
-from pluct_server.config import Rate
-from pluct_server.server import PluctServer
+from pluct_server.app.server import PluctServer
+from pluct_server.security import webhooks
+from pluct_server.values.settings import Rate
 from tests.http_support import ADMIN_HEADERS, WEBHOOK_HEADERS, Reply, call, http_client
 from tests.support import (
     ADMIN_METADATA,

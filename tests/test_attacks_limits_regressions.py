@@ -15,8 +15,8 @@ from multidict import CIMultiDict
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server import webhooks
-from pluct_server.config import Rate
+from pluct_server.security import webhooks
+from pluct_server.values.settings import Rate
 from tests.http_support import HANG_GUARD_SECONDS, call, http_client, raw_connection, read_reply
 from tests.support import DefaultKey, caller_key, ledger_of, new_request_id, new_user_id
 from tests.test_attacks_limits import (

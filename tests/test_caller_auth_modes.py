@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("database_dsn")
 async def test_open_mode_admits_keyless_callers_to_public_rpcs_only_and_warns(
     database_dsn, tmp_path, caplog, user_id
 ):
-    caplog.set_level(logging.WARNING, logger="pluct_server.server")
+    caplog.set_level(logging.WARNING, logger="pluct_server.app.server")
     settings = settings_for_test(tmp_path, caller_auth="open")
     async with (
         running_server(settings, database_dsn) as server,

@@ -110,7 +110,7 @@ async def test_command_line_manages_keys_with_the_admin_secret(server):
 def test_the_command_line_offers_exactly_the_scopes_a_key_may_hold():
     from pluct_client.__main__ import SCOPES
 
-    from pluct_server.callers import GRANTABLE_SCOPES
+    from pluct_server.security.callers import GRANTABLE_SCOPES
 
     assert set(SCOPES) == GRANTABLE_SCOPES
 

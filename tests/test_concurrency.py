@@ -17,7 +17,7 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as token_pb
 from pluct.token.v1 import token_service_pb2_grpc
 
-from pluct_server.config import Settings
+from pluct_server.values.settings import Settings
 from tests.support import (
     ADMIN_METADATA,
     JWT_SECRET,

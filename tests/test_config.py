@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from pluct_server.config import ConfigError, load_settings, read_environment
-from pluct_server.dev_secrets import with_dev_secrets
+from pluct_server.app.dev_secrets import with_dev_secrets
+from pluct_server.values.settings import ConfigError, load_settings, read_environment
 
 STRONG = {
     "ADMIN_SECRET": "0123456789abcdefghijklmnopqrstuvwxyz-admin",
@@ -254,7 +254,7 @@ def test_every_variable_is_in_the_readmes_table_and_the_table_names_no_other():
     from dataclasses import fields
     from pathlib import Path
 
-    from pluct_server.config import Settings
+    from pluct_server.values.settings import Settings
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]

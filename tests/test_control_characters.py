@@ -16,8 +16,8 @@ from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.token.v1 import token_service_pb2 as token_pb
 
-from pluct_server.key_secrets import key_id_of
-from pluct_server.server import SERVICES
+from pluct_server.app.server import SERVICES
+from pluct_server.security.key_secrets import key_id_of
 from tests.http_support import ADMIN_HEADERS, WEBHOOK_HEADERS, call
 from tests.support import (
     ADMIN_METADATA,

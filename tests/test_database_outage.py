@@ -10,8 +10,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server.health import LIVENESS_SERVICE
-from pluct_server.server import SERVICE_NAMES
+from pluct_server.app.health import LIVENESS_SERVICE
+from pluct_server.app.server import SERVICE_NAMES
 from tests.support import (
     WEBHOOK_METADATA,
     DefaultKey,
@@ -95,8 +95,8 @@ async def _outage_and_recovery(own_postgres, channel: grpc.aio.Channel) -> None:
 
 async def test_start_gives_up_with_unavailable_when_database_stays_down(own_postgres, tmp_path):
     """Start-up waits for the database a while, then fails instead of serving without a schema."""
-    from pluct_server.errors import Unavailable
-    from pluct_server.server import PluctServer, wait_and_migrate
+    from pluct_server.app.server import PluctServer, wait_and_migrate
+    from pluct_server.domain.errors import Unavailable
 
     await asyncio.to_thread(own_postgres.stop)
     server = PluctServer(settings_for_test(tmp_path), own_postgres.dsn)

@@ -26,7 +26,7 @@ from pluct.token.v1 import token_service_pb2 as token_pb
 from pluct.token.v1 import token_service_pb2_grpc
 
 from chaos.attackers import StallingConnection
-from pluct_server.server import PluctServer
+from pluct_server.app.server import PluctServer
 from tests.http_support import (
     ADMIN_HEADERS,
     HANG_GUARD_SECONDS,
@@ -669,7 +669,7 @@ async def test_a_signed_payment_is_credited_whatever_other_headers_come_along(
 ):
     import json as json_module
 
-    from pluct_server import webhooks
+    from pluct_server.security import webhooks
 
     async with (
         edge_server(tmp_path, database_dsn, webhook_legacy_secret=legacy_secret) as server,
@@ -699,7 +699,7 @@ async def test_credentials_are_checked_before_the_content_type(http):
 
 
 async def test_a_wrong_credential_pays_the_per_address_rate(tmp_path, database_dsn):
-    from pluct_server.config import Rate
+    from pluct_server.values.settings import Rate
 
     async with (
         edge_server(tmp_path, database_dsn, http_ip_rate=Rate(3, 3600)) as server,
@@ -716,7 +716,7 @@ async def test_a_flood_of_refusals_is_summed_up_in_the_log(tmp_path, database_ds
         edge_server(tmp_path, database_dsn) as server,
         stalling(server, "198.51.100.41") as attacker,
     ):
-        caplog.set_level("WARNING", logger="pluct_server.auth")
+        caplog.set_level("WARNING", logger="pluct_server.security.auth")
         attacker.stall(LIST_USERS, 300)
         await attacker.wait_until(lambda: len(attacker.ended) == 300, HANG_GUARD_SECONDS)
 
@@ -730,7 +730,7 @@ async def test_a_flood_of_refusals_is_summed_up_in_the_log(tmp_path, database_ds
 def test_sampled_lines_are_written_up_to_the_burst_then_counted(caplog):
     import logging
 
-    from pluct_server.logs import Sampled
+    from pluct_server.observability.logs import Sampled
 
     now = [100.0]
     sampled = Sampled(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from pluct_server import errors
+from pluct_server.domain import errors
 
 EXPECTED = [
     (errors.InvalidArgument("user_id", "bad"), grpc.StatusCode.INVALID_ARGUMENT),

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 import pytest
 
-from pluct_server.config import ConfigError, Settings, load_settings
 from pluct_server.runtime.event_loop import loop_factory, loop_kind
 from pluct_server.store.spend_batch import timer_seconds
+from pluct_server.values.settings import ConfigError, Settings, load_settings
 
 STRONG = {
     "ADMIN_SECRET": "0123456789abcdefghijklmnopqrstuvwxyz-admin",

@@ -17,8 +17,8 @@ from google.rpc import error_details_pb2, status_pb2
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
-from pluct_server.field_rules import PATTERN_WORDS, rules_of
-from pluct_server.server import SERVICES
+from pluct_server.api.grpc.field_rules import PATTERN_WORDS, rules_of
+from pluct_server.app.server import SERVICES
 from tests.support import (
     ADMIN_METADATA,
     ADMIN_SECRET,

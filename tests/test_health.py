@@ -6,8 +6,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pluct_server.health import LIVENESS_SERVICE
-from pluct_server.server import SERVICE_NAMES
+from pluct_server.app.health import LIVENESS_SERVICE
+from pluct_server.app.server import SERVICE_NAMES
 from tests.support import running_server, settings_for_test
 
 pytestmark = pytest.mark.usefixtures("database_dsn")

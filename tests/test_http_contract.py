@@ -10,7 +10,7 @@ import uuid
 import jwt
 import pytest
 
-from pluct_server.config import Settings, load_settings
+from pluct_server.values.settings import Settings, load_settings
 from tests.http_support import (
     ADMIN_HEADERS,
     ISO_UTC,

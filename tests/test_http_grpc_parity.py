@@ -9,7 +9,7 @@ from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import ledger_pb2
 from pluct.token.v1 import token_service_pb2 as token_pb
 
-from pluct_server.gateway.status import http_status
+from pluct_server.api.http.status import http_status
 from tests.http_support import ADMIN_HEADERS, WEBHOOK_HEADERS, call
 from tests.support import (
     ADMIN_METADATA,

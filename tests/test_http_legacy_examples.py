@@ -7,7 +7,7 @@ import shutil
 import jwt
 import pytest
 
-from pluct_server.config import Settings
+from pluct_server.values.settings import Settings
 from tests.http_support import curl_argv, parse_curl, run_curl, run_without_curl
 from tests.support import (
     ADMIN_SECRET,

@@ -7,7 +7,7 @@ import re
 import pytest
 from google.api import annotations_pb2  # type: ignore[import-untyped]
 
-from pluct_server.server import SERVICES
+from pluct_server.app.server import SERVICES
 from tests.http_support import ADMIN_HEADERS, WEBHOOK_HEADERS, call
 
 BUILTIN = {("GET", "/"), ("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/metrics")}

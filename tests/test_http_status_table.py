@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from pluct_server import errors
-from pluct_server.gateway.legacy import LEGACY
-from pluct_server.gateway.problems import CallError, to_problem
-from pluct_server.gateway.status import HTTP_STATUS
+from pluct_server.api.http.legacy import LEGACY
+from pluct_server.api.http.problems import CallError, to_problem
+from pluct_server.api.http.status import HTTP_STATUS
+from pluct_server.domain import errors
 
 EXPECTED = [
     (errors.InvalidArgument("user_id", "bad"), 400, "Valid user ID is required"),

@@ -13,8 +13,8 @@ import pytest
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
-from pluct_server.callers import ADMIN, GRANTABLE_SCOPES, PAYMENTS
-from pluct_server.key_secrets import key_id_of
+from pluct_server.security.callers import ADMIN, GRANTABLE_SCOPES, PAYMENTS
+from pluct_server.security.key_secrets import key_id_of
 from tests.support import (
     ADMIN_METADATA,
     caller_key,
@@ -85,7 +85,7 @@ async def test_an_admin_key_cannot_make_a_key_with_the_payment_scope(
     before, ledger_before = await keys_and_money(db), await ledger_of_user(db, victim)
     name = unique_name("would-be-payments")
     asking_for_payments = [scopes for scopes in EVERY_REQUEST if PAYMENTS in scopes]
-    caplog.set_level(logging.WARNING, logger="pluct_server.api_keys")
+    caplog.set_level(logging.WARNING, logger="pluct_server.security.api_keys")
 
     for scopes in asking_for_payments:
         error = await refused_creation(bare_admin, admin_key, scopes, name)

@@ -6,11 +6,11 @@ import asyncpg
 import pytest
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
-from pluct_server.config import ConfigError, load_settings
-from pluct_server.server import wait_and_migrate
+from pluct_server.app.server import wait_and_migrate
 from pluct_server.store.database import Database
 from pluct_server.store.grants import SERVING_PRIVILEGES, ensure_login_role
 from pluct_server.store.migrate import MigrationNotAllowed
+from pluct_server.values.settings import ConfigError, load_settings
 from tests.support import (
     ADMIN_METADATA,
     SERVING_ROLE,

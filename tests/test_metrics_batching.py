@@ -7,7 +7,13 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from pluct_server.metrics import FLUSH_SECONDS, count_of, exposition, flush_counts, histogram_of
+from pluct_server.observability.metrics import (
+    FLUSH_SECONDS,
+    count_of,
+    exposition,
+    flush_counts,
+    histogram_of,
+)
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 # Below, on and between every bound, and beyond the last (the +Inf bucket).

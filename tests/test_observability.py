@@ -14,8 +14,8 @@ from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as token_pb
 
-from pluct_server.logs import JsonFormatter
-from pluct_server.metrics import FLUSH_SECONDS, exposition
+from pluct_server.observability.logs import JsonFormatter
+from pluct_server.observability.metrics import FLUSH_SECONDS, exposition
 from tests.http_support import call
 from tests.support import (
     ADMIN_METADATA,

@@ -16,8 +16,8 @@ import pytest
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server import webhooks
-from pluct_server.server import PluctServer
+from pluct_server.app.server import PluctServer
+from pluct_server.security import webhooks
 from pluct_server.store.database import Database
 from pluct_server.store.migrate import _apply, load_migrations, migrate
 from tests.http_support import WEBHOOK_HEADERS, call

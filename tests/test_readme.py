@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
-from pluct_server.callers import GRANTABLE_SCOPES
-from pluct_server.config import DEV_SECRETS_FILE
-from pluct_server.dev_secrets import with_dev_secrets
-from pluct_server.server import DEV_KEY_NAME
+from pluct_server.app.dev_secrets import with_dev_secrets
+from pluct_server.app.server import DEV_KEY_NAME
+from pluct_server.security.callers import GRANTABLE_SCOPES
+from pluct_server.values.settings import DEV_SECRETS_FILE
 from tests.support import (
     ADMIN_METADATA,
     ADMIN_SECRET,

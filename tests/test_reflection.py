@@ -9,8 +9,8 @@ from google.rpc import status_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
-from pluct_server.rpc import STATUS_DETAILS_KEY
-from pluct_server.server import SERVICE_NAMES
+from pluct_server.api.grpc.interceptor import STATUS_DETAILS_KEY
+from pluct_server.app.server import SERVICE_NAMES
 
 REFLECTION_SERVICES = (
     "grpc.reflection.v1.ServerReflection",

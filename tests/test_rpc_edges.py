@@ -10,7 +10,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
-from pluct_server.server import SERVICE_NAMES
+from pluct_server.app.server import SERVICE_NAMES
 from pluct_server.store.ledger_store import LedgerStore
 from tests.support import error_reason
 
@@ -65,7 +65,7 @@ async def test_a_bug_is_internal_with_no_details_on_the_wire_and_a_logged_stack(
         raise ZeroDivisionError("SELECT secret_column FROM internals")
 
     monkeypatch.setattr(LedgerStore, "balance", broken_balance)
-    caplog.set_level(logging.ERROR, logger="pluct_server.rpc")
+    caplog.set_level(logging.ERROR, logger="pluct_server.api.grpc.interceptor")
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await credit.GetBalance(

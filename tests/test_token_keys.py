@@ -22,10 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pluct.token.v1 import token_service_pb2 as token_pb
 
-from pluct_server.errors import InvalidArgument
-from pluct_server.field_rules import check_fields
-from pluct_server.models import TokenClaims
-from pluct_server.tokens import (
+from pluct_server.api.grpc.field_rules import check_fields
+from pluct_server.domain.errors import InvalidArgument
+from pluct_server.security.tokens import (
     EDDSA,
     EXPIRED,
     HS256,
@@ -37,6 +36,7 @@ from pluct_server.tokens import (
     Verdict,
     generate_ed25519_key,
 )
+from pluct_server.values.records import TokenClaims
 
 # 64 bytes and more, so that PyJWT does not warn even when a test signs HS512 with them.
 SECRET = "current-jwt-secret-" + "a1b2c3d4e5f6g7h8" * 4

@@ -16,7 +16,7 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2 as pb
 from pluct.token.v1 import token_service_pb2_grpc
 
-from pluct_server.tokens import generate_ed25519_key
+from pluct_server.security.tokens import generate_ed25519_key
 from tests.http_support import call, http_client
 from tests.support import ADMIN_METADATA, JWT_SECRET, running_server, settings_for_test
 
@@ -209,7 +209,7 @@ async def test_the_signing_algorithm_and_kid_are_logged_once_and_the_jwks_is_cac
     settings = settings_for_test(
         tmp_path, token_algorithm="EdDSA", token_keys_dir=keys, token_active_kid="2026-12"
     )
-    caplog.set_level(logging.INFO, logger="pluct_server.server")
+    caplog.set_level(logging.INFO, logger="pluct_server.app.server")
     async with (
         running_server(settings, database_dsn) as server,
         http_client(server.http_port) as http,

@@ -9,7 +9,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server.tracing import tracing_wanted
+from pluct_server.observability.tracing import tracing_wanted
 from tests.support import ADMIN_METADATA, ADMIN_SECRET, JWT_SECRET, WEBHOOK_SECRET, new_user_id
 from tests.test_process import ServiceProcess, production_dsn, service_env  # noqa: F401
 

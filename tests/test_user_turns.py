@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from pluct_server.errors import Unavailable
-from pluct_server.store.user_turns import UserTurns
+from pluct_server.domain.errors import Unavailable
+from pluct_server.domain.user_turns import UserTurns
 
 WAIT = 5.0  # as a pooled connection is waited for
 

@@ -20,8 +20,8 @@ import pytest
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server import webhooks
-from pluct_server.server import PluctServer
+from pluct_server.app.server import PluctServer
+from pluct_server.security import webhooks
 from tests.http_support import ADMIN_HEADERS, Reply, call, http_client
 from tests.support import (
     caller_key,

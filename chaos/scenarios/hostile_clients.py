@@ -17,7 +17,7 @@ from chaos.attackers import Pressure, pressure_from_json
 from chaos.bystander import Bystander, Seen
 from chaos.run import DATABASE, OWNER, SERVING_ROLE, Run
 from chaos.service import Service, make_keys
-from pluct_server.config import Settings
+from pluct_server.values.settings import Settings
 
 TITLE = "2,400 slow HTTP bodies, 6,000 stalled gRPC streams, 3,000 idle HTTP/2 connections"
 ATTACK_SECONDS = 15.0

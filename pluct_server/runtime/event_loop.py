@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from pluct_server.config import EVENT_LOOPS
+from pluct_server.values.settings import EVENT_LOOPS
 
 T = TypeVar("T")
 

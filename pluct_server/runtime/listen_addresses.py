@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pluct_server.config import Settings
+from pluct_server.values.settings import Settings
 
 # Sockets the kernel lists per port, and the state of one that accepts connections.
 _PROC_TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))

@@ -19,13 +19,18 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-from pluct_server.config import Settings
-from pluct_server.logs import setup_logging
-from pluct_server.metrics import MULTIPROCESS_DIR_ENV, flush_counts, forget_worker, serve_metrics
+from pluct_server.app.server import PluctServer, wait_and_migrate
+from pluct_server.observability.logs import setup_logging
+from pluct_server.observability.metrics import (
+    MULTIPROCESS_DIR_ENV,
+    flush_counts,
+    forget_worker,
+    serve_metrics,
+)
 from pluct_server.runtime.event_loop import loop_kind, run_on
 from pluct_server.runtime.listen_addresses import refusal
-from pluct_server.server import PluctServer, wait_and_migrate
 from pluct_server.store.database import Database
+from pluct_server.values.settings import Settings
 
 _LOGGER = logging.getLogger("pluct_server.runtime.supervisor")
 

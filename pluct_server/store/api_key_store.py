@@ -6,8 +6,8 @@ from datetime import datetime
 
 import asyncpg
 
-from pluct_server.models import ApiKeyRecord
 from pluct_server.store.database import Database
+from pluct_server.values.records import ApiKeyRecord
 
 _COLUMNS = "key_id, name, scopes, secret_hash, created_by, create_time, revoke_time"
 

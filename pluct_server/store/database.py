@@ -11,9 +11,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from pluct_server.config import Settings
-from pluct_server.errors import OutcomeUnknown, OutcomeUnknownAfterTimeout, Unavailable
-from pluct_server.metrics import DB_POOL_CONNECTIONS, DB_POOL_IN_USE, DB_POOL_WAITS, count_of
+from pluct_server.domain.errors import OutcomeUnknown, OutcomeUnknownAfterTimeout, Unavailable
+from pluct_server.observability.metrics import (
+    DB_POOL_CONNECTIONS,
+    DB_POOL_IN_USE,
+    DB_POOL_WAITS,
+    count_of,
+)
+from pluct_server.values.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from pluct_server.models import (
+from pluct_server.domain.user_turns import UserTurns
+from pluct_server.store.database import Database, RateLimitExceeded, UniqueViolation
+from pluct_server.store.spend_batch import LIMITED, TAKEN, SpendBatcher, SpendRequest
+from pluct_server.values.records import (
     EntryType,
     PriorPayment,
     PriorRequest,
@@ -17,12 +20,9 @@ from pluct_server.models import (
     Transaction,
     UserSummary,
 )
-from pluct_server.store.database import Database, RateLimitExceeded, UniqueViolation
-from pluct_server.store.spend_batch import LIMITED, TAKEN, SpendBatcher, SpendRequest
-from pluct_server.store.user_turns import UserTurns
 
 if TYPE_CHECKING:
-    from pluct_server.limits import Charge
+    from pluct_server.security.limits import Charge
 
 
 class UserExists(Exception):

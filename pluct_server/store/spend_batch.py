@@ -10,18 +10,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pluct_server.config import Settings
-from pluct_server.metrics import (
+from pluct_server.observability.metrics import (
     SPEND_BATCH_SECONDS,
     SPEND_BATCH_SIZE,
     SPEND_WAIT_SECONDS,
     histogram_of,
 )
-from pluct_server.models import RequestKey, TokenClaims
 from pluct_server.store.database import Database
+from pluct_server.values.records import RequestKey, TokenClaims
+from pluct_server.values.settings import Settings
 
 if TYPE_CHECKING:
-    from pluct_server.limits import Charge
+    from pluct_server.security.limits import Charge
 
 SPENT = "spent"
 INSUFFICIENT = "insufficient"

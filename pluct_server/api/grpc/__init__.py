@@ -1,0 +1,1 @@
+"""gRPC: the interceptor every call passes, field rules, reflection, servicers."""

@@ -1,0 +1,1 @@
+"""One servicer per gRPC service: protos in, domain calls, protos out."""

@@ -1,0 +1,1 @@
+"""Wiring: the server assembled from every layer, health, TLS, background upkeep."""

@@ -1,0 +1,1 @@
+"""The rules about credits: ledger, vending, errors, paging, audit; no transport."""

@@ -1,0 +1,50 @@
+"""Selling tokens: one credit out of the ledger, one signed token back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+from pluct_server.domain.ledger import Ledger
+from pluct_server.observability.metrics import CREDITS_SPENT, TOKENS_VENDED, count_of
+from pluct_server.security.callers import Caller
+from pluct_server.security.tokens import TokenSigner
+from pluct_server.values.records import TokenClaims
+
+
+@dataclass(frozen=True)
+class VendedToken:
+    """A token bought with one credit."""
+
+    token: str
+    claims: TokenClaims
+    balance_after: int
+
+
+class TokenVendor:
+    """Charges one credit per token and signs the token the ledger recorded."""
+
+    def __init__(self, ledger: Ledger, signer: TokenSigner, ttl: timedelta) -> None:
+        self._ledger = ledger
+        self._signer = signer
+        self._ttl = ttl
+        self._vended = count_of(TOKENS_VENDED)
+        self._spent = count_of(CREDITS_SPENT)
+
+    async def vend(self, user_id: str, request_id: str, caller: Caller) -> VendedToken:
+        """Spend one credit of `user_id` and return the token it bought."""
+        # JWT times are whole seconds; storing them whole lets a retry re-sign the identical token.
+        now = datetime.now(UTC).replace(microsecond=0)
+        claims = TokenClaims(
+            user_id=user_id, token_id=uuid4(), issued_at=now, expires_at=now + self._ttl
+        )
+        spend = await self._ledger.spend_for_token(claims, request_id, caller)
+        if spend.claims.token_id == claims.token_id:  # a new spend, not a retry's first answer
+            self._vended.inc()
+            self._spent.inc()
+        return VendedToken(
+            token=self._signer.sign(spend.claims),
+            claims=spend.claims,
+            balance_after=spend.balance_after,
+        )

@@ -1,0 +1,1 @@
+"""Observability: log set-up, access lines, Prometheus metrics and traces."""

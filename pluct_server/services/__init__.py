@@ -1,1 +1,0 @@
-"""gRPC servicers: each translates its protos to and from the domain, nothing else."""
