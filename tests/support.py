@@ -18,7 +18,8 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from pluct_server.app.server import PluctServer
-from pluct_server.security.callers import GRANTABLE_SCOPES, Caller
+from pluct_server.security.callers import GRANTABLE_SCOPES
+from pluct_server.values.callers import Caller
 from pluct_server.values.settings import RATE_OFF, Settings
 
 ADMIN_SECRET = "test-admin-" + "a1b2c3d4e5f6g7h8i9j0" * 2

@@ -13,8 +13,9 @@ import pytest
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
-from pluct_server.security.callers import ADMIN, GRANTABLE_SCOPES, PAYMENTS
+from pluct_server.security.callers import GRANTABLE_SCOPES
 from pluct_server.security.key_secrets import key_id_of
+from pluct_server.values.callers import ADMIN, PAYMENTS
 from tests.support import (
     ADMIN_METADATA,
     caller_key,

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
-from pluct_server.security.limits import Charge
 from pluct_server.store.limit_store import _CHARGE, _charge_arguments
 from pluct_server.store.spend_batch import _SPEND_BATCH as _BATCH
 from pluct_server.store.spend_batch import SpendRequest, batch_arguments
+from pluct_server.values.charges import Charge
 from pluct_server.values.records import RequestKey, TokenClaims
 from pluct_server.values.settings import Rate
 from tests.support import ADMIN_METADATA, new_user_id

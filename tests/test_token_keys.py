@@ -32,7 +32,6 @@ from pluct_server.security.tokens import (
     REVOKED,
     VETTED_TOKENS,
     TokenKeys,
-    TokenSigner,
     Verdict,
     generate_ed25519_key,
 )
@@ -201,7 +200,7 @@ def test_token_signer_with_one_secret_signs_exactly_as_before():
         headers={"kid": hs_kid(SECRET)},
     )
 
-    assert TokenSigner(SECRET).sign(claims) == before
+    assert TokenKeys(SECRET).sign(claims) == before
 
 
 def test_hs256_tokens_verify_downstream_with_plain_jwt_decode():

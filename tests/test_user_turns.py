@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pluct_server.domain.errors import Unavailable
+from pluct_server.domain.errors import UserBusy
 from pluct_server.domain.user_turns import UserTurns
 
 WAIT = 5.0  # as a pooled connection is waited for
@@ -79,7 +79,7 @@ async def test_a_turn_not_free_within_the_wait_is_refused_as_unavailable():
     release = asyncio.Event()
     holder = asyncio.ensure_future(hold_until(turns, release))
     await asyncio.sleep(0)
-    with pytest.raises(Unavailable):
+    with pytest.raises(UserBusy):
         async with turns.turn("hot"):
             pass
     release.set()

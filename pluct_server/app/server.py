@@ -15,6 +15,7 @@ from pluct.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2, credit_service_pb2_grpc
 from pluct.token.v1 import token_service_pb2, token_service_pb2_grpc
 
+from pluct_server.api.grpc.field_rules import is_user_id
 from pluct_server.api.grpc.inprocess import InProcessCalls
 from pluct_server.api.grpc.interceptor import EdgeLimits, ServiceInterceptor
 from pluct_server.api.grpc.reflection import enable_reflection
@@ -218,7 +219,9 @@ class PluctServer:
             LedgerStore(self.database, self.spends),
             limiter,
             settings.signup_allowance,
+            is_user_id,
             settings.request_id_retention,
+            turn_wait_seconds=self.database.connect_timeout,
         )
         maintenance = Maintenance(
             refreshers=[self.database.report_pool, self.api_keys.refresh, self.revocations.refresh],

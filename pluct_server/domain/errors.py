@@ -119,6 +119,16 @@ class Unavailable(DomainError):
         super().__init__("the database is unavailable; retry later")
 
 
+class UserBusy(DomainError):
+    """So many credits for one user wait in this worker that this one waited its longest."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "USER_BUSY"
+
+    def __init__(self) -> None:
+        super().__init__("too many credits for this user are in flight at once; retry later")
+
+
 class PermissionDenied(DomainError):
     """The caller is known, but its key lacks the scope this call needs."""
 

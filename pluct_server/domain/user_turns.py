@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from pluct_server.domain.errors import Unavailable
+from pluct_server.domain.errors import UserBusy
 
 
 class UserTurns:
@@ -17,7 +17,7 @@ class UserTurns:
     the rate at 64 in flight that they ran at 8. Waiting here holds no connection. The database
     still does the locking that keeps balances right; this only keeps a hot user from taking a
     worker's pool, and the database's time, with it. A turn is waited for as long as a pooled
-    connection would be, and then refused the same way: UNAVAILABLE, retry later.
+    connection would be, and then refused as UserBusy: retry later.
     """
 
     def __init__(self, at_once: int, wait_seconds: float) -> None:
@@ -36,7 +36,7 @@ class UserTurns:
                 async with asyncio.timeout(self._wait_seconds):
                     await turns.acquire()
             except TimeoutError:
-                raise Unavailable() from None
+                raise UserBusy() from None
             try:
                 yield
             finally:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 from uuid import uuid4
 
 from pluct_server.domain.ledger import Ledger
 from pluct_server.observability.metrics import CREDITS_SPENT, TOKENS_VENDED, count_of
-from pluct_server.security.callers import Caller
-from pluct_server.security.tokens import TokenSigner
+from pluct_server.values.callers import Caller
 from pluct_server.values.records import TokenClaims
+
+
+class Signer(Protocol):
+    """What vending asks of the token keys: a signed token for the claims a spend recorded."""
+
+    def sign(self, claims: TokenClaims) -> str:
+        """Return the signed token of `claims`."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,7 @@ class VendedToken:
 class TokenVendor:
     """Charges one credit per token and signs the token the ledger recorded."""
 
-    def __init__(self, ledger: Ledger, signer: TokenSigner, ttl: timedelta) -> None:
+    def __init__(self, ledger: Ledger, signer: Signer, ttl: timedelta) -> None:
         self._ledger = ledger
         self._signer = signer
         self._ttl = ttl

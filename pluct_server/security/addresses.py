@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from functools import lru_cache
 from urllib.parse import unquote
+
+from pluct_server.values.addresses import parse_address
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 UNKNOWN = "-"
@@ -23,18 +24,11 @@ def peer_host(peer: str) -> str:
     return "local" if kind.startswith("unix") else UNKNOWN
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
-
-
 def is_trusted(text: str, proxies: Sequence[Network]) -> bool:
     """Tell whether the address `text` is one of the trusted proxies."""
     if not proxies:
         return False
-    address = _address(text)
+    address = parse_address(text)
     return address is not None and any(address in network for network in proxies)
 
 
@@ -49,16 +43,6 @@ def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Netwo
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not is_trusted(hop, proxies):
-            address = _address(hop)
+            address = parse_address(hop)
             return str(address) if address is not None else UNKNOWN
     return hops[0] if hops else peer
-
-
-# Asked on every call (the blocked-address check, the limits): parsing costs ~4 us, a hit 0.1.
-@lru_cache(maxsize=4096)
-def limit_subject(address: str) -> str:
-    """Return what limits count an address as: IPv6 by its /64, which one customer holds whole."""
-    parsed = _address(address)
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
-    return address

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from pluct_server.security.addresses import limit_subject
+from pluct_server.values.addresses import limit_subject
 
 T = TypeVar("T")
 

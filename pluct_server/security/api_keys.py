@@ -8,9 +8,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pluct.admin.v1 import admin_service_pb2 as admin_pb
-
-from pluct_server.api.grpc.field_rules import is_valid
 from pluct_server.domain.errors import InvalidArgument, NotFound, PermissionDenied
 from pluct_server.domain.pagination import (
     clamp_page_size,
@@ -18,9 +15,10 @@ from pluct_server.domain.pagination import (
     encode_page_token,
     time_and_name_position,
 )
-from pluct_server.security.callers import Caller, check_scopes
-from pluct_server.security.key_secrets import hash_secret, key_id_of, new_secret
+from pluct_server.security.callers import check_scopes
+from pluct_server.security.key_secrets import hash_secret, is_key_id, key_id_of, new_secret
 from pluct_server.store.api_key_store import ApiKeyStore
+from pluct_server.values.callers import Caller
 from pluct_server.values.records import ApiKeyRecord
 
 _LOGGER = logging.getLogger(__name__)
@@ -89,9 +87,7 @@ class ApiKeys:
         """Return one page of keys, newest first, revoked ones included."""
         size = clamp_page_size(page_size, *KEYS_PAGE)
         position = decode_page_token(page_token, "api_keys", None)
-        after = time_and_name_position(
-            position, lambda key_id: is_valid(admin_pb.RevokeApiKeyRequest(key_id=key_id))
-        )
+        after = time_and_name_position(position, is_key_id)
         rows = await self._store.page(size + 1, after)
         token = ""
         if len(rows) > size:

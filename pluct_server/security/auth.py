@@ -19,19 +19,20 @@ from pluct_server.domain.errors import (
     Unauthenticated,
 )
 from pluct_server.observability.logs import Sampled
-from pluct_server.security.addresses import limit_subject
 from pluct_server.security.api_keys import ApiKeys
-from pluct_server.security.callers import (
+from pluct_server.security.callers import AccessRule
+from pluct_server.security.key_secrets import key_id_of
+from pluct_server.security.limits import Limiter
+from pluct_server.values.addresses import limit_subject
+from pluct_server.values.callers import (
     ADMIN,
     ADMIN_SECRET_ID,
     ANONYMOUS_ID,
     PAYMENTS,
     WEBHOOK_ID,
-    AccessRule,
     Caller,
 )
-from pluct_server.security.key_secrets import key_id_of
-from pluct_server.security.limits import AUTH_FAILURE, Limiter
+from pluct_server.values.charges import AUTH_FAILURE
 
 _LOGGER = logging.getLogger(__name__)
 

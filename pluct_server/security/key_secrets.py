@@ -9,6 +9,7 @@ import secrets
 SECRET_PREFIX = "pluct_"
 # pluct_<key id: 16 hex digits>_<43 url-safe characters: 256 random bits>
 _SECRET = re.compile(r"pluct_([0-9a-f]{16})_[A-Za-z0-9_-]{43}\Z")
+_KEY_ID = re.compile(r"[0-9a-f]{16}\Z")
 
 
 def new_secret() -> tuple[str, str]:
@@ -21,6 +22,11 @@ def key_id_of(secret: str) -> str | None:
     """Return the key id a secret names, or None when it is not shaped like one of our secrets."""
     match = _SECRET.match(secret)
     return None if match is None else match[1]
+
+
+def is_key_id(text: str) -> bool:
+    """Tell whether `text` is shaped like a key id (16 hex digits)."""
+    return _KEY_ID.match(text) is not None
 
 
 def hash_secret(secret: str) -> bytes:

@@ -3,49 +3,23 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pluct_server.domain.errors import RateLimited, Unavailable
-from pluct_server.security.addresses import limit_subject
 from pluct_server.store.limit_store import LimitStore
+from pluct_server.values.addresses import limit_subject
+from pluct_server.values.charges import (
+    ADDRESS_BUCKETS,
+    AUTH_FAILURE,
+    HTTP,
+    SIGNUP,
+    VEND,
+    Charge,
+    retry_after_seconds,
+)
 from pluct_server.values.settings import Rate
 
 _LOGGER = logging.getLogger(__name__)
-
-# Bucket names, stored with every counter; a subject is a user id or a client address.
-VEND = "vend"
-HTTP = "http"
-SIGNUP = "signup"
-AUTH_FAILURE = "auth-failure"
-# Buckets counted per client address rather than per user.
-_ADDRESS_BUCKETS = frozenset({HTTP, SIGNUP, AUTH_FAILURE})
-
-
-@dataclass(frozen=True, order=True)
-class Charge:
-    """One event counted against one limit (GCRA: one `step` of a `period`-long allowance)."""
-
-    subject: str
-    bucket: str
-    rate: Rate
-
-    @property
-    def step_seconds(self) -> float:
-        """Return the time one event uses up: the period divided by the count."""
-        return self.rate.period_seconds / self.rate.count
-
-    @property
-    def tolerance_seconds(self) -> float:
-        """Return how far ahead of now the allowance may be spent: a full period minus one step."""
-        return self.rate.period_seconds - self.step_seconds
-
-
-def retry_after_seconds(charges: Sequence[Charge]) -> int:
-    """Return when a refused caller may try again: one step of the slowest limit, rounded up."""
-    # GCRA refuses only while the next step is less than a step away, so this is an upper bound.
-    return max(1, math.ceil(max((charge.step_seconds for charge in charges), default=1.0)))
 
 
 class Limiter:
@@ -68,7 +42,7 @@ class Limiter:
         rate = self._rates[bucket]
         if rate.off:
             return None
-        if bucket in _ADDRESS_BUCKETS:
+        if bucket in ADDRESS_BUCKETS:
             subject = limit_subject(subject)
         return Charge(subject, bucket, rate)
 

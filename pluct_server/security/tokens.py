@@ -430,10 +430,6 @@ class TokenKeys:
         return _Vetted(claims.get("jti") or "", subject, issued_at, exp, verdict)
 
 
-# The name the rest of the engine knew before key rotation; TokenSigner(secret) still means HS256.
-TokenSigner = TokenKeys
-
-
 def generate_ed25519_key(keys_dir: Path, kid: str) -> Path:
     """Write a new Ed25519 private key to `keys_dir/<kid>.pem`, readable by its owner only."""
     _check_kid(kid)

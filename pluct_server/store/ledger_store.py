@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from pluct_server.domain.user_turns import UserTurns
 from pluct_server.store.database import Database, RateLimitExceeded, UniqueViolation
 from pluct_server.store.spend_batch import LIMITED, TAKEN, SpendBatcher, SpendRequest
 from pluct_server.values.records import (
@@ -22,7 +21,7 @@ from pluct_server.values.records import (
 )
 
 if TYPE_CHECKING:
-    from pluct_server.security.limits import Charge
+    from pluct_server.values.charges import Charge
 
 
 class UserExists(Exception):
@@ -36,13 +35,6 @@ class RequestKeyTaken(Exception):
 class PaymentEventTaken(Exception):
     """The payment event id was credited before, by this payment or another one."""
 
-
-# Credit statements for one user that one worker runs at once. Measured with two workers and
-# credits to one user (make bench's AddCredits): unbounded, 1,516-1,593/s at 8 in flight fell
-# to 617-767/s at 64 and 256 (p99 0.3-0.9 s). One turn gave 1,363-1,459/s throughout (each
-# hand-off of the row then costs a round trip), two 1,468-1,579/s, four 1,584-1,600/s at 8
-# and 1,641-1,683/s at 64 and 256.
-CREDITS_AT_ONCE_PER_USER = 4
 
 # The constraints whose violation the domain needs to tell apart.
 _USER_EXISTS = "users_pkey"
@@ -217,8 +209,6 @@ class LedgerStore:
     def __init__(self, database: Database, spends: SpendBatcher | None = None) -> None:
         self._db = database
         self._spends = spends or SpendBatcher(database)
-        # Credits to one user take turns here (spends have their batches instead).
-        self._credit_turns = UserTurns(CREDITS_AT_ONCE_PER_USER, database.connect_timeout)
 
     async def create_user(
         self, user_id: str, initial_credits: int, reason: str, key: RequestKey | None
@@ -291,10 +281,9 @@ class LedgerStore:
         )
 
     async def _credit(self, statement: str, user_id: str, *arguments: object) -> int:
-        """Run a credit statement in the user's turn; return the balance after it."""
+        """Run a credit statement; return the balance after it."""
         try:
-            async with self._credit_turns.turn(user_id):
-                row = await self._db.fetchrow(statement, user_id, *arguments, writes=True)
+            row = await self._db.fetchrow(statement, user_id, *arguments, writes=True)
         except UniqueViolation as exc:
             raise _taken(exc) from exc
         assert row is not None

@@ -21,7 +21,7 @@ from pluct_server.values.records import RequestKey, TokenClaims
 from pluct_server.values.settings import Settings
 
 if TYPE_CHECKING:
-    from pluct_server.security.limits import Charge
+    from pluct_server.values.charges import Charge
 
 SPENT = "spent"
 INSUFFICIENT = "insufficient"

@@ -17,6 +17,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from pluct import _validate_rules  # noqa: F401  (registers buf/validate/validate.proto)
+from pluct.credit.v1 import credit_service_pb2 as credit_pb
 
 from pluct_server.domain.errors import FieldViolation, InvalidArgument
 
@@ -80,6 +81,11 @@ def is_valid(request: Message) -> bool:
     except InvalidArgument:
         return False
     return True
+
+
+def is_user_id(text: str) -> bool:
+    """Tell whether `text` is a valid user id, by the rules on the protos' user_id fields."""
+    return is_valid(credit_pb.GetBalanceRequest(user_id=text))
 
 
 def rules_of(field: FieldDescriptor) -> Any:

@@ -50,14 +50,10 @@ from pluct_server.observability.metrics import (
 from pluct_server.security.addresses import Network
 from pluct_server.security.admission import ArrivalDeadlines, RequestTimedOut, Shares
 from pluct_server.security.auth import Authenticator
-from pluct_server.security.callers import (
-    ADMIN,
-    ANONYMOUS_ID,
-    AccessRule,
-    Caller,
-    set_current_caller,
-)
-from pluct_server.security.limits import HTTP, Limiter
+from pluct_server.security.callers import AccessRule, set_current_caller
+from pluct_server.security.limits import Limiter
+from pluct_server.values.callers import ADMIN, ANONYMOUS_ID, Caller
+from pluct_server.values.charges import HTTP
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -64,17 +64,18 @@ from pluct_server.security.auth import (
     Authenticator,
     Presented,
 )
-from pluct_server.security.callers import (
+from pluct_server.security.callers import AccessRule
+from pluct_server.security.limits import Limiter
+from pluct_server.security.webhooks import SIGNATURE_HEADER
+from pluct_server.values.callers import (
     ADMIN,
     ANONYMOUS_ID,
     METRICS_READ,
     PAYMENTS,
     WEBHOOK_ID,
-    AccessRule,
     Caller,
 )
-from pluct_server.security.limits import HTTP, Limiter
-from pluct_server.security.webhooks import SIGNATURE_HEADER
+from pluct_server.values.charges import HTTP
 from pluct_server.values.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)

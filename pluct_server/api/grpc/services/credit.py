@@ -9,7 +9,8 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 from pluct_server.api.grpc.services.convert import timestamp_now, transaction_message
 from pluct_server.domain.errors import InvalidArgument
 from pluct_server.domain.ledger import Ledger
-from pluct_server.security.callers import Caller, current_caller
+from pluct_server.security.callers import current_caller
+from pluct_server.values.callers import Caller
 
 
 class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ignore[misc]

@@ -9,13 +9,13 @@ from pluct.token.v1 import token_service_pb2_grpc
 from pluct_server.api.grpc.services.convert import timestamp
 from pluct_server.domain.vending import TokenVendor
 from pluct_server.security.callers import current_caller
-from pluct_server.security.tokens import TokenSigner
+from pluct_server.security.tokens import TokenKeys
 
 
 class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
     """Serves pluct.token.v1.TokenService."""
 
-    def __init__(self, vendor: TokenVendor, signer: TokenSigner) -> None:
+    def __init__(self, vendor: TokenVendor, signer: TokenKeys) -> None:
         self._vendor = vendor
         self._signer = signer
 
