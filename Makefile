@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt p
 
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help run migrate audit test check check-deploy check-generated-ts generate-ts lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools chaos fuzz clean
+.PHONY: help run migrate audit test check layers check-deploy check-generated-ts generate-ts lint format typecheck lint-proto breaking generate check-generated bench bench-smoke bench-tools chaos fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ audit: $(STAMP) ## Check every balance against its ledger (exit 1, and who, when
 test: $(STAMP) ## Run the whole test suite against a real PostgreSQL and real servers.
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-check: lint typecheck lint-proto check-generated check-generated-ts check-deploy ## Every static check CI runs.
+check: lint typecheck layers lint-proto check-generated check-generated-ts check-deploy ## Every static check CI runs.
 
 lint: $(STAMP) ## ruff lint and format check.
 	$(BIN)/ruff check .
@@ -46,6 +46,9 @@ format: $(STAMP) ## Apply ruff's formatting and safe fixes.
 
 typecheck: $(STAMP) ## mypy on hand-written code.
 	$(BIN)/mypy pluct_server tests clients/pluct_client chaos
+
+layers: $(STAMP) ## import-linter: each layer imports only the layers below it (contracts: pyproject.toml).
+	$(BIN)/lint-imports --no-cache
 
 # A descriptor image of protos/ and every import, made by the stubs' own protoc run (imports come
 # from installed packages: googleapis-common-protos, grpcio-tools, protovalidate).

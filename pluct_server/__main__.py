@@ -18,13 +18,13 @@ from pluct_server.app.dev_secrets import with_dev_secrets
 from pluct_server.app.server import wait_and_migrate
 from pluct_server.app.tls import grpc_channel_credentials
 from pluct_server.domain.audit import audit
-from pluct_server.domain.errors import Unavailable
 from pluct_server.observability.logs import setup_logging
 from pluct_server.runtime.embedded_postgres import EmbeddedPostgres
 from pluct_server.runtime.listen_addresses import AddressUnavailable, claim_addresses
 from pluct_server.runtime.supervisor import Supervisor
 from pluct_server.store.audit_store import AuditStore
 from pluct_server.store.database import Database
+from pluct_server.store.errors import DatabaseUnavailable
 from pluct_server.store.grants import DEV_SERVING_ROLE, ensure_login_role
 from pluct_server.values.settings import (
     ConfigError,
@@ -94,7 +94,7 @@ def _failures_told(step: Callable[[], int]) -> int:
     except RuntimeError as error:
         _LOGGER.error("%s", error)
         return 1
-    except Unavailable:
+    except DatabaseUnavailable:
         _LOGGER.error("the database could not be reached; nothing was started")
         return 1
 

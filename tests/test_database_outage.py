@@ -96,13 +96,13 @@ async def _outage_and_recovery(own_postgres, channel: grpc.aio.Channel) -> None:
 async def test_start_gives_up_with_unavailable_when_database_stays_down(own_postgres, tmp_path):
     """Start-up waits for the database a while, then fails instead of serving without a schema."""
     from pluct_server.app.server import PluctServer, wait_and_migrate
-    from pluct_server.domain.errors import Unavailable
+    from pluct_server.store.errors import DatabaseUnavailable
 
     await asyncio.to_thread(own_postgres.stop)
     server = PluctServer(settings_for_test(tmp_path), own_postgres.dsn)
     await server.database.open()
     try:
-        with pytest.raises(Unavailable):
+        with pytest.raises(DatabaseUnavailable):
             await wait_and_migrate(server.database, wait_seconds=0.5)
     finally:
         await server.database.close()

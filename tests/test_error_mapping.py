@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from pluct_server.api.grpc.status import grpc_code
 from pluct_server.domain import errors
 
 EXPECTED = [
@@ -16,6 +17,7 @@ EXPECTED = [
     (errors.PaymentEventReused(), grpc.StatusCode.ALREADY_EXISTS),
     (errors.InsufficientCredits(), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable(), grpc.StatusCode.UNAVAILABLE),
+    (errors.UserBusy(), grpc.StatusCode.UNAVAILABLE),
     (errors.PermissionDenied("key lacks admin"), grpc.StatusCode.PERMISSION_DENIED),
     (errors.RateLimited(3), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.TooManyAtOnce(), grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -37,7 +39,7 @@ def all_error_classes(root: type[errors.DomainError]) -> set[type[errors.DomainE
 
 @pytest.mark.parametrize(("error", "code"), EXPECTED, ids=lambda v: type(v).__name__)
 def test_domain_error_maps_to_its_status(error, code):
-    assert error.code == code
+    assert grpc_code(error) == code
     assert error.reason and error.reason.isupper()
 
 

@@ -24,6 +24,7 @@ EXPECTED = [
     (errors.PaymentEventReused(), 409, "Payment event already used"),
     (errors.InsufficientCredits(), 403, "Insufficient credits"),
     (errors.Unavailable(), 503, None),
+    (errors.UserBusy(), 503, None),
     (errors.PermissionDenied("this API key lacks the 'admin' scope"), 403, None),
     (errors.RateLimited(3), 429, "Too many requests"),
     (errors.TooManyAtOnce(), 429, "Too many requests"),

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from pluct_server.domain.errors import Unavailable
+from pluct_server.store.errors import StoreFailure
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Maintenance:
         for job in jobs:
             try:
                 await job()
-            except Unavailable:
+            except StoreFailure:
                 return  # the health monitor reports outages; the next round tries again
             except Exception:
                 _LOGGER.exception("background upkeep failed")

@@ -26,7 +26,6 @@ from pluct_server.api.http import Gateway, Guards, HttpLimits
 from pluct_server.app.health import HealthMonitor
 from pluct_server.app.maintenance import Maintenance
 from pluct_server.app.tls import grpc_server_credentials, http_ssl_context
-from pluct_server.domain.errors import Unavailable
 from pluct_server.domain.ledger import Ledger
 from pluct_server.domain.vending import TokenVendor
 from pluct_server.observability.metrics import flush_counts
@@ -40,6 +39,7 @@ from pluct_server.security.tokens import TokenKeys
 from pluct_server.store.api_key_store import ApiKeyStore
 from pluct_server.store.audit_store import AuditStore
 from pluct_server.store.database import Database
+from pluct_server.store.errors import DatabaseUnavailable
 from pluct_server.store.grants import grant_serving_role
 from pluct_server.store.ledger_store import LedgerStore
 from pluct_server.store.limit_store import LimitStore
@@ -101,7 +101,7 @@ async def _retrying(step: Callable[[], Awaitable[None]], wait_seconds: float) ->
         try:
             await step()
             return
-        except Unavailable:
+        except DatabaseUnavailable:
             if time.monotonic() + delay > deadline:
                 raise
             _LOGGER.info("database not reachable yet; retrying in %.1fs", delay)

@@ -1,11 +1,15 @@
-"""Domain errors, each knowing the gRPC status code it is reported with."""
+"""Domain errors: what went wrong, said for the caller, with a machine-readable reason.
+
+They carry no transport status: each door says which status an error is reported with
+(api/grpc/status.py for gRPC, and from it the shim's HTTP table).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
+from pluct_server.store.errors import StoreFailure, WriteOutcomeUnknown
 
 ERROR_DOMAIN = "pluct.engine"
 
@@ -13,7 +17,6 @@ ERROR_DOMAIN = "pluct.engine"
 class DomainError(Exception):
     """A failure the caller should hear about, with a message safe to show them."""
 
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     reason: str = "UNKNOWN"
 
     def __init__(self, message: str, *, reason: str | None = None, **metadata: str) -> None:
@@ -36,7 +39,6 @@ class FieldViolation:
 class InvalidArgument(DomainError):
     """A request field is missing, malformed or out of range."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, message: str, violations: Sequence[FieldViolation] = ()) -> None:
@@ -54,7 +56,6 @@ class InvalidArgument(DomainError):
 class RequestIdReused(DomainError):
     """A request_id came back with parameters other than those it was first used with."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "REQUEST_ID_REUSED"
 
     def __init__(self) -> None:
@@ -67,28 +68,24 @@ class RequestIdReused(DomainError):
 class Unauthenticated(DomainError):
     """The caller did not present the secret this call needs."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
 
 
 class MalformedCredentials(DomainError):
     """The caller presented credentials in a shape we cannot read."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "MALFORMED_CREDENTIALS"
 
 
 class AlreadyExists(DomainError):
     """The thing to create exists already."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
     reason = "ALREADY_EXISTS"
 
 
 class PaymentEventReused(DomainError):
     """A payment event id came back naming another user or amount than it was credited with."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
     reason = "PAYMENT_EVENT_REUSED"
 
     def __init__(self) -> None:
@@ -102,7 +99,6 @@ class PaymentEventReused(DomainError):
 class InsufficientCredits(DomainError):
     """The user's balance cannot pay for the request."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "INSUFFICIENT_CREDITS"
 
     def __init__(self) -> None:
@@ -112,7 +108,6 @@ class InsufficientCredits(DomainError):
 class Unavailable(DomainError):
     """The database cannot be reached; the call may succeed if retried later."""
 
-    code = grpc.StatusCode.UNAVAILABLE
     reason = "DATABASE_UNAVAILABLE"
 
     def __init__(self) -> None:
@@ -122,7 +117,6 @@ class Unavailable(DomainError):
 class UserBusy(DomainError):
     """So many credits for one user wait in this worker that this one waited its longest."""
 
-    code = grpc.StatusCode.UNAVAILABLE
     reason = "USER_BUSY"
 
     def __init__(self) -> None:
@@ -132,14 +126,12 @@ class UserBusy(DomainError):
 class PermissionDenied(DomainError):
     """The caller is known, but its key lacks the scope this call needs."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
     reason = "MISSING_SCOPE"
 
 
 class RateLimited(DomainError):
     """A configured limit is spent; nothing was changed, and the caller may retry later."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RATE_LIMITED"
 
     def __init__(self, retry_after_seconds: int) -> None:
@@ -150,14 +142,12 @@ class RateLimited(DomainError):
 class NotFound(DomainError):
     """The thing named does not exist."""
 
-    code = grpc.StatusCode.NOT_FOUND
     reason = "NOT_FOUND"
 
 
 class ReplayedTokenExpired(DomainError):
     """A vend was retried with its request id after the token it bought had expired."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "REPLAYED_TOKEN_EXPIRED"
 
     def __init__(self) -> None:
@@ -171,7 +161,6 @@ class ReplayedTokenExpired(DomainError):
 class OutcomeUnknown(DomainError):
     """A write reached the database, and then the connection failed: it may have committed."""
 
-    code = grpc.StatusCode.ABORTED
     reason = "OUTCOME_UNKNOWN"
 
     def __init__(self) -> None:
@@ -183,8 +172,6 @@ class OutcomeUnknown(DomainError):
 
 class OutcomeUnknownAfterTimeout(OutcomeUnknown):
     """A write reached the database and took too long: it may yet have committed."""
-
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class TooManyAtOnce(RateLimited):
@@ -208,8 +195,14 @@ class Overloaded(RateLimited):
 class RequestTimeout(DomainError):
     """A call's request did not arrive whole within the read timeout; nothing was done."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "REQUEST_TIMEOUT"
 
     def __init__(self, seconds: float) -> None:
         super().__init__(f"the request did not arrive within {seconds:g} s")
+
+
+def from_store(failure: StoreFailure) -> DomainError:
+    """Say what a failure the store reports means to a caller."""
+    if isinstance(failure, WriteOutcomeUnknown):
+        return OutcomeUnknownAfterTimeout() if failure.timed_out else OutcomeUnknown()
+    return Unavailable()  # nothing went out: retrying later is all there is to it

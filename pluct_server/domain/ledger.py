@@ -29,7 +29,7 @@ from pluct_server.domain.pagination import (
 )
 from pluct_server.domain.user_turns import UserTurns
 from pluct_server.observability.metrics import CREDITS_GRANTED
-from pluct_server.store.database import RateLimitExceeded
+from pluct_server.store.errors import RateLimitExceeded
 from pluct_server.store.ledger_store import (
     LedgerStore,
     PaymentEventTaken,

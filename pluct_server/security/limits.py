@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pluct_server.domain.errors import RateLimited, Unavailable
+from pluct_server.domain.errors import RateLimited
+from pluct_server.store.errors import DatabaseUnavailable
 from pluct_server.store.limit_store import LimitStore
 from pluct_server.values.addresses import limit_subject
 from pluct_server.values.charges import (
@@ -58,7 +59,7 @@ class Limiter:
             return
         try:
             admitted = await self._store.charge(charges)
-        except Unavailable:
+        except DatabaseUnavailable:
             # Fail open: a call that needs the database fails on its own, and one that does not
             # (validating a token) should keep working through an outage.
             _LOGGER.warning("rate limits not checked: the database is unavailable")

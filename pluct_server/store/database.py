@@ -1,4 +1,4 @@
-"""The asyncpg pool, and the one place where driver exceptions become domain errors."""
+"""The asyncpg pool, and the one place where driver exceptions become the store's own."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from pluct_server.domain.errors import OutcomeUnknown, OutcomeUnknownAfterTimeout, Unavailable
 from pluct_server.observability.metrics import (
     DB_POOL_CONNECTIONS,
     DB_POOL_IN_USE,
     DB_POOL_WAITS,
     count_of,
+)
+from pluct_server.store.errors import (
+    DatabaseUnavailable,
+    RateLimitExceeded,
+    StoreFailure,
+    UniqueViolation,
+    WriteOutcomeUnknown,
 )
 from pluct_server.values.settings import Settings
 
@@ -49,18 +55,6 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 # Raised by pluct_rate_limited() (migration 0003) to undo a statement whose limit is spent.
 RATE_LIMIT_SQLSTATE = "PL429"
-
-
-class RateLimitExceeded(Exception):
-    """A statement charged a rate limit that was spent, and was undone."""
-
-
-class UniqueViolation(Exception):
-    """A unique constraint refused a row; `constraint` names which one."""
-
-    def __init__(self, constraint: str) -> None:
-        super().__init__(constraint)
-        self.constraint = constraint
 
 
 class Database:
@@ -113,7 +107,7 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """Lend a pooled connection, translating driver failures into domain errors."""
+        """Lend a pooled connection, translating driver failures into the store's own."""
         try:
             async with self._acquire() as conn:
                 yield conn
@@ -172,9 +166,9 @@ class Database:
             self._reraise(exc, sent)
 
     def _reraise(self, exc: Exception, write_sent: bool = False) -> NoReturn:
-        """Raise what a driver failure means to the domain, telling on_outage of an outage."""
+        """Raise what a driver failure was, in the store's terms, telling on_outage of an outage."""
         translated = _translated(exc, write_sent)
-        if isinstance(translated, Unavailable | OutcomeUnknown):
+        if isinstance(translated, StoreFailure):
             _LOGGER.warning("database unavailable at %s: %s", self._where, type(exc).__name__)
             if self.on_outage is not None:
                 self.on_outage()
@@ -188,21 +182,19 @@ class Database:
             # Waiting for a pooled connection counts too: a busy pool must not hold the answer.
             async with asyncio.timeout(timeout), self.connection() as conn:
                 await conn.fetchval("SELECT 1")
-        except (Unavailable, TimeoutError):
+        except (DatabaseUnavailable, TimeoutError):
             return False
         return True
 
 
 def _translated(exc: Exception, write_sent: bool = False) -> Exception:
-    """Return what a driver failure means to the domain (the exception itself if nothing)."""
+    """Return what a driver failure was, in the store's terms (the exception itself if nothing)."""
     if isinstance(exc, asyncpg.UniqueViolationError):
         return UniqueViolation(exc.constraint_name or "")
     if isinstance(exc, _UNAVAILABLE_ERRORS):
         if not write_sent or _refused_before_sending(exc):
-            return Unavailable()  # nothing went out: retrying later is all there is to it
-        if isinstance(exc, TimeoutError):
-            return OutcomeUnknownAfterTimeout()
-        return OutcomeUnknown()
+            return DatabaseUnavailable()  # nothing went out
+        return WriteOutcomeUnknown(timed_out=isinstance(exc, TimeoutError))
     if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == RATE_LIMIT_SQLSTATE:
         return RateLimitExceeded()
     return exc

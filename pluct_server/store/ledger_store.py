@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from pluct_server.store.database import Database, RateLimitExceeded, UniqueViolation
+from pluct_server.store.database import Database
+from pluct_server.store.errors import RateLimitExceeded, UniqueViolation
 from pluct_server.store.spend_batch import LIMITED, TAKEN, SpendBatcher, SpendRequest
 from pluct_server.values.records import (
     EntryType,

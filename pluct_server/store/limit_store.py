@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from pluct_server.store.database import Database, RateLimitExceeded
+from pluct_server.store.database import Database
+from pluct_server.store.errors import RateLimitExceeded
 
 
 class Charge(Protocol):

@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from pluct_server.api.grpc.field_rules import check_fields, user_id_of
 from pluct_server.api.grpc.origin import call_origin
+from pluct_server.api.grpc.status import grpc_code, refusal
 from pluct_server.domain.errors import (
     ERROR_DOMAIN,
     DomainError,
@@ -52,6 +53,7 @@ from pluct_server.security.admission import ArrivalDeadlines, RequestTimedOut, S
 from pluct_server.security.auth import Authenticator
 from pluct_server.security.callers import AccessRule, set_current_caller
 from pluct_server.security.limits import Limiter
+from pluct_server.store.errors import StoreFailure
 from pluct_server.values.callers import ADMIN, ANONYMOUS_ID, Caller
 from pluct_server.values.charges import HTTP
 
@@ -155,7 +157,9 @@ def status_details(error: DomainError) -> bytes:
             )
         )
         details.append(retry)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    status = status_pb2.Status(
+        code=grpc_code(error).value[0], message=error.message, details=details
+    )
     return bytes(status.SerializeToString())
 
 
@@ -164,7 +168,7 @@ def _field_violations(error: DomainError) -> tuple[FieldViolation, ...]:
     if isinstance(error, InvalidArgument):
         return error.violations
     field = error.metadata.get("field")
-    if error.code == grpc.StatusCode.INVALID_ARGUMENT and field:
+    if grpc_code(error) == grpc.StatusCode.INVALID_ARGUMENT and field:
         return (FieldViolation(field, error.message),)
     return ()
 
@@ -378,11 +382,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         caller.address,
                     )
                 return await behavior(request, context)
-            except DomainError as error:
-                note_code(error.code.name)
+            except (DomainError, StoreFailure) as failure:
+                error = refusal(failure)
+                code = grpc_code(error)
+                note_code(code.name)
                 count_of(REFUSALS, method, error.reason).inc()
                 await context.abort(
-                    error.code,
+                    code,
                     error.message,
                     trailing_metadata=(
                         (STATUS_DETAILS_KEY, status_details(error)),
@@ -473,7 +479,9 @@ async def _refuse(context: grpc.aio.ServicerContext, method: str, error: DomainE
     """End a call that is not ours to guard (health, reflection) with a domain error's status."""
     count_of(REFUSALS, method, error.reason).inc()
     await context.abort(
-        error.code, error.message, trailing_metadata=((STATUS_DETAILS_KEY, status_details(error)),)
+        grpc_code(error),
+        error.message,
+        trailing_metadata=((STATUS_DETAILS_KEY, status_details(error)),),
     )
 
 

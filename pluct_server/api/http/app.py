@@ -67,6 +67,7 @@ from pluct_server.security.auth import (
 from pluct_server.security.callers import AccessRule
 from pluct_server.security.limits import Limiter
 from pluct_server.security.webhooks import SIGNATURE_HEADER
+from pluct_server.store.errors import StoreFailure
 from pluct_server.values.callers import (
     ADMIN,
     ANONYMOUS_ID,
@@ -430,21 +431,21 @@ class ShimHandler:
             return await self._guards.authenticator.identify(
                 method, presented, address, via_http=True, payments=payments
             )
-        except DomainError as error:
-            raise CallError.from_domain(error) from None
+        except (DomainError, StoreFailure) as failure:
+            raise CallError.from_domain(failure) from None
 
     def _authorize(self, method: str, rule: AccessRule, caller: Caller) -> None:
         try:
             self._guards.authenticator.authorize(method, rule, caller)
-        except DomainError as error:
-            raise CallError.from_domain(error) from None
+        except (DomainError, StoreFailure) as failure:
+            raise CallError.from_domain(failure) from None
 
     async def _charge_address(self, address: str) -> None:
         limiter = self._guards.limiter
         try:
             await limiter.charge(limiter.charges((HTTP, address)))
-        except DomainError as error:
-            raise CallError.from_domain(error) from None
+        except (DomainError, StoreFailure) as failure:
+            raise CallError.from_domain(failure) from None
 
     async def _check_signature_time(self, method: str, header: str, address: str) -> None:
         try:

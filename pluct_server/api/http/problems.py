@@ -9,9 +9,11 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from pluct_server.api.grpc.interceptor import STATUS_DETAILS_KEY
+from pluct_server.api.grpc.status import grpc_code, refusal
 from pluct_server.api.http.legacy import LegacyProfile
 from pluct_server.api.http.status import BEARER_CHALLENGE, http_status
 from pluct_server.domain.errors import ERROR_DOMAIN, DomainError
+from pluct_server.store.errors import StoreFailure
 
 # What to say when the failure did not come from our own services (a dead channel, a deadline):
 # transport details such as socket paths are not for callers.
@@ -49,9 +51,10 @@ class CallError(Exception):
         )
 
     @classmethod
-    def from_domain(cls, error: DomainError) -> CallError:
-        """Return a domain error raised in the shim's process (the pre-body secret check)."""
-        return cls(error.code, error.message, error.reason, error.metadata)
+    def from_domain(cls, failure: DomainError | StoreFailure) -> CallError:
+        """Return a refusal raised in the shim's process (the pre-body secret check, say)."""
+        error = refusal(failure)
+        return cls(grpc_code(error), error.message, error.reason, error.metadata)
 
     @classmethod
     def from_status(
