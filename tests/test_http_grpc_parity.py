@@ -156,3 +156,36 @@ async def test_the_same_failure_has_the_same_reason_both_ways(
 
     assert reply.body["reason"] == reason, operation
     assert reply.status == http_status(raised.value.code(), reason), operation
+
+
+async def test_an_http_request_has_its_caller_checked_once(server, http, monkeypatch):
+    from tests.http_support import ADMIN_HEADERS, call
+
+    assert server.guards is not None
+    authenticator = server.guards.authenticator
+    seen: list[str] = []
+    identify, authorize = authenticator.identify, authenticator.authorize
+
+    async def counted_identify(method, *args, **kwargs):
+        seen.append(f"identify {method}")
+        return await identify(method, *args, **kwargs)
+
+    def counted_authorize(method, *args, **kwargs):
+        seen.append(f"authorize {method}")
+        return authorize(method, *args, **kwargs)
+
+    monkeypatch.setattr(authenticator, "identify", counted_identify)
+    monkeypatch.setattr(authenticator, "authorize", counted_authorize)
+    user = new_user_id("once")
+    granted = await call(
+        http,
+        "POST",
+        "/admin/credits/add",
+        json_body={"userId": user, "amount": 2},
+        headers=ADMIN_HEADERS,
+    )
+
+    assert granted.status == 200
+    grant = "/pluct.admin.v1.AdminService/AddCredits"
+    # Once by the shim: the RPC it calls in-process trusts the caller it hands over.
+    assert seen == ["identify /admin", f"authorize {grant}"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -238,13 +237,11 @@ class PluctServer:
         _LOGGER.info("tokens signed with %s, active kid %s", signer.algorithm, signer.active_kid)
         vendor = TokenVendor(ledger, signer, settings.token_ttl)
         rules = access_rules(SERVICES)
-        gateway_token = secrets.token_urlsafe(32)
 
         interceptor = ServiceInterceptor(
             authenticator,
             rules,
             limiter=limiter,
-            gateway_token=gateway_token,
             trusted_proxies=settings.trusted_proxies,
             # Calls in flight are counted by the interceptor, not by gRPC's own limit: it knows
             # who is calling, so one address cannot fill what everyone shares.
@@ -284,7 +281,6 @@ class PluctServer:
             authenticator=authenticator,
             limiter=limiter,
             rules=rules,
-            gateway_token=gateway_token,
             webhook_secrets=settings.webhook_secrets,
             trusted_proxies=settings.trusted_proxies,
         )

@@ -49,17 +49,11 @@ class Presented:
 
     authorization: str | None = None
     webhook_secret: str | None = None
-    # The digest of a Pluct-Signature the HTTP shim, and only it, checked.
-    webhook_signature: str | None = None
 
     @property
     def any(self) -> bool:
         """Tell whether the call carried any credential at all."""
-        return (
-            self.authorization is not None
-            or self.webhook_secret is not None
-            or self.webhook_signature is not None
-        )
+        return self.authorization is not None or self.webhook_secret is not None
 
 
 def _same_secret(presented: str, expected: str) -> bool:
@@ -125,12 +119,9 @@ class Authenticator:
         held back: a 256-bit key or a 32-character secret is not guessed, and locking its
         owner out would hand the lock to whoever shares the address.
         """
-        # The credential the method is about wins: the payment route takes a checked signature,
-        # then x-webhook-secret as it always did, whatever else a caller's library sends along.
-        if presented.webhook_signature is not None:
-            return Caller(
-                WEBHOOK_ID, WEBHOOK_SCOPES, address, via_http, signature=presented.webhook_signature
-            )
+        # The credential the method is about wins: the payment route takes x-webhook-secret as
+        # it always did, whatever else a caller's library sends along. (A signed payment proves
+        # itself by its body, which only the shim reads: it makes that caller itself.)
         if presented.webhook_secret is not None and (payments or presented.authorization is None):
             return await self._webhook_caller(method, presented.webhook_secret, address, via_http)
         if presented.authorization is not None:

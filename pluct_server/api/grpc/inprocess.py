@@ -11,6 +11,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 from pluct_server.api.grpc.interceptor import Behavior, ServiceInterceptor
+from pluct_server.values.callers import Caller
 
 Metadata = Sequence[tuple[str, str]]
 
@@ -28,17 +29,18 @@ class CallAborted(Exception):
 
 
 class InProcessContext:
-    """What a guarded handler reads of its context, for a call made in this process."""
+    """What a guarded handler reads of its context, for a call the shim makes in this process."""
 
-    def __init__(self, metadata: Metadata) -> None:
-        self._metadata = metadata
+    def __init__(self, caller: Caller) -> None:
+        # Admitted by the shim already: the guard checks nobody twice.
+        self.caller = caller
 
     def invocation_metadata(self) -> Metadata:
-        """Return the call's metadata."""
-        return self._metadata
+        """Return the call's metadata: none, as the shim hands over its caller instead."""
+        return ()
 
     def peer(self) -> str:
-        """Return where the call came from: here (the shim vouches for the client in metadata)."""
+        """Return where the call came from: here."""
         return "in-process"
 
     async def abort(
@@ -68,9 +70,9 @@ class InProcessCalls:
                     request_class,
                 )
 
-    async def call(self, path: str, request: Message, metadata: Metadata) -> Message:
-        """Call the RPC at `path`; raise CallAborted with its status if it does not succeed."""
+    async def call(self, path: str, request: Message, caller: Caller) -> Message:
+        """Call the RPC at `path` as `caller`; raise CallAborted if it does not succeed."""
         guarded, _ = self._calls[path]
-        # Bytes, as the network would carry them: the guard decodes after the caller check.
-        response: Message = await guarded(request.SerializeToString(), InProcessContext(metadata))
+        # Bytes, as the network would carry them: the guard decodes them as it does those.
+        response: Message = await guarded(request.SerializeToString(), InProcessContext(caller))
         return response

@@ -7,7 +7,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -55,22 +55,22 @@ from pluct_server.security.callers import AccessRule, set_current_caller
 from pluct_server.security.limits import Limiter
 from pluct_server.store.errors import StoreFailure
 from pluct_server.values.callers import ADMIN, ANONYMOUS_ID, Caller
-from pluct_server.values.charges import HTTP
 
 _LOGGER = logging.getLogger(__name__)
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # Health's calls that probes make: bounded per address, but never refused for the total.
 _PROBES = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/List"})
-REQUEST_ID_KEYS = ("x-request-id", "idempotency-key")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Metadata = Sequence[tuple[str, str | bytes]]
 # A guarded call, handed the call's metadata and peer (which gRPC builds anew on each read), and
-# either the edge's gate (a call over the network, whose request it reads) or the request's bytes
-# (a call the shim makes in-process, having read and bounded it already).
+# either the edge's gate (a call over the network, whose caller it checks and whose request it
+# reads) or the request's bytes and its caller (a call the shim makes in-process, having
+# admitted, bounded and read it already).
 Admitted = Callable[
-    [grpc.aio.ServicerContext, Metadata, str, "CallGate | None", bytes], Awaitable[Any]
+    [grpc.aio.ServicerContext, Metadata, str, "CallGate | None", bytes, "Caller | None"],
+    Awaitable[Any],
 ]
 
 
@@ -182,14 +182,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         rules: dict[str, AccessRule],
         *,
         limiter: Limiter,
-        gateway_token: str,
         edge: EdgeLimits,
         trusted_proxies: Sequence[Network] = (),
     ) -> None:
         self._authenticator = authenticator
         self._rules = rules
         self._limiter = limiter
-        self._gateway_token = gateway_token
         self._trusted_proxies = tuple(trusted_proxies)
         self.gate = CallGate(edge)
         # One guarded handler per method, built on its first call rather than on every call.
@@ -231,7 +229,6 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _gated(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Wrap a handler that is not ours (health, reflection) in the edge's bounds alone."""
         gate = self.gate
-        token = self._gateway_token
         proxies = self._trusted_proxies
         decode = handler.request_deserializer or (lambda raw: raw)
         respond = handler.response_serializer
@@ -243,7 +240,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if not is_probe and gate.in_flight >= gate.limits.max_in_flight:
                 await _refuse(context, method, Overloaded())
             metadata = context.invocation_metadata() or ()
-            address = call_origin(metadata, context.peer(), token, proxies).address
+            address = call_origin(metadata, context.peer(), proxies).address
             taken = gate.anonymous.take(address, within_total=not is_probe)
             if taken is None:
                 await _refuse(context, method, TooManyAtOnce())
@@ -314,16 +311,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def guard(
         self, method: str, behavior: Behavior, deserialize: Callable[[bytes], Any]
     ) -> Behavior:
-        """Wrap one RPC's servicer method: caller check, then decoding, then errors to statuses.
+        """Wrap one RPC's servicer method for the shim: decoding, field rules, errors to statuses.
 
-        The HTTP shim calls this; gRPC calls get the same checks through intercept_service.
+        The shim calls it with a context that carries the caller it admitted (InProcessContext):
+        the caller is checked once per request, whichever door it came through.
         """
         admitted = self._admitted(method, behavior, deserialize)
 
-        async def guarded(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
-            metadata = context.invocation_metadata() or ()
-            # The shim bounds its own clients, and has read the request already.
-            return await admitted(context, metadata, context.peer(), None, raw_request)
+        async def guarded(raw_request: bytes, context: Any) -> Any:
+            return await admitted(context, (), "in-process", None, raw_request, context.caller)
 
         return guarded
 
@@ -334,7 +330,6 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         rule = self._rules[method]
         authenticator = self._authenticator
         limiter = self._limiter
-        token = self._gateway_token
         proxies = self._trusted_proxies
         is_admin_method = rule.scope == ADMIN
 
@@ -344,21 +339,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             peer: str,
             gate: CallGate | None,
             raw_request: bytes,
+            caller: Caller | None,
         ) -> Any:
             place = None
             try:
                 # This call is counted already (see observed): more than the most is too many.
                 if gate is not None and gate.in_flight > gate.limits.max_in_flight:
                     raise Overloaded()
-                origin = call_origin(metadata, peer, token, proxies)
-                caller = await authenticator.admit(
-                    method, rule, origin.presented, origin.address, via_http=origin.via_http
-                )
+                if caller is None:
+                    origin = call_origin(metadata, peer, proxies)
+                    caller = await authenticator.admit(
+                        method, rule, origin.presented, origin.address
+                    )
                 if gate is not None:
                     place = gate.admit(caller)
-                if origin.deferred_http_charge:
-                    charges = limiter.charges((HTTP, origin.address))
-                    caller = replace(caller, deferred_charges=charges)
                 set_current_caller(caller)
                 note_caller(caller.id)
                 try:
@@ -447,7 +441,7 @@ def observed(method: str, admitted: Admitted, gate: CallGate) -> Behavior:
         gate.in_flight += 1
         try:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
-            return await admitted(context, metadata, peer, gate, b"")
+            return await admitted(context, metadata, peer, gate, b"", None)
         except asyncio.CancelledError:
             record.code = grpc.StatusCode.CANCELLED.name
             raise

@@ -7,16 +7,17 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import Message
 from pluct.api.v1 import auth_pb2
 
-from pluct_server.api.grpc.origin import gateway_metadata
+from pluct_server.api.grpc.inprocess import CallAborted, InProcessCalls
 from pluct_server.api.http.describe import (
     DESCRIBE,
     HEALTH,
@@ -29,7 +30,6 @@ from pluct_server.api.http.describe import (
 )
 from pluct_server.api.http.legacy import LegacyProfile
 from pluct_server.api.http.problems import CallError, HttpProblem, to_problem
-from pluct_server.api.http.proxy import RpcProxy, forwarded_metadata
 from pluct_server.api.http.render import Renderer
 from pluct_server.api.http.routes import NoRoute, Route, Router, WrongMethod
 from pluct_server.api.http.transcode import (
@@ -43,7 +43,6 @@ from pluct_server.observability.access import (
     CURRENT_CALL,
     REQUEST_ID_HEADER,
     CallRecord,
-    current_request_id,
     log_access,
     request_id_from,
 )
@@ -157,7 +156,6 @@ class Guards:
     authenticator: Authenticator
     limiter: Limiter
     rules: Mapping[str, AccessRule]
-    gateway_token: str
     webhook_secrets: tuple[str, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
 
@@ -169,7 +167,7 @@ class ShimHandler:
         self,
         *,
         router: Router,
-        proxy: RpcProxy,
+        calls: InProcessCalls,
         guards: Guards,
         profile: LegacyProfile,
         limits: HttpLimits,
@@ -178,7 +176,7 @@ class ShimHandler:
         openapi: Mapping[str, Any],
     ) -> None:
         self._router = router
-        self._proxy = proxy
+        self._calls = calls
         self._guards = guards
         self._profile = profile
         self._renderer = Renderer(profile)
@@ -316,8 +314,7 @@ class ShimHandler:
         when it is right. Every request pays the per-address rate once: up front, or, on the
         route that folds it into its own statement, when it is refused before that statement.
         """
-        metadata = forwarded_metadata(request.headers, current_request_id())
-        presented = _presented(metadata)
+        presented = _presented(request.headers)
         rule = self._guards.rules[route.rpc.path] if route is not None and route.rpc else None
         deferred = rule is not None and rule.scope in _FOLDS_ADDRESS_CHARGE
         method = _credential_method(route)
@@ -343,36 +340,31 @@ class ShimHandler:
                     payments = rule is not None and rule.scope == PAYMENTS
                     caller = await self._identify(method or "", presented, address, payments)
                 if route is None:  # under an admin-only prefix
-                    # Strangers learn nothing about /admin/...: no token, no 404 or 405 either.
-                    self._authorize("/admin", _ADMIN_PREFIX_RULE, caller)
-                    route, variables = self._router.resolve(request.method, parts)
+                    try:
+                        route, variables = self._router.resolve(request.method, parts)
+                    except (NoRoute, WrongMethod):
+                        # Strangers learn nothing about /admin/...: no 404 or 405 without a key.
+                        self._authorize("/admin", _ADMIN_PREFIX_RULE, caller)
+                        raise
                     self._note_route(route)
                     rule = self._guards.rules[route.rpc.path] if route.rpc else None
-                    checked = True
-                else:
-                    checked = False
                 if route.rpc is None or rule is None:
                     if route is METRICS:
                         self._authorize("/metrics", _METRICS_RULE, caller)
                     return await self._builtins[route.name]()
                 message, caller = await self._request_message(
-                    request, route, variables, rule, caller, address, checked=checked
+                    request, route, variables, rule, caller, address
                 )
             except (CallError, HttpProblem):
                 if deferred:
                     # Refused before its statement could count it: count it here.
                     await self._charge_address(address)
                 raise
-            metadata = (
-                *metadata,
-                *gateway_metadata(
-                    self._guards.gateway_token,
-                    address,
-                    webhook_signature=caller.signature,
-                    deferred_http_charge=deferred,
-                ),
-            )
-            answer = await self._proxy.call(route, message, metadata)
+            if deferred:
+                # The route's RPC pays the per-address limit in its own statement.
+                limiter = self._guards.limiter
+                caller = replace(caller, deferred_charges=limiter.charges((HTTP, address)))
+            answer = await self._call(route, message, caller)
             return json_response(
                 self._renderer.response(route, message, answer, datetime.now(UTC)),
                 headers=_RESPONSE_HEADERS.get(route.rpc.method.full_name),
@@ -389,8 +381,6 @@ class ShimHandler:
         rule: AccessRule,
         caller: Caller,
         address: str,
-        *,
-        checked: bool,
     ) -> tuple[Message, Caller]:
         """Check the caller, read the body and build the request message, in that order."""
         assert route.rpc is not None
@@ -408,9 +398,8 @@ class ShimHandler:
             self._authorize(route.rpc.path, rule, caller)
             body = parse_json_body(raw) if route.rpc.body else None
         else:
-            if not checked:
-                # The secret is checked before the body is read, so strangers cannot make us read.
-                self._authorize(route.rpc.path, rule, caller)
+            # The secret is checked before the body is read, so strangers cannot make us read.
+            self._authorize(route.rpc.path, rule, caller)
             if route.rpc.body:
                 _check_content_type(request)
                 body = parse_json_body(await self._read_body(request))
@@ -422,6 +411,17 @@ class ShimHandler:
             request.headers.get(IDEMPOTENCY_HEADER),
         )
         return message, caller
+
+    async def _call(self, route: Route, request: Message, caller: Caller) -> Message:
+        """Call the route's RPC in-process as `caller`; raise CallError with how it failed."""
+        assert route.rpc is not None
+        try:
+            async with asyncio.timeout(self._limits.rpc_seconds):
+                return await self._calls.call(route.rpc.path, request, caller)
+        except CallAborted as aborted:
+            raise CallError.from_status(aborted.code, aborted.trailing_metadata) from None
+        except TimeoutError:
+            raise CallError.from_status(grpc.StatusCode.DEADLINE_EXCEEDED, ()) from None
 
     async def _identify(
         self, method: str, presented: Presented, address: str, payments: bool
@@ -560,9 +560,16 @@ def _needs_bearer(route: Route | None) -> bool:
     )
 
 
-def _presented(metadata: Sequence[tuple[str, str]]) -> Presented:
-    found = dict(metadata)
-    return Presented(found.get(AUTHORIZATION_HEADER), found.get(WEBHOOK_HEADER))
+def _presented(headers: Mapping[str, str]) -> Presented:
+    """Return the credentials a request's headers carry."""
+    return Presented(_header(headers, AUTHORIZATION_HEADER), _header(headers, WEBHOOK_HEADER))
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    # A secret is printable ASCII: anything else could not be a valid one, and leaving it out
+    # answers "missing" as gRPC metadata (which carries only that) would.
+    value = headers.get(name)
+    return value if value is not None and value.isascii() and value.isprintable() else None
 
 
 def _json_names(route: Route | None) -> dict[str, str]:

@@ -16,7 +16,6 @@ from pluct_server.api.http.describe import BUILTIN_ROUTES, ServiceInfo
 from pluct_server.api.http.legacy import LEGACY, LegacyProfile
 from pluct_server.api.http.openapi import openapi_document
 from pluct_server.api.http.protocol import JsonErrorServer
-from pluct_server.api.http.proxy import RpcProxy
 from pluct_server.api.http.render import Renderer
 from pluct_server.api.http.routes import Route, Router, rpc_routes
 
@@ -60,7 +59,7 @@ class Gateway:
         host, _, port = listen.rpartition(":")
         self._handler = ShimHandler(
             router=self.router,
-            proxy=RpcProxy(self._calls, self.limits.rpc_seconds),
+            calls=self._calls,
             guards=self._guards,
             profile=self._profile,
             limits=self.limits,
