@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from pluct_server.store.database import Database
-from pluct_server.store.migrate import load_migrations, migrate
+from pluct_server.store.migrate import apply_functions, load_functions, load_migrations, migrate
 from tests.support import external_database_url, new_user_id, scratch_database
 
 
@@ -121,3 +123,60 @@ async def test_payment_events_are_keyed_by_the_event_id_alone(conn):
     # an event id names one payment whoever sends it for whichever user. Sharded, this table is
     # distributed by event_id, and a payment is a transaction over two shards (README, Scaling).
     assert await unique_keys(conn, "payment_events") == {"payment_events_pkey": ["event_id"]}
+
+
+REPO = Path(__file__).resolve().parent.parent
+FUNCTION_FILES = {path.name for path in (REPO / "pluct_server/store/sql").glob("*.sql")}
+SOURCE_FILES = [
+    path
+    for pattern in ("pluct_server/**/*.sql", "pluct_server/**/*.py")
+    for path in REPO.glob(pattern)
+]
+
+
+def test_every_sql_function_is_defined_in_exactly_one_file():
+    definition = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(\w+)", re.IGNORECASE)
+    files_by_name: dict[str, set[str]] = {}
+    for path in SOURCE_FILES:
+        for name in definition.findall(path.read_text(encoding="utf-8")):
+            files_by_name.setdefault(name, set()).add(path.name)
+
+    assert files_by_name, "no function found: the pattern is wrong"
+    assert {name: files for name, files in files_by_name.items() if len(files) > 1} == {}
+    assert all(files <= FUNCTION_FILES for files in files_by_name.values()), files_by_name
+
+
+def test_the_rate_limit_rule_is_written_once():
+    # GCRA's arithmetic, `greatest(tat, now())`, lives in pluct_gcra_tat alone; every statement
+    # that charges a counter asks it.
+    arithmetic = re.compile(r"greatest\(\s*\w*\.?tat\s*,\s*now\(\)\s*\)", re.IGNORECASE)
+    charges = re.compile(r"(?:INSERT\s+INTO|UPDATE)\s+rate_limits\b", re.IGNORECASE)
+    texts = {path.name: path.read_text(encoding="utf-8") for path in SOURCE_FILES}
+
+    assert {name for name, text in texts.items() if arithmetic.search(text)} == {"rate_limits.sql"}
+    chargers = {name for name, text in texts.items() if charges.search(text)}
+    assert chargers == {"limit_store.py", "pluct_spend_batch.sql"}
+    assert all("pluct_gcra_tat(" in texts[name] for name in chargers)
+
+
+async def test_a_function_file_is_applied_again_when_its_text_changes(request, tmp_path):
+    server_url = external_database_url() or request.getfixturevalue("embedded_postgres").dsn
+    async with scratch_database(server_url) as dsn:
+        database = Database(dsn, max_size=1)
+        await database.open()
+        try:
+            await migrate(database)
+            changed = tmp_path / "sql"
+            changed.mkdir()
+            for function in load_functions():
+                (changed / f"{function.name}.sql").write_text(function.sql)
+            limits = (changed / "rate_limits.sql").read_text()
+            (changed / "rate_limits.sql").write_text(limits + "\n-- a comment is a change too\n")
+            async with database.connection() as conn, conn.transaction():
+                assert await apply_functions(conn, load_functions(changed)) == ["rate_limits"]
+                assert await apply_functions(conn, load_functions(changed)) == []
+            async with database.connection() as conn, conn.transaction():
+                # And back to the files as they are, once.
+                assert await apply_functions(conn, load_functions()) == ["rate_limits"]
+        finally:
+            await database.close()

@@ -53,7 +53,7 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     """
 
 
-# Raised by pluct_rate_limited() (migration 0003) to undo a statement whose limit is spent.
+# Raised by pluct_rate_limited() (sql/rate_limits.sql) to undo a statement whose limit is spent.
 RATE_LIMIT_SQLSTATE = "PL429"
 
 

@@ -25,6 +25,7 @@ SERVING_PRIVILEGES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "api_keys": ("SELECT", "INSERT", "UPDATE"),
         "token_revocations": ("SELECT", "INSERT", "DELETE"),
         "schema_migrations": ("SELECT",),
+        "schema_functions": ("SELECT",),
     }
 )
 

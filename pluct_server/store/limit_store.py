@@ -22,10 +22,9 @@ class Charge(Protocol):
     def tolerance_seconds(self) -> float: ...  # noqa: D102
 
 
-# GCRA per (subject, bucket): an event is admitted while the allowance, spent ahead of now, stays
-# within the tolerance; admitting it moves `tat` one step on. The CTE charges every counter of
-# the call, and pluct_rate_limited() aborts the whole statement when one refused, so a refused
-# call moves no counter. (A vend charges its counters in pluct_spend_batch instead.)
+# The CTE charges every counter of the call by the rule of sql/rate_limits.sql (pluct_gcra_tat,
+# NULL when a counter refuses), and pluct_rate_limited() aborts the whole statement when one
+# refused, so a refused call moves no counter. (A vend charges in pluct_spend_batch instead.)
 _CHARGE = """
 WITH charged AS (
     INSERT INTO rate_limits AS r (subject, bucket, tat, tolerance)
@@ -36,9 +35,9 @@ WITH charged AS (
      -- The lock order of pluct_spend_batch (by key), so a call and a batch never deadlock.
      ORDER BY w.subject, w.bucket
     ON CONFLICT (subject, bucket) DO UPDATE
-       SET tat = greatest(r.tat, now()) + (EXCLUDED.tat - now()),
+       SET tat = pluct_gcra_tat(r.tat, EXCLUDED.tat - now(), EXCLUDED.tolerance),
            tolerance = EXCLUDED.tolerance
-     WHERE greatest(r.tat, now()) - now() <= EXCLUDED.tolerance
+     WHERE pluct_gcra_tat(r.tat, EXCLUDED.tat - now(), EXCLUDED.tolerance) IS NOT NULL
     RETURNING 1
 )
 SELECT CASE WHEN count(*) < cardinality($1::text[]) THEN pluct_rate_limited() ELSE true END

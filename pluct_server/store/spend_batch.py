@@ -1,4 +1,4 @@
-"""Vends that arrive together are spent in one statement (pluct_spend_batch, migration 0006)."""
+"""Vends that arrive together are spent in one statement: sql/pluct_spend_batch.sql."""
 
 from __future__ import annotations
 

@@ -42,13 +42,8 @@ CREATE TABLE ledger (
 
 CREATE INDEX ledger_by_user ON ledger (user_id, id DESC);
 
--- Append-only: history is corrected by new entries, never by editing old ones.
-CREATE FUNCTION ledger_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'the ledger is append-only: % is not allowed', TG_OP;
-END
-$$;
-
+-- Append-only: history is corrected by new entries, never by editing old ones. The trigger's
+-- function is in store/sql/ledger_refuse_change.sql.
 CREATE TRIGGER ledger_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();

@@ -41,13 +41,6 @@ CREATE UNLOGGED TABLE rate_limits (
 
 CREATE INDEX rate_limits_by_tat ON rate_limits (tat);
 
--- Raised inside a statement to undo all of it: a refused call changes nothing.
-CREATE FUNCTION pluct_rate_limited() RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'rate limit exceeded' USING ERRCODE = 'PL429';
-END
-$$;
-
 -- Who moved the balance: an API key id, "admin-secret" or "webhook" (NULL on older entries).
 ALTER TABLE ledger ADD COLUMN actor text;
 
