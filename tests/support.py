@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pluct_server.app.server import PluctServer
 from pluct_server.security.callers import GRANTABLE_SCOPES
 from pluct_server.values.callers import Caller
+from pluct_server.values.clock import Clock
 from pluct_server.values.settings import RATE_OFF, Settings
 
 ADMIN_SECRET = "test-admin-" + "a1b2c3d4e5f6g7h8i9j0" * 2
@@ -124,10 +126,56 @@ def external_database_url() -> str | None:
     return os.environ.get("DATABASE_URL", "").strip() or None
 
 
+class MovableClock(Clock):
+    """The system's clock, plus however far a test moved it; sleeps end once it passes them."""
+
+    def __init__(self) -> None:
+        self.moved_seconds = 0.0
+        self._sleepers: set[asyncio.Future[None]] = set()
+
+    def time(self) -> float:
+        """Return wall time, moved."""
+        return super().time() + self.moved_seconds
+
+    def monotonic(self) -> float:
+        """Return monotonic time, moved."""
+        return super().monotonic() + self.moved_seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until this clock, real time and moves together, has passed `seconds`."""
+        deadline = self.monotonic() + seconds
+        while (left := deadline - self.monotonic()) > 0:
+            moved = asyncio.get_running_loop().create_future()
+            self._sleepers.add(moved)
+            try:
+                await asyncio.wait({moved}, timeout=left)
+            finally:
+                self._sleepers.discard(moved)
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock `seconds` on, as if they had passed, and wake every sleeper to look."""
+        if seconds < 0:
+            raise ValueError("a clock only moves on")
+        self.moved_seconds += seconds
+        for sleeper in self._sleepers:
+            sleeper.get_loop().call_soon_threadsafe(_wake, sleeper)
+
+
+def _wake(sleeper: asyncio.Future[None]) -> None:
+    if not sleeper.done():
+        sleeper.set_result(None)
+
+
+def clock_of(server: PluctServer) -> MovableClock:
+    """Return the clock running_server gave `server`, for the test to move."""
+    assert isinstance(server.clock, MovableClock), "a server of running_server"
+    return server.clock
+
+
 @asynccontextmanager
 async def running_server(settings: Settings, dsn: str) -> AsyncIterator[PluctServer]:
-    """Start a PluctServer and stop it on the way out."""
-    server = PluctServer(settings, dsn)
+    """Start a PluctServer on a clock the test may move (server.clock), stop it on the way out."""
+    server = PluctServer(settings, dsn, clock=MovableClock())
     await server.start()
     try:
         yield server
@@ -219,6 +267,39 @@ async def ledger_of(dsn: str, user_id: str) -> tuple[int | None, Counter[str]]:
     finally:
         await conn.close()
     return balance, Counter(row["type"] for row in rows)
+
+
+async def time_passes_for_limits(dsn: str, subject: str, seconds: float) -> None:
+    """Move `subject`'s rate-limit counters `seconds` on, as if that long had passed for them.
+
+    PostgreSQL's now() keeps deciding limits, for every replica alike; a counter is nothing but
+    the time its allowance is spent up to, so moving that time back is time passing for it.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        moved = await conn.execute(
+            "UPDATE rate_limits SET tat = tat - make_interval(secs => $2) WHERE subject = $1",
+            subject,
+            seconds,
+        )
+    finally:
+        await conn.close()
+    assert moved != "UPDATE 0", f"no rate-limit counter for {subject!r}"
+
+
+async def time_passes_for_requests(dsn: str, user_id: str, seconds: float) -> None:
+    """Move the request ids remembered for `user_id` `seconds` nearer their end (see above)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        moved = await conn.execute(
+            "UPDATE request_keys SET expire_time = expire_time - make_interval(secs => $2)"
+            " WHERE user_id = $1",
+            user_id,
+            seconds,
+        )
+    finally:
+        await conn.close()
+    assert moved != "UPDATE 0", f"no request id remembered for {user_id!r}"
 
 
 MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -18,7 +18,7 @@ from pluct.token.v1 import token_service_pb2_grpc
 
 from pluct_server.security.tokens import generate_ed25519_key
 from tests.http_support import call, http_client
-from tests.support import ADMIN_METADATA, JWT_SECRET, running_server, settings_for_test
+from tests.support import ADMIN_METADATA, JWT_SECRET, clock_of, running_server, settings_for_test
 
 pytestmark = pytest.mark.usefixtures("database_dsn")
 # How long every replica may take to see a revocation: the cache refresh (1 s in tests) and slack.
@@ -80,22 +80,30 @@ async def test_a_revoked_token_is_refused_by_every_server_within_seconds(
 
         assert answer.expire_time.ToDatetime() >= revoked.expire_time.ToDatetime()
         assert (await here.verdict(revoked.token)).reason == "Token revoked"
+        # The other server learns it at its next refresh: its clock is moved there, not waited.
+        clock_of(other).advance(other.settings.cache_refresh_seconds)
         await _until_revoked(there, revoked.token)
         legacy = await call(http, "POST", "/validate-token", json_body={"token": revoked.token})
         assert legacy.body == {"valid": False, "reason": "Token revoked"}
         assert (await there.verdict(kept.token)).valid
 
 
-async def test_revoking_a_user_revokes_the_tokens_it_holds_not_later_ones(server, user_id):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+async def test_revoking_a_user_revokes_the_tokens_it_holds_not_later_ones(
+    database_dsn, tmp_path, user_id
+):
+    async with (
+        running_server(settings_for_test(tmp_path), database_dsn) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
         stubs = Stubs(channel)
         held = [await stubs.vend(user_id, credits=3), await stubs.vend(user_id)]
 
         await stubs.admin.RevokeTokens(
             admin_pb.RevokeTokensRequest(user_id=user_id), metadata=ADMIN_METADATA
         )
-        # Token times are whole seconds: one vended in the revocation's second counts as before.
-        await asyncio.sleep(1.1)
+        # Token times are whole seconds: one vended in the revocation's second counts as before,
+        # so the next token is vended a second on.
+        clock_of(server).advance(1)
         later = await stubs.vend(user_id)
 
         assert [(await stubs.verdict(t.token)).reason for t in held] == ["Token revoked"] * 2

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,14 +23,17 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 
 from pluct_server.app.server import PluctServer
 from pluct_server.security import webhooks
+from pluct_server.values.settings import Settings
 from tests.http_support import ADMIN_HEADERS, Reply, call, http_client
 from tests.support import (
     caller_key,
+    clock_of,
     ledger_of,
     new_request_id,
     new_user_id,
     running_server,
     settings_for_test,
+    time_passes_for_requests,
 )
 
 # A provider mid-rotation: both secrets are valid at once.
@@ -77,17 +81,22 @@ def assert_unauthorized(reply: Reply) -> None:
     assert reply.body["code"] == 401
 
 
-@pytest.fixture(scope="module")
-async def signing_server(
-    database_dsn: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[PluctServer]:
-    """A server whose WEBHOOK_SECRET lists two secrets, the legacy header still on."""
-    settings = settings_for_test(
-        tmp_path_factory.mktemp("signing"),
+def signing_settings(tmp_path: Path) -> Settings:
+    """Settings whose WEBHOOK_SECRET lists two secrets, the legacy header still on."""
+    return settings_for_test(
+        tmp_path,
         webhook_secret=BOTH_SECRETS,
         # Vends forget their request ids after a second here; payments must remember for ever.
         request_id_retention=timedelta(seconds=1),
     )
+
+
+@pytest.fixture(scope="module")
+async def signing_server(
+    database_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[PluctServer]:
+    """A server of signing_settings, shared by the module (its clock is never moved)."""
+    settings = signing_settings(tmp_path_factory.mktemp("signing"))
     async with running_server(settings, database_dsn) as running:
         yield running
 
@@ -365,26 +374,62 @@ async def test_twenty_concurrent_deliveries_of_one_event_credit_once(
     assert await ledger_of(database_dsn, user_id) == (9, Counter({"add_webhook": 1}))
 
 
-async def test_event_ids_do_not_expire_with_the_request_id_retention(
-    signing_server, webhook_http, database_dsn
-):
-    assert signing_server.settings.request_id_retention == timedelta(seconds=1)
-    user_id = new_user_id("late")
-    event = new_event_id()
-    raw = body_of(user_id, 30, eventId=event)
-    first = await post_webhook(
-        webhook_http, raw, signed(webhooks.sign(raw, NEW_SECRET, int(time.time())))
-    )
-    assert first.body == {"success": True, "newBalance": 30}
+# How often the server forgets expired request ids (Maintenance's purge interval).
+PURGE_SECONDS = 60
 
-    # Past the retention, and past a purge (maintenance runs every cache_refresh_seconds).
-    await asyncio.sleep(2.5)
-    late = await post_webhook(
-        webhook_http, raw, signed(webhooks.sign(raw, OLD_SECRET, int(time.time())))
-    )
 
-    assert late.body == {"success": True, "newBalance": 30}
-    assert await ledger_of(database_dsn, user_id) == (30, Counter({"add_webhook": 1}))
+async def remembered_requests(dsn: str, user_id: str) -> int:
+    """Return how many request ids the server remembers for `user_id`."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM request_keys WHERE user_id = $1", user_id
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def test_event_ids_do_not_expire_with_the_request_id_retention(database_dsn, tmp_path):
+    # A server of its own, as the test moves its clock.
+    async with (
+        running_server(signing_settings(tmp_path), database_dsn) as server,
+        http_client(server.http_port) as http,
+    ):
+        user_id = new_user_id("late")
+        event = new_event_id()
+        raw = body_of(user_id, 30, eventId=event)
+        first = await post_webhook(
+            http, raw, signed(webhooks.sign(raw, NEW_SECRET, int(time.time())))
+        )
+        assert first.body == {"success": True, "newBalance": 30}
+        # A vend whose request id the retention covers: its going shows that a purge ran.
+        vend = await call(
+            http,
+            "POST",
+            "/vend-token",
+            json_body={"userId": user_id},
+            headers={"Idempotency-Key": new_event_id()},
+        )
+        assert vend.status == 200, vend.body
+        assert await remembered_requests(database_dsn, user_id) == 1
+
+        # Past the retention, and past a purge, which runs when the server's clock says so.
+        await time_passes_for_requests(database_dsn, user_id, 2)
+        clock_of(server).advance(PURGE_SECONDS)
+        deadline = time.monotonic() + 10
+        while await remembered_requests(database_dsn, user_id):
+            assert time.monotonic() < deadline, "the purge did not run"
+            await asyncio.sleep(0.05)
+        late = await post_webhook(
+            http, raw, signed(webhooks.sign(raw, OLD_SECRET, int(server.clock.time())))
+        )
+
+        assert late.body == {"success": True, "newBalance": 30}
+        assert await ledger_of(database_dsn, user_id) == (
+            29,
+            Counter({"add_webhook": 1, "spend": 1}),
+        )
 
 
 # --- 4. The legacy x-webhook-secret switch -------------------------------------------------------

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from pluct_server.store.database import Database
+from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class HealthMonitor:
         database: Database,
         service_names: Sequence[str],
         interval_seconds: float,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.servicer = HealthServicer()
+        self._clock = clock
         self._database = database
         self._names = ("", *service_names)
         self._interval = interval_seconds
@@ -98,7 +101,7 @@ class HealthMonitor:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            await self._clock.sleep(self._interval)
             try:
                 await self.check_now()
             except Exception:

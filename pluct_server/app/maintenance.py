@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from pluct_server.store.errors import StoreFailure
+from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -24,7 +24,9 @@ class Maintenance:
         *,
         refresh_seconds: float,
         purge_seconds: float = 60.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self._refreshers = tuple(refreshers)
         self._purgers = tuple(purgers)
         self._refresh_seconds = refresh_seconds
@@ -47,13 +49,14 @@ class Maintenance:
             self._task = None
 
     async def _loop(self) -> None:
-        next_purge = time.monotonic()
+        clock = self._clock
+        next_purge = clock.monotonic()
         while True:
-            await asyncio.sleep(self._refresh_seconds)
+            await clock.sleep(self._refresh_seconds)
             await self._run(self._refreshers)
-            if time.monotonic() >= next_purge:
+            if clock.monotonic() >= next_purge:
                 await self._run(self._purgers)
-                next_purge = time.monotonic() + self._purge_seconds
+                next_purge = clock.monotonic() + self._purge_seconds
 
     @staticmethod
     async def _run(jobs: Sequence[Job]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -45,6 +44,7 @@ from pluct_server.store.limit_store import LimitStore
 from pluct_server.store.migrate import migrate
 from pluct_server.store.revocation_store import RevocationStore
 from pluct_server.store.spend_batch import SpendBatcher
+from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 from pluct_server.values.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -68,16 +68,17 @@ async def wait_and_migrate(
     database: Database,
     owner_dsn: str | None = None,
     wait_seconds: float = _DATABASE_WAIT_SECONDS,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
     """Apply pending migrations (as the owner, when given), retrying while the database is away."""
     if owner_dsn is None:
-        await _retrying(lambda: _migrate(database), wait_seconds)
+        await _retrying(lambda: _migrate(database), wait_seconds, clock)
         return
     # The owner's path may cross the same PgBouncer: it prepares statements no more than ours.
     owner = Database(owner_dsn, max_size=1, statement_cache_size=database.statement_cache_size)
     try:
         await owner.open()
-        await _retrying(lambda: _migrate(owner), wait_seconds)
+        await _retrying(lambda: _migrate(owner), wait_seconds, clock)
         role = await database.fetchrow("SELECT current_user AS role")
         assert role is not None
         async with owner.connection() as conn:
@@ -92,19 +93,19 @@ async def _migrate(database: Database) -> None:
         _LOGGER.info("database schema now at version %d", applied[-1])
 
 
-async def _retrying(step: Callable[[], Awaitable[None]], wait_seconds: float) -> None:
+async def _retrying(step: Callable[[], Awaitable[None]], wait_seconds: float, clock: Clock) -> None:
     """Run `step`, again while the database is not reachable yet, for up to `wait_seconds`."""
-    deadline = time.monotonic() + wait_seconds
+    deadline = clock.monotonic() + wait_seconds
     delay = 0.2
     while True:
         try:
             await step()
             return
         except DatabaseUnavailable:
-            if time.monotonic() + delay > deadline:
+            if clock.monotonic() + delay > deadline:
                 raise
             _LOGGER.info("database not reachable yet; retrying in %.1fs", delay)
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 
@@ -130,7 +131,9 @@ def grpc_options(settings: Settings, *, reuse_port: bool) -> list[tuple[str, int
     ]
 
 
-def token_keys(settings: Settings, revocations: Revocations | None = None) -> TokenKeys:
+def token_keys(
+    settings: Settings, revocations: Revocations | None = None, clock: Clock = SYSTEM_CLOCK
+) -> TokenKeys:
     """Return the signing and verifying keys the settings name."""
     return TokenKeys.load(
         algorithm=settings.token_algorithm,
@@ -141,14 +144,19 @@ def token_keys(settings: Settings, revocations: Revocations | None = None) -> To
         audience=settings.token_audience,
         max_lifetime=settings.token_ttl,
         is_revoked=None if revocations is None else revocations.is_revoked,
+        clock=clock,
     )
 
 
 class PluctServer:
     """The gRPC server and the HTTP shim in front of it, sharing one database pool."""
 
-    def __init__(self, settings: Settings, dsn: str, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, dsn: str, *, reuse_port: bool = False, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.settings = settings
+        # Every time a worker reads for itself; tests pass one they move instead of sleeping.
+        self.clock = clock
         # Workers share their ports (SO_REUSEPORT); a lone server refuses a port in use.
         self._reuse_port = reuse_port
         self.database = Database(
@@ -157,7 +165,9 @@ class PluctServer:
             statement_cache_size=settings.db_statement_cache_size,
             command_timeout=settings.db_command_timeout_seconds,
         )
-        self.health = HealthMonitor(self.database, SERVICE_NAMES, settings.health_interval_seconds)
+        self.health = HealthMonitor(
+            self.database, SERVICE_NAMES, settings.health_interval_seconds, clock
+        )
         self.api_keys = ApiKeys(ApiKeyStore(self.database))
         self.revocations = Revocations(RevocationStore(self.database), settings.token_ttl)
         if settings.spend_batch_wait and settings.spend_batches_in_flight == 1:
@@ -188,7 +198,7 @@ class PluctServer:
         settings = self.settings
         await self.database.open()
         try:
-            await wait_and_migrate(self.database, settings.migrate_database_url)
+            await wait_and_migrate(self.database, settings.migrate_database_url, clock=self.clock)
             if settings.dev_api_key:
                 await self.api_keys.ensure(settings.dev_api_key, DEV_KEY_NAME, GRANTABLE_SCOPES)
         except BaseException:
@@ -213,6 +223,7 @@ class PluctServer:
             limiter=limiter,
             open_callers=settings.open_callers,
             legacy_webhook_secret=settings.webhook_legacy_secret,
+            clock=self.clock,
         )
         ledger = Ledger(
             LedgerStore(self.database, self.spends),
@@ -221,6 +232,7 @@ class PluctServer:
             is_user_id,
             settings.request_id_retention,
             turn_wait_seconds=self.database.connect_timeout,
+            clock=self.clock,
         )
         maintenance = Maintenance(
             refreshers=[self.database.report_pool, self.api_keys.refresh, self.revocations.refresh],
@@ -231,11 +243,12 @@ class PluctServer:
                 authenticator.forget_expired_holds,
             ],
             refresh_seconds=settings.cache_refresh_seconds,
+            clock=self.clock,
         )
         await maintenance.refresh_now()
-        signer = token_keys(settings, self.revocations)
+        signer = token_keys(settings, self.revocations, self.clock)
         _LOGGER.info("tokens signed with %s, active kid %s", signer.algorithm, signer.active_kid)
-        vendor = TokenVendor(ledger, signer, settings.token_ttl)
+        vendor = TokenVendor(ledger, signer, settings.token_ttl, self.clock)
         rules = access_rules(SERVICES)
 
         interceptor = ServiceInterceptor(
@@ -283,6 +296,7 @@ class PluctServer:
             rules=rules,
             webhook_secrets=settings.webhook_secrets,
             trusted_proxies=settings.trusted_proxies,
+            clock=self.clock,
         )
         gateway = Gateway(
             SERVICES,

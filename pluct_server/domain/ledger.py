@@ -6,7 +6,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Protocol
 
 from pluct_server.domain.errors import (
@@ -40,6 +40,7 @@ from pluct_server.values.callers import ANONYMOUS_ID, Caller
 from pluct_server.values.charges import SIGNUP as LIMIT_SIGNUP
 from pluct_server.values.charges import VEND as LIMIT_VEND
 from pluct_server.values.charges import Charge, retry_after_seconds
+from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 from pluct_server.values.records import (
     EntryType,
     PriorRequest,
@@ -130,8 +131,10 @@ class Ledger:
         request_id_retention: timedelta,
         *,
         turn_wait_seconds: float,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._limiter = limiter
         self._signup_allowance = signup_allowance
         # The user-id rule lives on the contract (the protos); a position in a page token
@@ -287,7 +290,7 @@ class Ledger:
             return None
         if prior.claims is None or prior.balance_after is None:
             raise RequestIdReused()
-        if prior.claims.expires_at <= datetime.now(UTC):
+        if prior.claims.expires_at <= self._clock.now():
             # The token cannot be handed out again, and a retry must never buy another one.
             raise ReplayedTokenExpired()
         return Spend(claims=prior.claims, balance_after=prior.balance_after)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Protocol
 from uuid import uuid4
 
 from pluct_server.domain.ledger import Ledger
 from pluct_server.observability.metrics import CREDITS_SPENT, TOKENS_VENDED, count_of
 from pluct_server.values.callers import Caller
+from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 from pluct_server.values.records import TokenClaims
 
 
@@ -32,8 +33,11 @@ class VendedToken:
 class TokenVendor:
     """Charges one credit per token and signs the token the ledger recorded."""
 
-    def __init__(self, ledger: Ledger, signer: Signer, ttl: timedelta) -> None:
+    def __init__(
+        self, ledger: Ledger, signer: Signer, ttl: timedelta, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._ledger = ledger
+        self._clock = clock
         self._signer = signer
         self._ttl = ttl
         self._vended = count_of(TOKENS_VENDED)
@@ -42,7 +46,7 @@ class TokenVendor:
     async def vend(self, user_id: str, request_id: str, caller: Caller) -> VendedToken:
         """Spend one credit of `user_id` and return the token it bought."""
         # JWT times are whole seconds; storing them whole lets a retry re-sign the identical token.
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = self._clock.now().replace(microsecond=0)
         claims = TokenClaims(
             user_id=user_id, token_id=uuid4(), issued_at=now, expires_at=now + self._ttl
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -43,7 +42,6 @@ class ApiKeys:
         # Ids looked up and not found since the last refresh, so a flood of made-up keys costs
         # one query per id, not one per call.
         self._unknown: set[str] = set()
-        self.refreshed_at = 0.0
 
     async def create(
         self, name: str, scopes: Iterable[str], creator: Caller
@@ -131,7 +129,6 @@ class ApiKeys:
         active = await self._store.active()
         self._active = {record.key_id: record for record in active}
         self._unknown = set()
-        self.refreshed_at = time.monotonic()
 
     def _remember(self, record: ApiKeyRecord) -> None:
         self._active[record.key_id] = record

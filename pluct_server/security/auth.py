@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from pluct_server.values.callers import (
     Caller,
 )
 from pluct_server.values.charges import AUTH_FAILURE
+from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ class Authenticator:
         limiter: Limiter,
         open_callers: bool = False,
         legacy_webhook_secret: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self._admin_secret = admin_secret
         self._webhook_secrets = tuple(webhook_secrets)
         self._keys = keys
@@ -194,7 +196,7 @@ class Authenticator:
         """
         self._log_refusal(method, address, key_id, why)
         subject = limit_subject(address)
-        now = time.monotonic()
+        now = self._clock.monotonic()
         until = self._over.get(subject)
         if until is not None and until > now:
             raise RateLimited(max(1, math.ceil(until - now)))
@@ -208,11 +210,11 @@ class Authenticator:
     def _held_back(self, address: str) -> bool:
         """Tell whether `address` is known to be over its failure limit."""
         until = self._over.get(limit_subject(address))
-        return until is not None and until > time.monotonic()
+        return until is not None and until > self._clock.monotonic()
 
     async def forget_expired_holds(self) -> None:
         """Drop what has run out, so many failing addresses cannot grow memory forever."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._over = {subject: until for subject, until in self._over.items() if until > now}
 
     def _log_refusal(self, method: str, address: str, key_id: str, reason: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 
 from pluct_server.store.revocation_store import RevocationStore
@@ -18,7 +17,6 @@ class Revocations:
         self._token_ids: frozenset[str] = frozenset()
         # user id -> unix time up to which that user's tokens are revoked.
         self._users: dict[str, float] = {}
-        self.refreshed_at = 0.0
 
     async def revoke_token(self, jti: str, revoked_by: str) -> tuple[datetime, datetime]:
         """Revoke one token by its jti; return (revoke_time, expire_time)."""
@@ -48,7 +46,6 @@ class Revocations:
         for revocation in live:
             if revocation.user_id is not None:
                 self._note_user(revocation.user_id, revocation.revoke_time)
-        self.refreshed_at = time.monotonic()
 
     async def purge(self) -> int:
         """Forget revocations whose tokens have all expired; return how many."""

@@ -9,7 +9,6 @@ import hmac
 import json
 import os
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from jwt.algorithms import HMACAlgorithm, OKPAlgorithm
 
+from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 from pluct_server.values.records import TokenClaims
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ class TokenKeys:
         leeway_seconds: int = 30,
         is_revoked: RevocationCheck | None = None,
         accept_hs256: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if algorithm not in (HS256, EDDSA):
             raise ValueError(f"JWT algorithm must be {HS256} or {EDDSA}, not {algorithm!r}")
@@ -124,6 +125,7 @@ class TokenKeys:
         self._leeway = leeway_seconds
         self._max_lifetime = None if max_lifetime is None else max_lifetime.total_seconds()
         self._is_revoked = is_revoked
+        self._clock = clock
         # Keyed by the whole token: a token altered in any byte is checked afresh.
         self._vetted: dict[str, _Vetted] = {}
         self._verifiers: dict[str, _Verifier] = {}
@@ -208,6 +210,7 @@ class TokenKeys:
         leeway_seconds: int = 30,
         is_revoked: RevocationCheck | None = None,
         accept_hs256: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> TokenKeys:
         """Build the keys from settings, with every `<kid>.pem` in `keys_dir` as an Ed25519 key."""
         pems: dict[str, bytes] = {}
@@ -238,6 +241,7 @@ class TokenKeys:
             leeway_seconds=leeway_seconds,
             is_revoked=is_revoked,
             accept_hs256=accept_hs256,
+            clock=clock,
         )
 
     @property
@@ -382,7 +386,7 @@ class TokenKeys:
 
     def _current(self, vetted: _Vetted) -> Verdict:
         """Check what can change after a token passed: its expiry, and its revocation."""
-        if vetted.expires <= time.time():
+        if vetted.expires <= self._clock.time():
             return _EXPIRED
         if self._is_revoked is not None and self._is_revoked(
             vetted.token_id, vetted.subject, vetted.issued_at
@@ -404,7 +408,7 @@ class TokenKeys:
         exp = claims["exp"]
         if not subject or not _is_time(exp):
             return _INVALID
-        now = time.time()
+        now = self._clock.time()
         latest_start = now + self._leeway
         if "iat" in claims:
             iat = claims["iat"]

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import grpc
@@ -76,6 +75,7 @@ from pluct_server.values.callers import (
     Caller,
 )
 from pluct_server.values.charges import HTTP
+from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 from pluct_server.values.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -158,6 +158,8 @@ class Guards:
     rules: Mapping[str, AccessRule]
     webhook_secrets: tuple[str, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    # Signature times are checked, and answers stamped, by the server's clock.
+    clock: Clock = SYSTEM_CLOCK
 
 
 class ShimHandler:
@@ -366,7 +368,7 @@ class ShimHandler:
                 caller = replace(caller, deferred_charges=limiter.charges((HTTP, address)))
             answer = await self._call(route, message, caller)
             return json_response(
-                self._renderer.response(route, message, answer, datetime.now(UTC)),
+                self._renderer.response(route, message, answer, self._guards.clock.now()),
                 headers=_RESPONSE_HEADERS.get(route.rpc.method.full_name),
             )
         finally:
@@ -449,13 +451,15 @@ class ShimHandler:
 
     async def _check_signature_time(self, method: str, header: str, address: str) -> None:
         try:
-            webhooks.check_time(webhooks.parse(header), time.time())
+            webhooks.check_time(webhooks.parse(header), self._guards.clock.time())
         except webhooks.BadSignature as bad:
             await self._refuse_signature(method, address, str(bad))
 
     async def _check_signature(self, method: str, header: str, raw: bytes, address: str) -> str:
         try:
-            return webhooks.verify(header, raw, self._guards.webhook_secrets, time.time())
+            return webhooks.verify(
+                header, raw, self._guards.webhook_secrets, self._guards.clock.time()
+            )
         except webhooks.BadSignature as bad:
             await self._refuse_signature(method, address, str(bad))
 
@@ -501,7 +505,7 @@ class ShimHandler:
             healthy,
             self._router.routes,
             self._info,
-            datetime.now(UTC),
+            self._guards.clock.now(),
             self._profile.timestamp_fraction_digits,
         )
         return json_response(body, 200 if healthy else 503)
