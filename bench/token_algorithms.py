@@ -2,8 +2,10 @@
 
 `.venv/bin/python -m bench.token_algorithms` signs tokens with TokenKeys (what VendToken does),
 then verifies each once (a token's first ValidateToken: signature, claims, expiry) and again (a
-token that passed is remembered: expiry and revocation only). Figures are this process's CPU
-time per token, the best of several short runs taken in turn.
+token that passed is remembered: expiry and revocation only). Beside them, PyJWT's own
+`jwt.encode` and `jwt.decode` with keys prepared once, making the same tokens: what TokenKeys'
+own path for the tokens it issues saves. Figures are this process's CPU time per token, the
+best of several short runs taken in turn.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from pluct_server.security.tokens import EDDSA, HS256, TokenKeys, generate_ed25519_key
 from pluct_server.values.records import TokenClaims
@@ -47,8 +53,27 @@ def per_item(work: Callable[[], object], count: int) -> float:
     return (time.process_time() - start) / count * 1e6
 
 
+def pyjwt_keys(algorithm: str, folder: Path) -> tuple[object, object]:
+    """Return the (signing, verifying) keys PyJWT is given for `algorithm`, prepared once."""
+    if algorithm == HS256:
+        return SECRET.encode(), SECRET.encode()
+    private = load_pem_private_key((folder / "k1.pem").read_bytes(), password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+    return private, private.public_key()
+
+
+def payload(claim: TokenClaims) -> dict[str, object]:
+    """The JWT payload TokenKeys.sign writes for `claim`, in its order."""
+    return {
+        "sub": claim.user_id,
+        "jti": str(claim.token_id),
+        "iat": int(claim.issued_at.timestamp()),
+        "exp": int(claim.expires_at.timestamp()),
+    }
+
+
 def measure(algorithm: str, count: int, folder: Path) -> dict[str, float]:
-    """Return µs per token to sign, to verify it first, and to verify it again."""
+    """Return µs per token to sign, to verify it first and again; then PyJWT's encode, decode."""
     keys = keys_for(algorithm, folder)
     batch = claims(count)
     tokens: list[str] = []
@@ -56,6 +81,29 @@ def measure(algorithm: str, count: int, folder: Path) -> dict[str, float]:
     for step in ("first verify", "verify again"):
         figures[step] = per_item(lambda: all(keys.verify(t).valid for t in tokens), count)
     assert all(keys.verify(t).valid for t in tokens)
+
+    signing, verifying = pyjwt_keys(algorithm, folder)
+    header = {"kid": keys.active_kid}
+    payloads = [payload(claim) for claim in batch]
+    encoded: list[str] = []
+    figures["jwt.encode"] = per_item(
+        lambda: encoded.extend(
+            jwt.encode(p, signing, algorithm=algorithm, headers=header)  # type: ignore[arg-type]
+            for p in payloads
+        ),
+        count,
+    )
+    assert encoded == tokens, "PyJWT and TokenKeys make the same tokens"
+    # What jwt.decode checks for the service (TokenKeys' options); the claims still need
+    # TokenKeys' own checks after it, which this figure leaves out.
+    options: jwt.types.Options = {"require": ["exp", "sub"], "verify_exp": False}
+    figures["jwt.decode"] = per_item(
+        lambda: [
+            jwt.decode(t, verifying, algorithms=[algorithm], options=options)  # type: ignore[arg-type]
+            for t in tokens
+        ],
+        count,
+    )
     return figures
 
 
@@ -74,9 +122,11 @@ def main() -> None:
             for step, figure in figures.items():
                 mine[step] = min(mine[step], figure)
     print(f"µs of CPU per token, best of {args.runs} runs of {args.tokens} tokens")
-    print(f"  {'':8s} {'sign':>8s} {'first verify':>13s} {'verify again':>13s}")
+    widths = (8, 13, 13, 11, 11)
+    steps = ("sign", "first verify", "verify again", "jwt.encode", "jwt.decode")
+    print(f"  {'':8s} " + " ".join(f"{s:>{w}s}" for s, w in zip(steps, widths, strict=True)))
     for algorithm, figures in best.items():
-        row = " ".join(f"{figures[s]:>{w}.2f}" for s, w in zip(figures, (8, 13, 13), strict=True))
+        row = " ".join(f"{figures[s]:>{w}.2f}" for s, w in zip(steps, widths, strict=True))
         print(f"  {algorithm:8s} {row}")
 
 
