@@ -274,19 +274,21 @@ async def test_an_http_vend_burst_gets_exactly_the_vend_limit(tmp_path, database
 
 # --- 2. The same limit across server processes ---------------------------------------------------
 
-# A client in a process of its own: `count` gRPC and `count` HTTP vends, all at `start_at`.
+# A client in a process of its own: `count` gRPC and `count` HTTP vends, all at once when told.
 _CLIENT = r"""
-import asyncio, json, sys, time
+import asyncio, json, sys
 import aiohttp, grpc
 from pluct.token.v1 import token_service_pb2 as pb, token_service_pb2_grpc as pb_grpc
 
 async def main():
-    target, http_port, user_id, key, count, start_at = sys.argv[1:7]
+    target, http_port, user_id, key, count = sys.argv[1:6]
     metadata = (("authorization", "Bearer " + key),)
     async with grpc.aio.insecure_channel(target) as channel, aiohttp.ClientSession() as http:
         stub = pb_grpc.TokenServiceStub(channel)
         await channel.channel_ready()
-        await asyncio.sleep(max(0.0, float(start_at) - time.time()))
+        print("ready", flush=True)
+        # Every client waits here until the test has seen all of them ready.
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
         async def by_grpc():
             try:
@@ -392,19 +394,32 @@ async def two_processes(
         assert await ledger_mismatches(dsn) == []
 
 
-async def _run_client(args: list[str]) -> list[list[str]]:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _CLIENT,
-        *args,
-        env=_child_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+async def _run_clients(clients: list[list[str]]) -> list[list[str]]:
+    """Run a _CLIENT process for each argument list, start them together, return every result."""
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _CLIENT,
+            *args,
+            env=_child_env(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for args in clients
+    ]
+    for child in children:
+        assert child.stdout is not None
+        ready = await asyncio.wait_for(child.stdout.readline(), 60)
+        assert ready == b"ready\n", ready
+    answers = await asyncio.gather(
+        *(asyncio.wait_for(child.communicate(b"go\n"), 120) for child in children)
     )
-    out, err = await asyncio.wait_for(child.communicate(), 120)
-    assert child.returncode == 0, err.decode()
-    results: list[list[str]] = json.loads(out)
+    results: list[list[str]] = []
+    for child, (out, err) in zip(children, answers, strict=True):
+        assert child.returncode == 0, err.decode()
+        results.extend(json.loads(out))
     return results
 
 
@@ -424,12 +439,11 @@ async def test_the_vend_limit_holds_across_server_processes(two_processes):
         )
 
     # Four client processes, two on each server, 20 vends each (10 gRPC, 10 HTTP), all at once.
-    start_at = str(time.time() + 3)
     clients = [
-        [server.grpc_target, str(server.http_port), victim, made.secret, "10", start_at]
+        [server.grpc_target, str(server.http_port), victim, made.secret, "10"]
         for server in (first, second, first, second)
     ]
-    results = [r for batch in await asyncio.gather(*map(_run_client, clients)) for r in batch]
+    results = await _run_clients(clients)
 
     assert len(results) == 80
     vended = [r[2] for r in results if r[1] in ("OK", "200")]
