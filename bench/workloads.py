@@ -51,7 +51,7 @@ def pgbench_script(path: Path, spread: str, users: int) -> Path:
         "SELECT * FROM pluct_spend_batch("
         f"ARRAY[{user}], ARRAY['bench'], ARRAY[NULL]::text[], ARRAY[NULL]::text[], "
         "ARRAY[gen_random_uuid()], ARRAY[now()], ARRAY[now() + interval '60 seconds'], "
-        "ARRAY[NULL]::interval[], "
+        "ARRAY[NULL]::interval[], ARRAY['default'], "
         # The per-user vend counter, charged as the service charges it.
         f"ARRAY[0], ARRAY[{user}], ARRAY['vend'], ARRAY[0.000001], ARRAY[0.999999]);"
     )

@@ -107,6 +107,31 @@ async def test_command_line_manages_keys_with_the_admin_secret(server):
     assert (after, refused.split(":")[0]) == (1, "UNAUTHENTICATED")
 
 
+async def test_command_line_prices_features_and_vends_them(server, user_id):
+    feature = f"cli-{new_request_id()[:8]}"
+    key = await caller_key(server)
+    _, priced, _ = await cli(server, "price", "set", feature, "3", ADMIN_SECRET=ADMIN_SECRET)
+    _, listed, _ = await cli(server, "prices", PLUCT_API_KEY=key)
+    await cli(server, "create-user", user_id, "--credits", "5", PLUCT_API_KEY=key)
+    _, vended, _ = await cli(server, "vend", user_id, "--feature", feature, PLUCT_API_KEY=key)
+    token = json.loads(vended)["token"]
+    ok, good, _ = await cli(server, "validate", token, "--feature", feature, PLUCT_API_KEY=key)
+    wrong, other, _ = await cli(
+        server, "validate", token, "--feature", "default", PLUCT_API_KEY=key
+    )
+    refused, _, why = await cli(server, "price", "set", feature, "4", PLUCT_API_KEY=key)
+
+    assert json.loads(priced)["price"]["credits"] == "3"
+    assert feature in {price["feature"] for price in json.loads(listed)["prices"]}
+    assert (json.loads(vended)["credits_charged"], json.loads(vended)["balance_after"]) == (
+        "3",
+        "2",
+    )
+    assert (ok, json.loads(good)["feature"]) == (0, feature)
+    assert (wrong, json.loads(other)["reason"]) == (1, "Token is for another feature")
+    assert (refused, why.split(":")[0]) == (1, "PERMISSION_DENIED")
+
+
 def test_the_command_line_offers_exactly_the_scopes_a_key_may_hold():
     from pluct_client.__main__ import SCOPES
 

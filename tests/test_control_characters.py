@@ -38,7 +38,10 @@ CONTROLS = {
     "c1-next-line": "\x85",
 }
 # Fields that never reach PostgreSQL, answered as their own malformed values are.
-NOT_STORED = {"pluct.token.v1.ValidateTokenRequest.token"}
+NOT_STORED = {
+    "pluct.token.v1.ValidateTokenRequest.token",
+    "pluct.token.v1.ValidateTokenRequest.feature",
+}
 
 
 def bad(control: str) -> str:
@@ -50,7 +53,8 @@ async def stored(db: Any) -> tuple[Any, ...]:
     row = await db.fetchrow(
         "SELECT (SELECT count(*) FROM users), (SELECT max(id) FROM ledger),"
         " (SELECT count(*) FROM request_keys), (SELECT count(*) FROM api_keys),"
-        " (SELECT count(revoke_time) FROM api_keys), (SELECT count(*) FROM token_revocations)"
+        " (SELECT count(revoke_time) FROM api_keys), (SELECT count(*) FROM token_revocations),"
+        " (SELECT count(*) FROM prices), (SELECT sum(version) FROM prices)"
     )
     return tuple(row)
 
@@ -108,6 +112,7 @@ def valid_requests(user_id: str, key_id: str) -> dict[str, Message]:
         "AdminService.ListApiKeys": admin_pb.ListApiKeysRequest(),
         "AdminService.RevokeApiKey": admin_pb.RevokeApiKeyRequest(key_id=key_id),
         "AdminService.RevokeTokens": admin_pb.RevokeTokensRequest(user_id=user_id),
+        "AdminService.SetPrice": admin_pb.SetPriceRequest(feature="controls", credits=2),
     }
 
 

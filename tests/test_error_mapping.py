@@ -24,6 +24,7 @@ EXPECTED = [
     (errors.Overloaded(), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.RequestTimeout(10), grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.NotFound("no such key"), grpc.StatusCode.NOT_FOUND),
+    (errors.FeatureNotFound("export"), grpc.StatusCode.NOT_FOUND),
     (errors.ReplayedTokenExpired(), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.OutcomeUnknown(), grpc.StatusCode.ABORTED),
     (errors.OutcomeUnknownAfterTimeout(), grpc.StatusCode.DEADLINE_EXCEEDED),

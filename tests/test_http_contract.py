@@ -38,7 +38,13 @@ CONTRACT_ROUTES = {
 }
 # Routes added since, which old callers never notice (the contract's last section).
 # /metrics is for operators' scrapers (a key with metrics:read); no legacy caller asks for it.
-ADDED_ROUTES = {"GET /.well-known/jwks.json", "GET /metrics"}
+# Prices are AdminService's, under /admin/ with its credentials.
+ADDED_ROUTES = {
+    "GET /.well-known/jwks.json",
+    "GET /metrics",
+    "GET /admin/prices",
+    "PUT /admin/prices/{feature}",
+}
 SERVED_ROUTES = CONTRACT_ROUTES | ADDED_ROUTES
 
 
@@ -316,7 +322,7 @@ async def test_root_describes_the_api_one_entry_per_route(http):
     assert set(reply.body["endpoints"]) == SERVED_ROUTES
     assert all(isinstance(text, str) and text for text in reply.body["endpoints"].values())
     auth = reply.body["authentication"]
-    assert set(auth["admin"]["endpoints"]) == {r for r in CONTRACT_ROUTES if " /admin/" in r}
+    assert set(auth["admin"]["endpoints"]) == {r for r in SERVED_ROUTES if " /admin/" in r}
     assert auth["webhook"]["endpoints"] == ["POST /add-credits"]
 
 

@@ -31,6 +31,7 @@ EXPECTED = [
     (errors.Overloaded(), 429, "Too many requests"),
     (errors.RequestTimeout(10), 408, None),
     (errors.NotFound("no API key has id 0123"), 404, None),
+    (errors.FeatureNotFound("export"), 404, None),
     (errors.ReplayedTokenExpired(), 400, None),
     (errors.OutcomeUnknown(), 503, None),
     (errors.OutcomeUnknownAfterTimeout(), 503, None),

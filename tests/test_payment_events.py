@@ -289,7 +289,7 @@ async def test_the_migration_keeps_every_paid_event_and_the_first_of_each(reques
             database = Database(dsn, max_size=1)
             await database.open()
             try:
-                assert await migrate(database) == [8]
+                assert await migrate(database) == [m.version for m in load_migrations()][7:]
             finally:
                 await database.close()
 
@@ -298,7 +298,9 @@ async def test_the_migration_keeps_every_paid_event_and_the_first_of_each(reques
                 "ORDER BY event_id"
             )
             keys = await conn.fetch("SELECT operation, request_id FROM request_keys")
-            assert await conn.fetch("SELECT * FROM ledger ORDER BY id") == history
+            # Every entry as it was (later migrations may add columns, never change values).
+            columns = ", ".join(history[0].keys())
+            assert await conn.fetch(f"SELECT {columns} FROM ledger ORDER BY id") == history  # noqa: S608 - column names read back from the table itself
         finally:
             await conn.close()
 

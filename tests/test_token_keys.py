@@ -147,6 +147,7 @@ def test_a_valid_token_gives_its_subject_and_expiry():
         valid=True,
         user_id="user-1",
         expires_at=datetime.fromtimestamp(claims["exp"], tz=UTC),  # type: ignore[arg-type]
+        feature="default",
     )
 
 

@@ -49,10 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     history = commands.add_parser("transactions", help="show a user's ledger")
     history.add_argument("user_id")
     history.add_argument("--page-size", type=int, default=0)
-    vend = commands.add_parser("vend", help="spend one credit for a token")
+    vend = commands.add_parser("vend", help="spend a feature's price for a token")
     vend.add_argument("user_id")
     vend.add_argument("--request-id", default="")
-    commands.add_parser("validate", help="check a token").add_argument("token")
+    vend.add_argument("--feature", default="", help="what the token unlocks (default: default)")
+    validate = commands.add_parser("validate", help="check a token")
+    validate.add_argument("token")
+    validate.add_argument("--feature", default="", help="refuse a token sold for another one")
+    commands.add_parser("prices", help="list every feature and its price")
+    price = commands.add_parser("price", help="set a feature's price (admin)")
+    price_commands = price.add_subparsers(dest="price_command", required=True)
+    set_price = price_commands.add_parser("set", help="make a feature or change its price")
+    set_price.add_argument("feature")
+    set_price.add_argument("credits", type=int)
     commands.add_parser("users", help="list users (admin)")
     grant = commands.add_parser(
         "credit", aliases=["grant"], help="credit a user by hand, an admin grant (admin)"
@@ -93,9 +102,13 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> object:
         if args.command == "transactions":
             return await client.transactions(args.user_id, args.page_size)
         if args.command == "vend":
-            return await client.vend_token(args.user_id, args.request_id)
+            return await client.vend_token(args.user_id, args.request_id, args.feature)
         if args.command == "validate":
-            return await client.validate_token(args.token)
+            return await client.validate_token(args.token, args.feature)
+        if args.command == "prices":
+            return await client.list_prices()
+        if args.command == "price":
+            return await client.set_price(args.feature, args.credits)
         if args.command == "users":
             return await client.list_users()
         if args.command == "keys":

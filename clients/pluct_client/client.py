@@ -124,16 +124,31 @@ class PluctClient:
         )
         return reply
 
-    async def vend_token(self, user_id: str, request_id: str = "") -> token_pb.VendTokenResponse:
-        """Spend one credit and return the token it bought."""
-        request = token_pb.VendTokenRequest(user_id=user_id, request_id=request_id)
+    async def vend_token(
+        self, user_id: str, request_id: str = "", feature: str = ""
+    ) -> token_pb.VendTokenResponse:
+        """Spend a feature's price (`default`, one credit, when unset) and return the token."""
+        request = token_pb.VendTokenRequest(user_id=user_id, request_id=request_id, feature=feature)
         reply: token_pb.VendTokenResponse = await self._call(self._token.VendToken, request)
         return reply
 
-    async def validate_token(self, token: str) -> token_pb.ValidateTokenResponse:
-        """Tell whether a token is valid, and why not if it is not."""
+    async def validate_token(self, token: str, feature: str = "") -> token_pb.ValidateTokenResponse:
+        """Tell whether a token is valid (for `feature`, when set), and why not if it is not."""
         reply: token_pb.ValidateTokenResponse = await self._call(
-            self._token.ValidateToken, token_pb.ValidateTokenRequest(token=token)
+            self._token.ValidateToken, token_pb.ValidateTokenRequest(token=token, feature=feature)
+        )
+        return reply
+
+    async def set_price(self, feature: str, credits: int) -> admin_pb.SetPriceResponse:
+        """Make or change what a token for `feature` costs (needs the admin scope)."""
+        request = admin_pb.SetPriceRequest(feature=feature, credits=credits)
+        reply: admin_pb.SetPriceResponse = await self._call(self._admin.SetPrice, request)
+        return reply
+
+    async def list_prices(self) -> admin_pb.ListPricesResponse:
+        """Return every feature's price (needs credits:read)."""
+        reply: admin_pb.ListPricesResponse = await self._call(
+            self._admin.ListPrices, admin_pb.ListPricesRequest()
         )
         return reply
 

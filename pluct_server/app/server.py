@@ -25,6 +25,7 @@ from pluct_server.app.health import HealthMonitor
 from pluct_server.app.maintenance import Maintenance
 from pluct_server.app.tls import grpc_server_credentials, http_ssl_context
 from pluct_server.domain.ledger import Ledger
+from pluct_server.domain.prices import Prices
 from pluct_server.domain.vending import TokenVendor
 from pluct_server.observability.metrics import flush_counts
 from pluct_server.observability.tracing import flush_traces, server_interceptors, tracing_wanted
@@ -42,6 +43,7 @@ from pluct_server.store.grants import grant_serving_role
 from pluct_server.store.ledger_store import LedgerStore
 from pluct_server.store.limit_store import LimitStore
 from pluct_server.store.migrate import migrate
+from pluct_server.store.price_store import PriceStore
 from pluct_server.store.revocation_store import RevocationStore
 from pluct_server.store.spend_batch import SpendBatcher
 from pluct_server.values.clock import SYSTEM_CLOCK, Clock
@@ -274,7 +276,13 @@ class PluctServer:
         servicers = (
             CreditServicer(ledger),
             TokenServicer(vendor, signer),
-            AdminServicer(ledger, self.api_keys, self.revocations, AuditStore(self.database)),
+            AdminServicer(
+                ledger,
+                self.api_keys,
+                self.revocations,
+                AuditStore(self.database),
+                Prices(PriceStore(self.database)),
+            ),
         )
         credit_service_pb2_grpc.add_CreditServiceServicer_to_server(servicers[0], server)
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(servicers[1], server)

@@ -45,7 +45,7 @@ def findings(books: Books) -> tuple[str, ...]:
     if books.total_spent != books.spent:
         found.append("total spent differs from the ledger")
     if books.odd_spends:
-        found.append("a spend that is not one credit for one token")
+        found.append("a spend that did not buy one token at its price")
     if books.reused_tokens:
         found.append("a token paid for twice")
     return tuple(found)

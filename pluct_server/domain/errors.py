@@ -145,6 +145,19 @@ class NotFound(DomainError):
     reason = "NOT_FOUND"
 
 
+class FeatureNotFound(NotFound):
+    """A vend named a feature that has no price."""
+
+    reason = "FEATURE_NOT_FOUND"
+
+    def __init__(self, feature: str) -> None:
+        super().__init__(
+            f"no feature {feature!r} has a price; nothing was charged (AdminService.ListPrices "
+            "lists the features)",
+            field="feature",
+        )
+
+
 class ReplayedTokenExpired(DomainError):
     """A vend was retried with its request id after the token it bought had expired."""
 

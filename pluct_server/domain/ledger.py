@@ -11,6 +11,7 @@ from typing import Protocol
 
 from pluct_server.domain.errors import (
     AlreadyExists,
+    FeatureNotFound,
     InsufficientCredits,
     InvalidArgument,
     PaymentEventReused,
@@ -32,6 +33,7 @@ from pluct_server.observability.metrics import CREDITS_GRANTED
 from pluct_server.store.errors import RateLimitExceeded
 from pluct_server.store.ledger_store import (
     LedgerStore,
+    NoSuchFeature,
     PaymentEventTaken,
     RequestKeyTaken,
     UserExists,
@@ -42,6 +44,7 @@ from pluct_server.values.charges import VEND as LIMIT_VEND
 from pluct_server.values.charges import Charge, retry_after_seconds
 from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 from pluct_server.values.records import (
+    DEFAULT_FEATURE,
     EntryType,
     PriorRequest,
     RequestKey,
@@ -242,7 +245,10 @@ class Ledger:
         raise RequestIdReused()
 
     async def spend_for_token(self, claims: TokenClaims, request_id: str, caller: Caller) -> Spend:
-        """Spend one credit for a token; a retry with the same request id spends nothing more.
+        """Spend the price of claims.feature for a token; a retry with the same id spends nothing.
+
+        The spend's claims say what it cost; a retry's are the first spend's, whatever the price
+        is now.
 
         The per-user vend limit, and what the caller's route owes (caller.deferred_charges), are
         charged in the spend's own statement; when no statement commits them (a bad user id, a
@@ -252,11 +258,14 @@ class Ledger:
         owed = caller.deferred_charges
         committed = False
         try:
-            key = self._key(caller, VEND, request_id, "spend", claims.user_id)
+            # A default vend keeps the request fingerprint it always had, so a retry across
+            # versions is still known as one.
+            bought = () if claims.feature == DEFAULT_FEATURE else (claims.feature,)
+            key = self._key(caller, VEND, request_id, "spend", claims.user_id, *bought)
             charges = tuple(sorted((*owed, *self._limiter.charges((LIMIT_VEND, claims.user_id)))))
             for _ in range(2):
                 try:
-                    balance = await self._store.spend_one(claims, key, charges)
+                    spent = await self._store.spend(claims, key, charges)
                 except RateLimitExceeded:
                     # A retry of a vend that went through must still get its token back.
                     replayed = await self._replayed_spend(claims.user_id, key)
@@ -268,9 +277,11 @@ class Ledger:
                     if replayed is not None:
                         return replayed
                     continue  # the key had expired and is forgotten now: spend afresh
+                except NoSuchFeature:
+                    raise FeatureNotFound(claims.feature) from None
                 committed = True
-                if balance is not None:
-                    return Spend(claims=claims, balance_after=balance)
+                if spent is not None:
+                    return spent
                 # A retry of a vend that took the last credit must still get its token back.
                 replayed = await self._replayed_spend(claims.user_id, key)
                 if replayed is None:

@@ -1,4 +1,4 @@
-"""Selling tokens: one credit out of the ledger, one signed token back."""
+"""Selling tokens: a feature's price out of the ledger, one signed token back."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pluct_server.domain.ledger import Ledger
 from pluct_server.observability.metrics import CREDITS_SPENT, TOKENS_VENDED, count_of
 from pluct_server.values.callers import Caller
 from pluct_server.values.clock import SYSTEM_CLOCK, Clock
-from pluct_server.values.records import TokenClaims
+from pluct_server.values.records import DEFAULT_FEATURE, TokenClaims
 
 
 class Signer(Protocol):
@@ -23,7 +23,7 @@ class Signer(Protocol):
 
 @dataclass(frozen=True)
 class VendedToken:
-    """A token bought with one credit."""
+    """A token bought with its feature's price (claims.cost)."""
 
     token: str
     claims: TokenClaims
@@ -43,17 +43,23 @@ class TokenVendor:
         self._vended = count_of(TOKENS_VENDED)
         self._spent = count_of(CREDITS_SPENT)
 
-    async def vend(self, user_id: str, request_id: str, caller: Caller) -> VendedToken:
-        """Spend one credit of `user_id` and return the token it bought."""
+    async def vend(
+        self, user_id: str, request_id: str, caller: Caller, feature: str = DEFAULT_FEATURE
+    ) -> VendedToken:
+        """Spend the price of `feature` from `user_id` and return the token it bought."""
         # JWT times are whole seconds; storing them whole lets a retry re-sign the identical token.
         now = self._clock.now().replace(microsecond=0)
         claims = TokenClaims(
-            user_id=user_id, token_id=uuid4(), issued_at=now, expires_at=now + self._ttl
+            user_id=user_id,
+            token_id=uuid4(),
+            issued_at=now,
+            expires_at=now + self._ttl,
+            feature=feature,
         )
         spend = await self._ledger.spend_for_token(claims, request_id, caller)
         if spend.claims.token_id == claims.token_id:  # a new spend, not a retry's first answer
             self._vended.inc()
-            self._spent.inc()
+            self._spent.inc(spend.claims.cost)
         return VendedToken(
             token=self._signer.sign(spend.claims),
             claims=spend.claims,

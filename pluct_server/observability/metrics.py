@@ -113,9 +113,9 @@ class BatchedCount:
         self._child = child
         self._pending = 0
 
-    def inc(self) -> None:
-        """Count one."""
-        self._pending += 1
+    def inc(self, amount: int = 1) -> None:
+        """Count `amount`, one by default."""
+        self._pending += amount
         _mark(self)
 
     def flush(self) -> None:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
 from jwt.algorithms import HMACAlgorithm, OKPAlgorithm
 
 from pluct_server.values.clock import SYSTEM_CLOCK, Clock
-from pluct_server.values.records import TokenClaims
+from pluct_server.values.records import DEFAULT_FEATURE, TokenClaims
 
 if TYPE_CHECKING:
     from jwt.types import Options
@@ -37,6 +37,7 @@ EDDSA = "EdDSA"
 EXPIRED = "Token expired"
 INVALID_SIGNATURE = "Invalid token signature"
 REVOKED = "Token revoked"
+OTHER_FEATURE = "Token is for another feature"
 
 # 9999-12-31T23:59:59Z: datetime holds nothing later, and no token of ours lives that long.
 _LATEST_TIME = 253_402_300_799
@@ -56,6 +57,8 @@ class Verdict:
     user_id: str | None = None
     expires_at: datetime | None = None
     reason: str | None = None
+    # The feature the token was sold for: its feat claim, `default` without one; when valid.
+    feature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ VETTED_TOKENS = 4096
 _INVALID = Verdict(valid=False, reason=INVALID_SIGNATURE)
 _EXPIRED = Verdict(valid=False, reason=EXPIRED)
 _REVOKED = Verdict(valid=False, reason=REVOKED)
+_OTHER_FEATURE = Verdict(valid=False, reason=OTHER_FEATURE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +271,10 @@ class TokenKeys:
             "iat": int(claims.issued_at.timestamp()),
             "exp": int(claims.expires_at.timestamp()),
         }
+        if claims.feature != DEFAULT_FEATURE:
+            # A default token stays exactly what it always was, for verifiers that know no more.
+            payload["feat"] = claims.feature
+            payload["cost"] = claims.cost
         if self._issuer is not None:
             payload["iss"] = self._issuer
         if self._audience is not None:
@@ -282,8 +290,17 @@ class TokenKeys:
             signature = key.sign(signed)
         return f"{self._signing_header}.{body}.{_b64encode(signature)}"
 
-    def verify(self, token: str) -> Verdict:
-        """Check a token's key, algorithm, signature, claims, times and revocation."""
+    def verify(self, token: str, feature: str = "") -> Verdict:
+        """Check a token's key, algorithm, signature, claims, times, revocation, then feature.
+
+        With `feature` set, a token sold for another feature is not valid.
+        """
+        verdict = self._verify(token)
+        if feature and verdict.valid and verdict.feature != feature:
+            return _OTHER_FEATURE
+        return verdict
+
+    def _verify(self, token: str) -> Verdict:
         vetted = self._vetted.get(token)
         if vetted is not None:
             return self._current(vetted)
@@ -428,8 +445,14 @@ class TokenKeys:
             nbf = claims["nbf"]
             if not _is_time(nbf) or nbf > latest_start:
                 return _INVALID
+        feature = claims.get("feat", DEFAULT_FEATURE)
+        if not isinstance(feature, str) or not feature:
+            return _INVALID
         verdict = Verdict(
-            valid=True, user_id=subject, expires_at=datetime.fromtimestamp(int(exp), tz=UTC)
+            valid=True,
+            user_id=subject,
+            expires_at=datetime.fromtimestamp(int(exp), tz=UTC),
+            feature=feature,
         )
         return _Vetted(claims.get("jti") or "", subject, issued_at, exp, verdict)
 

@@ -9,15 +9,19 @@ import asyncpg
 from pluct_server.store.database import Database
 
 # One scan of each table. A user is reported when anything its row says disagrees with what its
-# ledger says, or when its ledger holds a spend that is not exactly one credit for one token.
+# ledger says, or when its ledger holds a spend that did not buy one token for a whole price: a
+# default spend (or one from before features) is exactly one credit, any spend at least one.
 _PROBLEMS = """
 WITH books AS (
     SELECT user_id,
            sum(CASE WHEN type = 'spend' THEN -amount ELSE amount END) AS ledger_sum,
            count(*) AS entries,
            coalesce(sum(amount) FILTER (WHERE type = 'spend'), 0) AS spent,
-           count(*) FILTER (WHERE type = 'spend' AND (amount <> 1 OR token_id IS NULL))
-               AS odd_spends,
+           count(*) FILTER (
+               WHERE type = 'spend'
+                 AND (token_id IS NULL OR amount < 1
+                      OR (coalesce(feature, 'default') = 'default' AND amount <> 1))
+           ) AS odd_spends,
            count(token_id) - count(DISTINCT token_id) AS reused_tokens
       FROM ledger
      GROUP BY user_id

@@ -24,6 +24,7 @@ SERVING_PRIVILEGES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "rate_limits": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "api_keys": ("SELECT", "INSERT", "UPDATE"),
         "token_revocations": ("SELECT", "INSERT", "DELETE"),
+        "prices": ("SELECT", "INSERT", "UPDATE"),
         "schema_migrations": ("SELECT",),
         "schema_functions": ("SELECT",),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -10,12 +11,19 @@ import asyncpg
 
 from pluct_server.store.database import Database
 from pluct_server.store.errors import RateLimitExceeded, UniqueViolation
-from pluct_server.store.spend_batch import LIMITED, TAKEN, SpendBatcher, SpendRequest
+from pluct_server.store.spend_batch import (
+    LIMITED,
+    NO_FEATURE,
+    TAKEN,
+    SpendBatcher,
+    SpendRequest,
+)
 from pluct_server.values.records import (
     EntryType,
     PriorPayment,
     PriorRequest,
     RequestKey,
+    Spend,
     TokenClaims,
     Transaction,
     UserSummary,
@@ -35,6 +43,10 @@ class RequestKeyTaken(Exception):
 
 class PaymentEventTaken(Exception):
     """The payment event id was credited before, by this payment or another one."""
+
+
+class NoSuchFeature(Exception):
+    """A vend named a feature that has no price."""
 
 
 # The constraints whose violation the domain needs to tell apart.
@@ -130,7 +142,8 @@ SELECT user_id, amount, balance_after FROM payment_events WHERE event_id = $1
 _PRIOR_REQUEST = """
 SELECT k.fingerprint, k.expire_time < now() AS expired,
        coalesce(u.initial_credits, 0) AS initial_credits,
-       l.balance_after, l.token_id, l.token_issued_at, l.token_expires_at
+       l.balance_after, l.token_id, l.token_issued_at, l.token_expires_at,
+       coalesce(l.feature, 'default') AS feature, l.amount
   FROM request_keys k
   LEFT JOIN users u ON u.user_id = k.user_id
   LEFT JOIN ledger l ON l.user_id = k.user_id AND l.id = k.ledger_id
@@ -301,20 +314,25 @@ class LedgerStore:
             balance_after=int(row["balance_after"]),
         )
 
-    async def spend_one(
+    async def spend(
         self, claims: TokenClaims, key: RequestKey | None, charges: Sequence[Charge]
-    ) -> int | None:
-        """Charge the limits and spend one credit; return the balance after, None if none was left.
+    ) -> Spend | None:
+        """Charge the limits and spend the feature's price; None when the balance is too low.
 
-        Spends that arrive together share one statement (SpendBatcher), each with its own
-        outcome. Raises RateLimitExceeded (nothing changed) or RequestKeyTaken.
+        The spend's claims carry what it cost. Spends that arrive together share one statement
+        (SpendBatcher), each with its own outcome. Raises NoSuchFeature or RateLimitExceeded
+        (nothing changed), or RequestKeyTaken.
         """
         done = await self._spends.spend(SpendRequest(claims, key, charges))
         if done.outcome == TAKEN:
             raise RequestKeyTaken()
         if done.outcome == LIMITED:
             raise RateLimitExceeded()
-        return done.balance_after
+        if done.outcome == NO_FEATURE:
+            raise NoSuchFeature()
+        if done.balance_after is None or done.charged is None:
+            return None
+        return Spend(claims=replace(claims, cost=done.charged), balance_after=done.balance_after)
 
     async def prior_request(self, user_id: str, key: RequestKey) -> PriorRequest | None:
         """Return what an earlier request with this key did, or None if none is remembered."""
@@ -330,6 +348,8 @@ class LedgerStore:
                 token_id=row["token_id"],
                 issued_at=row["token_issued_at"],
                 expires_at=row["token_expires_at"],
+                feature=row["feature"],
+                cost=int(row["amount"]),
             )
         balance = row["balance_after"]
         return PriorRequest(

@@ -27,16 +27,17 @@ SPENT = "spent"
 INSUFFICIENT = "insufficient"
 TAKEN = "taken"
 LIMITED = "limited"
+NO_FEATURE = "no_feature"
 
 _SPEND_BATCH = """
-SELECT item, outcome, balance_after
-  FROM pluct_spend_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+SELECT item, outcome, balance_after, charged
+  FROM pluct_spend_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
 
 
 @dataclass(frozen=True)
 class SpendRequest:
-    """One vend's spend: the token's claims, its request key and its limit charges."""
+    """One vend's spend: the token's claims (the feature bought), its request key and charges."""
 
     claims: TokenClaims
     key: RequestKey | None
@@ -47,8 +48,11 @@ class SpendRequest:
 class SpendOutcome:
     """What the database did with one spend of a batch."""
 
-    outcome: str  # SPENT, INSUFFICIENT, TAKEN (the request key) or LIMITED (a counter)
+    # SPENT, INSUFFICIENT, TAKEN (the request key), LIMITED (a counter) or NO_FEATURE
+    outcome: str
     balance_after: int | None = None
+    # The credits spent: the feature's price when the batch ran.
+    charged: int | None = None
 
 
 # A spend waiting for its batch: what it asks, its answer to come, and when it asked.
@@ -56,7 +60,7 @@ Waiting = tuple[SpendRequest, "asyncio.Future[SpendOutcome]", float]
 
 
 def batch_arguments(requests: Sequence[SpendRequest]) -> tuple[Any, ...]:
-    """Return the thirteen array parameters of pluct_spend_batch for `requests`, in order."""
+    """Return the fourteen array parameters of pluct_spend_batch for `requests`, in order."""
     charges = [(index, c) for index, r in enumerate(requests) for c in r.charges]
     return (
         [r.claims.user_id for r in requests],
@@ -67,6 +71,7 @@ def batch_arguments(requests: Sequence[SpendRequest]) -> tuple[Any, ...]:
         [r.claims.issued_at for r in requests],
         [r.claims.expires_at for r in requests],
         [None if r.key is None else r.key.retention for r in requests],
+        [r.claims.feature for r in requests],
         [index for index, _ in charges],
         [c.subject for _, c in charges],
         [c.bucket for _, c in charges],
@@ -168,9 +173,13 @@ class SpendBatcher:
             for row in rows:
                 future = batch[row["item"]][1]
                 if not future.done():
-                    balance = row["balance_after"]
+                    balance, charged = row["balance_after"], row["charged"]
                     future.set_result(
-                        SpendOutcome(row["outcome"], None if balance is None else int(balance))
+                        SpendOutcome(
+                            row["outcome"],
+                            None if balance is None else int(balance),
+                            None if charged is None else int(charged),
+                        )
                     )
         finally:
             self._in_flight -= 1

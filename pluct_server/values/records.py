@@ -43,6 +43,10 @@ class UserSummary:
     create_time: datetime
 
 
+# What a vend without a feature buys, the legacy POST /vend-token among them: one credit, for ever.
+DEFAULT_FEATURE = "default"
+
+
 @dataclass(frozen=True)
 class TokenClaims:
     """The claims of a vended token that the ledger keeps, so a retry re-issues the same token."""
@@ -51,11 +55,24 @@ class TokenClaims:
     token_id: UUID
     issued_at: datetime
     expires_at: datetime
+    # What the token unlocks, and what it cost when it was sold.
+    feature: str = DEFAULT_FEATURE
+    cost: int = 1
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a token for one feature costs; version counts its changes."""
+
+    feature: str
+    credits: int
+    version: int
+    update_time: datetime
 
 
 @dataclass(frozen=True)
 class Spend:
-    """The outcome of spending one credit on a token."""
+    """The outcome of spending a feature's price on a token (claims.cost is what it took)."""
 
     claims: TokenClaims
     balance_after: int

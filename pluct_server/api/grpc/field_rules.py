@@ -43,6 +43,14 @@ PATTERN_WORDS: Mapping[str, str] = MappingProxyType(
             "line-breaking characters"
         ),
         r"^[0-9a-f]{16}$": "must be 16 lowercase hexadecimal digits",
+        r"^[a-z][a-z0-9_.-]*$": (
+            "must start with a lowercase letter, followed by lowercase letters, digits, '_', '.'"
+            " or '-'"
+        ),
+        r"^([a-z][a-z0-9_.-]*)?$": (
+            "must be empty, or start with a lowercase letter followed by lowercase letters,"
+            " digits, '_', '.' or '-'"
+        ),
         r"\S": "must not be blank",
     }
 )

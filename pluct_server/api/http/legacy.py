@@ -29,7 +29,7 @@ class MessageShape:
 class RouteShape:
     """How one RPC's response is wrapped into its legacy route's JSON object."""
 
-    # The response keys (JSON names) kept, in this order; None keeps every key.
+    # The response keys (JSON names) kept, in this order, where present; None keeps every key.
     keep: tuple[str, ...] | None = None
     # Constant keys printed before the response's own.
     before: Mapping[str, Any] = field(default_factory=dict)
@@ -143,6 +143,10 @@ LEGACY = LegacyProfile(
             keep=("newBalance",),
             before={"success": True},
             after={"message": "Manually added {amount} credits to {user_id}"},
+        ),
+        # The legacy answer exactly, whatever the response gains (its feature, for one).
+        "pluct.token.v1.TokenService.ValidateToken": RouteShape(
+            keep=("valid", "userId", "expiresAt", "reason")
         ),
         # Legacy listed every user, most recently active first: that order moves under a
         # scan, so it is never stitched from pages but read whole, in one statement.

@@ -91,7 +91,7 @@ class Renderer:
         shape = self._profile.route_shape(route.rpc.method.full_name)
         own = self.message(response)
         out: dict[str, Any] = dict(shape.before)
-        out.update(own if shape.keep is None else {key: own[key] for key in shape.keep})
+        out.update(own if shape.keep is None else {k: own[k] for k in shape.keep if k in own})
         if shape.count_of is not None:
             out["count"] = len(own[shape.count_of])
         if shape.timestamp:

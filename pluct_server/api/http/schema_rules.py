@@ -29,6 +29,8 @@ def rules_schema(field: FieldDescriptor) -> dict[str, Any]:
             schema["maxLength"] = text.max_len
         if text.HasField("pattern"):
             schema["pattern"] = ecma_pattern(text.pattern)
+        if text.not_in:
+            schema["not"] = {"enum": list(text.not_in)}
     elif kind in _NUMBER_RULES:
         number = getattr(rules, kind)
         if number.HasField("gte"):

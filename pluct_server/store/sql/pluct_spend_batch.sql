@@ -16,13 +16,15 @@ CREATE OR REPLACE FUNCTION pluct_spend_batch(
     p_issued         timestamptz[],
     p_expires        timestamptz[],
     p_retentions     interval[],
+    -- The feature each vend buys, at its price now ('default': one credit).
+    p_features       text[],
     -- The rate-limit charges of every item: charge k belongs to item p_charge_items[k].
     p_charge_items      int[],
     p_charge_subjects   text[],
     p_charge_buckets    text[],
     p_charge_steps      float8[],
     p_charge_tolerances float8[]
-) RETURNS TABLE (item int, outcome text, balance_after bigint)
+) RETURNS TABLE (item int, outcome text, balance_after bigint, charged int)
 LANGUAGE plpgsql AS $$
 DECLARE
     n int := coalesce(array_length(p_users, 1), 0);
@@ -32,7 +34,23 @@ DECLARE
     locked text[];
     new_balance bigint;
     entry_id bigint;
+    priced text[];
+    prices int[];
+    price int;
 BEGIN
+    -- The prices of the features asked for, read once for the batch: a price changed while
+    -- the batch runs applies to the next one, and a token's cost is what it was charged.
+    -- `default` costs one credit for ever (prices' CHECK holds it), so a batch of default
+    -- vends alone, every legacy one, reads nothing.
+    IF p_features <@ ARRAY['default'] THEN
+        priced := ARRAY['default'];
+        prices := ARRAY[1];
+    ELSE
+        SELECT coalesce(array_agg(feature), '{}'), coalesce(array_agg(credits), '{}')
+          INTO priced, prices
+          FROM prices WHERE feature = ANY (p_features);
+    END IF;
+
     -- Every lock up front, in one order for everyone (counters by key, then users by id), so
     -- two batches can wait for each other but never in a circle. The upsert makes a missing
     -- counter with its allowance whole (tat = now, the same as no counter) and locks an
@@ -49,7 +67,15 @@ BEGIN
     FOR i IN 1 .. n LOOP
         item := i - 1;
         balance_after := NULL;
+        charged := NULL;
         claimed := false;
+        -- An unknown feature is refused before anything is claimed or charged.
+        price := prices[array_position(priced, p_features[i])];
+        IF price IS NULL THEN
+            outcome := 'no_feature';
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
         -- A user created after the lock step is, for this batch, a user that does not exist
         -- yet: touching its row (or its keys) now would take a lock out of the global order.
         present := p_users[i] = ANY (locked);
@@ -96,13 +122,13 @@ BEGIN
                       p_charge_tolerances) AS c(it, s, b, st, t)
          WHERE c.it = item AND r.subject = c.s AND r.bucket = c.b;
 
-        -- The overdraft rule, as for a single spend: a balance of 0 simply does not match.
+        -- The overdraft rule: a balance below the price simply does not match.
         UPDATE users
-           SET balance = balance - 1,
-               total_spent = total_spent + 1,
+           SET balance = balance - price,
+               total_spent = total_spent + price,
                transaction_count = transaction_count + 1,
                last_activity_at = now()
-         WHERE present AND user_id = p_users[i] AND balance >= 1
+         WHERE present AND user_id = p_users[i] AND balance >= price
         RETURNING balance INTO new_balance;
         IF NOT FOUND THEN
             IF claimed THEN
@@ -116,9 +142,9 @@ BEGIN
         END IF;
 
         INSERT INTO ledger (user_id, type, amount, balance_after, request_id,
-                            token_id, token_issued_at, token_expires_at)
-        VALUES (p_users[i], 'spend', 1, new_balance, p_request_ids[i],
-                p_token_ids[i], p_issued[i], p_expires[i])
+                            token_id, token_issued_at, token_expires_at, feature)
+        VALUES (p_users[i], 'spend', price, new_balance, p_request_ids[i],
+                p_token_ids[i], p_issued[i], p_expires[i], p_features[i])
         RETURNING id INTO entry_id;
         IF claimed THEN
             UPDATE request_keys SET ledger_id = entry_id
@@ -127,6 +153,7 @@ BEGIN
         END IF;
         outcome := 'spent';
         balance_after := new_balance;
+        charged := price;
         RETURN NEXT;
     END LOOP;
 END

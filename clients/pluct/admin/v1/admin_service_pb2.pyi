@@ -205,3 +205,39 @@ class LedgerProblem(_message.Message):
     ledger_sum: int
     findings: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, user_id: _Optional[str] = ..., balance: _Optional[int] = ..., ledger_sum: _Optional[int] = ..., findings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Price(_message.Message):
+    __slots__ = ("feature", "credits", "version", "update_time")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    credits: int
+    version: int
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, feature: _Optional[str] = ..., credits: _Optional[int] = ..., version: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SetPriceRequest(_message.Message):
+    __slots__ = ("feature", "credits")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    credits: int
+    def __init__(self, feature: _Optional[str] = ..., credits: _Optional[int] = ...) -> None: ...
+
+class SetPriceResponse(_message.Message):
+    __slots__ = ("price",)
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    price: Price
+    def __init__(self, price: _Optional[_Union[Price, _Mapping]] = ...) -> None: ...
+
+class ListPricesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPricesResponse(_message.Message):
+    __slots__ = ("prices",)
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    prices: _containers.RepeatedCompositeFieldContainer[Price]
+    def __init__(self, prices: _Optional[_Iterable[_Union[Price, _Mapping]]] = ...) -> None: ...

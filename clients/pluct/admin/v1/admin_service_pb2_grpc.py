@@ -70,6 +70,16 @@ class AdminServiceStub:
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensRequest.SerializeToString,
                 response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensResponse.FromString,
                 _registered_method=True)
+        self.SetPrice = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/SetPrice',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.SetPriceRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.SetPriceResponse.FromString,
+                _registered_method=True)
+        self.ListPrices = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/ListPrices',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesResponse.FromString,
+                _registered_method=True)
         self.AuditLedger = channel.unary_unary(
                 '/pluct.admin.v1.AdminService/AuditLedger',
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerRequest.SerializeToString,
@@ -130,6 +140,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPrice(self, request, context):
+        """SetPrice sets what a token for a feature costs, making the feature if it is new; tokens already sold keep what they cost. The feature `default` costs one credit for ever. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (a bad name or price, or `default`), RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPrices(self, request, context):
+        """ListPrices lists every feature and its price, by feature name; it needs credits:read (admin holds it). Errors: UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AuditLedger(self, request, context):
         """AuditLedger checks every user against its ledger: balance = sum of entries, no negative balance, one token per spend. Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
         """
@@ -174,6 +198,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeTokens,
                     request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensRequest.FromString,
                     response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensResponse.SerializeToString,
+            ),
+            'SetPrice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPrice,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.SetPriceRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.SetPriceResponse.SerializeToString,
+            ),
+            'ListPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrices,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesResponse.SerializeToString,
             ),
             'AuditLedger': grpc.unary_unary_rpc_method_handler(
                     servicer.AuditLedger,
@@ -371,6 +405,60 @@ class AdminService:
             '/pluct.admin.v1.AdminService/RevokeTokens',
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensRequest.SerializeToString,
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.RevokeTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPrice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/SetPrice',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.SetPriceRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.SetPriceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/ListPrices',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pluct.api.v1 import auth_pb2 as pluct_dot_api_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pluct/token/v1/token_service.proto\x12\x0epluct.token.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\"t\n\x10VendTokenRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12*\n\nrequest_id\x18\x02 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\"|\n\x11VendTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rbalance_after\x18\x03 \x01(\x03\x12\x10\n\x08token_id\x18\x04 \x01(\t\"6\n\x14ValidateTokenRequest\x12\x1e\n\x05token\x18\x01 \x01(\tB\x0f\xbaH\x0cr\x07\x18\x80 2\x02\\S\xc8\x01\x01\"\x99\x01\n\x15ValidateTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x14\n\x07user_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x06reason\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\n\n\x08_user_idB\t\n\x07_reason\"\x10\n\x0eGetJwksRequest\";\n\x0fGetJwksResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.pluct.token.v1.JsonWebKey\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03\x61lg\x18\x05 \x01(\t\x12\x0b\n\x03use\x18\x06 \x01(\t2\xf7\x02\n\x0cTokenService\x12p\n\tVendToken\x12 .pluct.token.v1.VendTokenRequest\x1a!.pluct.token.v1.VendTokenResponse\"\x1e\xd2\xf3\x18\x04\x08\x04\x10\x01\x82\xd3\xe4\x93\x02\x10\"\x0b/vend-token:\x01*\x12\x80\x01\n\rValidateToken\x12$.pluct.token.v1.ValidateTokenRequest\x1a%.pluct.token.v1.ValidateTokenResponse\"\"\xd2\xf3\x18\x04\x08\x05\x10\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/validate-token:\x01*\x12r\n\x07GetJwks\x12\x1e.pluct.token.v1.GetJwksRequest\x1a\x1f.pluct.token.v1.GetJwksResponse\"&\xd2\xf3\x18\x04\x08\x07\x10\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pluct/token/v1/token_service.proto\x12\x0epluct.token.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\"\xa6\x01\n\x10VendTokenRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12*\n\nrequest_id\x18\x02 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\x12\x30\n\x07\x66\x65\x61ture\x18\x03 \x01(\tB\x1f\xbaH\x1cr\x1a\x18?2\x16^([a-z][a-z0-9_.-]*)?$\"\xa6\x01\n\x11VendTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rbalance_after\x18\x03 \x01(\x03\x12\x10\n\x08token_id\x18\x04 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x05 \x01(\t\x12\x17\n\x0f\x63redits_charged\x18\x06 \x01(\x03\"h\n\x14ValidateTokenRequest\x12\x1e\n\x05token\x18\x01 \x01(\tB\x0f\xbaH\x0cr\x07\x18\x80 2\x02\\S\xc8\x01\x01\x12\x30\n\x07\x66\x65\x61ture\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x18?2\x16^([a-z][a-z0-9_.-]*)?$\"\xbb\x01\n\x15ValidateTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x14\n\x07user_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x06reason\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07\x66\x65\x61ture\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\n\n\x08_user_idB\t\n\x07_reasonB\n\n\x08_feature\"\x10\n\x0eGetJwksRequest\";\n\x0fGetJwksResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.pluct.token.v1.JsonWebKey\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03\x61lg\x18\x05 \x01(\t\x12\x0b\n\x03use\x18\x06 \x01(\t2\xf7\x02\n\x0cTokenService\x12p\n\tVendToken\x12 .pluct.token.v1.VendTokenRequest\x1a!.pluct.token.v1.VendTokenResponse\"\x1e\xd2\xf3\x18\x04\x08\x04\x10\x01\x82\xd3\xe4\x93\x02\x10\"\x0b/vend-token:\x01*\x12\x80\x01\n\rValidateToken\x12$.pluct.token.v1.ValidateTokenRequest\x1a%.pluct.token.v1.ValidateTokenResponse\"\"\xd2\xf3\x18\x04\x08\x05\x10\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/validate-token:\x01*\x12r\n\x07GetJwks\x12\x1e.pluct.token.v1.GetJwksRequest\x1a\x1f.pluct.token.v1.GetJwksResponse\"&\xd2\xf3\x18\x04\x08\x07\x10\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,28 +39,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VENDTOKENREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H r\033\030d2\027^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\310\001\001'
   _globals['_VENDTOKENREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_VENDTOKENREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\023r\021\030\200\0012\014^[^\\p{Cc}]*$'
+  _globals['_VENDTOKENREQUEST'].fields_by_name['feature']._loaded_options = None
+  _globals['_VENDTOKENREQUEST'].fields_by_name['feature']._serialized_options = b'\272H\034r\032\030?2\026^([a-z][a-z0-9_.-]*)?$'
   _globals['_VALIDATETOKENREQUEST'].fields_by_name['token']._loaded_options = None
   _globals['_VALIDATETOKENREQUEST'].fields_by_name['token']._serialized_options = b'\272H\014r\007\030\200 2\002\\S\310\001\001'
+  _globals['_VALIDATETOKENREQUEST'].fields_by_name['feature']._loaded_options = None
+  _globals['_VALIDATETOKENREQUEST'].fields_by_name['feature']._serialized_options = b'\272H\034r\032\030?2\026^([a-z][a-z0-9_.-]*)?$'
   _globals['_TOKENSERVICE'].methods_by_name['VendToken']._loaded_options = None
   _globals['_TOKENSERVICE'].methods_by_name['VendToken']._serialized_options = b'\322\363\030\004\010\004\020\001\202\323\344\223\002\020\"\013/vend-token:\001*'
   _globals['_TOKENSERVICE'].methods_by_name['ValidateToken']._loaded_options = None
   _globals['_TOKENSERVICE'].methods_by_name['ValidateToken']._serialized_options = b'\322\363\030\004\010\005\020\001\202\323\344\223\002\024\"\017/validate-token:\001*'
   _globals['_TOKENSERVICE'].methods_by_name['GetJwks']._loaded_options = None
   _globals['_TOKENSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\322\363\030\004\010\007\020\001\202\323\344\223\002\030\022\026/.well-known/jwks.json'
-  _globals['_VENDTOKENREQUEST']._serialized_start=171
-  _globals['_VENDTOKENREQUEST']._serialized_end=287
-  _globals['_VENDTOKENRESPONSE']._serialized_start=289
-  _globals['_VENDTOKENRESPONSE']._serialized_end=413
-  _globals['_VALIDATETOKENREQUEST']._serialized_start=415
-  _globals['_VALIDATETOKENREQUEST']._serialized_end=469
-  _globals['_VALIDATETOKENRESPONSE']._serialized_start=472
-  _globals['_VALIDATETOKENRESPONSE']._serialized_end=625
-  _globals['_GETJWKSREQUEST']._serialized_start=627
-  _globals['_GETJWKSREQUEST']._serialized_end=643
-  _globals['_GETJWKSRESPONSE']._serialized_start=645
-  _globals['_GETJWKSRESPONSE']._serialized_end=704
-  _globals['_JSONWEBKEY']._serialized_start=706
-  _globals['_JSONWEBKEY']._serialized_end=794
-  _globals['_TOKENSERVICE']._serialized_start=797
-  _globals['_TOKENSERVICE']._serialized_end=1172
+  _globals['_VENDTOKENREQUEST']._serialized_start=172
+  _globals['_VENDTOKENREQUEST']._serialized_end=338
+  _globals['_VENDTOKENRESPONSE']._serialized_start=341
+  _globals['_VENDTOKENRESPONSE']._serialized_end=507
+  _globals['_VALIDATETOKENREQUEST']._serialized_start=509
+  _globals['_VALIDATETOKENREQUEST']._serialized_end=613
+  _globals['_VALIDATETOKENRESPONSE']._serialized_start=616
+  _globals['_VALIDATETOKENRESPONSE']._serialized_end=803
+  _globals['_GETJWKSREQUEST']._serialized_start=805
+  _globals['_GETJWKSREQUEST']._serialized_end=821
+  _globals['_GETJWKSRESPONSE']._serialized_start=823
+  _globals['_GETJWKSRESPONSE']._serialized_end=882
+  _globals['_JSONWEBKEY']._serialized_start=884
+  _globals['_JSONWEBKEY']._serialized_end=972
+  _globals['_TOKENSERVICE']._serialized_start=975
+  _globals['_TOKENSERVICE']._serialized_end=1350
 # @@protoc_insertion_point(module_scope)

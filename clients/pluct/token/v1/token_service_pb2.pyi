@@ -13,42 +13,52 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VendTokenRequest(_message.Message):
-    __slots__ = ("user_id", "request_id")
+    __slots__ = ("user_id", "request_id", "feature")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     request_id: str
-    def __init__(self, user_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    feature: str
+    def __init__(self, user_id: _Optional[str] = ..., request_id: _Optional[str] = ..., feature: _Optional[str] = ...) -> None: ...
 
 class VendTokenResponse(_message.Message):
-    __slots__ = ("token", "expire_time", "balance_after", "token_id")
+    __slots__ = ("token", "expire_time", "balance_after", "token_id", "feature", "credits_charged")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_CHARGED_FIELD_NUMBER: _ClassVar[int]
     token: str
     expire_time: _timestamp_pb2.Timestamp
     balance_after: int
     token_id: str
-    def __init__(self, token: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balance_after: _Optional[int] = ..., token_id: _Optional[str] = ...) -> None: ...
+    feature: str
+    credits_charged: int
+    def __init__(self, token: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balance_after: _Optional[int] = ..., token_id: _Optional[str] = ..., feature: _Optional[str] = ..., credits_charged: _Optional[int] = ...) -> None: ...
 
 class ValidateTokenRequest(_message.Message):
-    __slots__ = ("token",)
+    __slots__ = ("token", "feature")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
     token: str
-    def __init__(self, token: _Optional[str] = ...) -> None: ...
+    feature: str
+    def __init__(self, token: _Optional[str] = ..., feature: _Optional[str] = ...) -> None: ...
 
 class ValidateTokenResponse(_message.Message):
-    __slots__ = ("valid", "user_id", "expire_time", "reason")
+    __slots__ = ("valid", "user_id", "expire_time", "reason", "feature")
     VALID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
     valid: bool
     user_id: str
     expire_time: _timestamp_pb2.Timestamp
     reason: str
-    def __init__(self, valid: _Optional[bool] = ..., user_id: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    feature: str
+    def __init__(self, valid: _Optional[bool] = ..., user_id: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., feature: _Optional[str] = ...) -> None: ...
 
 class GetJwksRequest(_message.Message):
     __slots__ = ()

@@ -57,14 +57,14 @@ class TokenServiceServicer:
     """
 
     def VendToken(self, request, context):
-        """VendToken spends one credit and returns a signed JWT for it. Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION (insufficient credits, also for an unknown user; or a replayed request whose token has expired), RESOURCE_EXHAUSTED (vend limit), UNAVAILABLE.
+        """VendToken spends a feature's price (the feature `default`: one credit) and returns a signed JWT for it. Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND (unknown feature), FAILED_PRECONDITION (insufficient credits, also for an unknown user; or a replayed request whose token has expired), RESOURCE_EXHAUSTED (vend limit), UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ValidateToken(self, request, context):
-        """ValidateToken checks a token's signature, claims, expiry and revocation; an invalid token is a normal answer, not an error. Errors: INVALID_ARGUMENT (empty or oversized token), UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED.
+        """ValidateToken checks a token's signature, claims, expiry, revocation and, when asked, its feature; an invalid token is a normal answer, not an error. Errors: INVALID_ARGUMENT (empty or oversized token), UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,4 +1,4 @@
-"""AdminService: every user, every ledger entry, and manual grants."""
+"""AdminService: every user, every ledger entry, manual grants, keys, revocations and prices."""
 
 from __future__ import annotations
 
@@ -9,23 +9,43 @@ from pluct.admin.v1 import admin_service_pb2_grpc
 from pluct_server.api.grpc.services.convert import timestamp, transaction_message
 from pluct_server.domain.audit import audit
 from pluct_server.domain.ledger import Ledger
+from pluct_server.domain.prices import Prices
 from pluct_server.security.api_keys import ApiKeys
 from pluct_server.security.callers import current_caller
 from pluct_server.security.revocations import Revocations
 from pluct_server.store.audit_store import AuditStore
-from pluct_server.values.records import ApiKeyRecord
+from pluct_server.values.records import ApiKeyRecord, Price
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     """Serves pluct.admin.v1.AdminService; the interceptor has already checked the admin scope."""
 
     def __init__(
-        self, ledger: Ledger, keys: ApiKeys, revocations: Revocations, audits: AuditStore
+        self,
+        ledger: Ledger,
+        keys: ApiKeys,
+        revocations: Revocations,
+        audits: AuditStore,
+        prices: Prices,
     ) -> None:
         self._ledger = ledger
         self._keys = keys
         self._revocations = revocations
         self._audits = audits
+        self._prices = prices
+
+    async def SetPrice(
+        self, request: pb.SetPriceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetPriceResponse:
+        """Make or change a feature's price."""
+        price = await self._prices.set(request.feature, request.credits)
+        return pb.SetPriceResponse(price=_price_message(price))
+
+    async def ListPrices(
+        self, request: pb.ListPricesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPricesResponse:
+        """Return every feature's price, by name."""
+        return pb.ListPricesResponse(prices=[_price_message(p) for p in await self._prices.all()])
 
     async def ListUsers(
         self, request: pb.ListUsersRequest, context: grpc.aio.ServicerContext
@@ -157,3 +177,12 @@ def _api_key(record: ApiKeyRecord) -> pb.ApiKey:
     if record.revoke_time is not None:
         message.revoke_time.CopyFrom(timestamp(record.revoke_time))
     return message
+
+
+def _price_message(price: Price) -> pb.Price:
+    return pb.Price(
+        feature=price.feature,
+        credits=price.credits,
+        version=price.version,
+        update_time=timestamp(price.update_time),
+    )

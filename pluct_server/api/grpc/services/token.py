@@ -1,4 +1,4 @@
-"""TokenService: sell a token for one credit, and check tokens."""
+"""TokenService: sell a token for a feature's price, and check tokens."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pluct_server.api.grpc.services.convert import timestamp
 from pluct_server.domain.vending import TokenVendor
 from pluct_server.security.callers import current_caller
 from pluct_server.security.tokens import TokenKeys
+from pluct_server.values.records import DEFAULT_FEATURE
 
 
 class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
@@ -22,20 +23,27 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignor
     async def VendToken(
         self, request: pb.VendTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.VendTokenResponse:
-        """Spend one credit and return the signed token it bought."""
-        vended = await self._vendor.vend(request.user_id, request.request_id, current_caller())
+        """Spend the feature's price and return the signed token it bought."""
+        vended = await self._vendor.vend(
+            request.user_id,
+            request.request_id,
+            current_caller(),
+            request.feature or DEFAULT_FEATURE,
+        )
         return pb.VendTokenResponse(
             token=vended.token,
             expire_time=timestamp(vended.claims.expires_at),
             balance_after=vended.balance_after,
             token_id=str(vended.claims.token_id),
+            feature=vended.claims.feature,
+            credits_charged=vended.claims.cost,
         )
 
     async def ValidateToken(
         self, request: pb.ValidateTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.ValidateTokenResponse:
         """Tell whether a token is ours and still valid, and why not if it is not."""
-        verdict = self._signer.verify(request.token)
+        verdict = self._signer.verify(request.token, request.feature)
         response = pb.ValidateTokenResponse(valid=verdict.valid)
         if verdict.user_id is not None:
             response.user_id = verdict.user_id
@@ -43,6 +51,8 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):  # type: ignor
             response.expire_time.CopyFrom(timestamp(verdict.expires_at))
         if verdict.reason is not None:
             response.reason = verdict.reason
+        if verdict.feature is not None:
+            response.feature = verdict.feature
         return response
 
     async def GetJwks(

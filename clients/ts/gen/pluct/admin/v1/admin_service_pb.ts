@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/admin/v1/admin_service.proto.
  */
 export const file_pluct_admin_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwbHVjdC9hZG1pbi92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEg5wbHVjdC5hZG1pbi52MSLBAQoEVXNlchIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSGQoRdHJhbnNhY3Rpb25fY291bnQYAyABKAMSEwoLdG90YWxfc3BlbnQYBCABKAMSNgoSbGFzdF9hY3Rpdml0eV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKEExpc3RVc2Vyc1JlcXVlc3QSGgoJcGFnZV9zaXplGAEgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEEjIKBW9yZGVyGAMgASgOMhkucGx1Y3QuYWRtaW4udjEuVXNlck9yZGVyQgi6SAWCAQIQASJRChFMaXN0VXNlcnNSZXNwb25zZRIjCgV1c2VycxgBIAMoCzIULnBsdWN0LmFkbWluLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJItQBChdMaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSOAoHdXNlcl9pZBgDIAEoCUIiukgfch0QARhkMhdeW15ccHtDY31ccHtDZn1ccHtafV0qJEgAiAEBEjkKBW9yZGVyGAQgASgOMiAucGx1Y3QuYWRtaW4udjEuVHJhbnNhY3Rpb25PcmRlckIIukgFggECEAFCCgoIX3VzZXJfaWQiZwoYTGlzdFRyYW5zYWN0aW9uc1Jlc3BvbnNlEjIKDHRyYW5zYWN0aW9ucxgBIAMoCzIcLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki5gEKEUFkZENyZWRpdHNSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokEhoKBmFtb3VudBgCIAEoA0IKukgHIgUYkE4oARJICgZyZWFzb24YAyABKAlCM7pIMHIuGPQDMileW15ceDAwLVx4MDhceDBiXHgwY1x4MGUtXHgxZlx4N2YtXHg5Zl0qJEgAiAEBEioKCnJlcXVlc3RfaWQYBCABKAlCFrpIE3IRGIABMgxeW15ccHtDY31dKiRCCQoHX3JlYXNvbiI6ChJBZGRDcmVkaXRzUmVzcG9uc2USDwoHdXNlcl9pZBgBIAEoCRITCgtuZXdfYmFsYW5jZRgCIAEoAyKsAQoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEg4KBnNjb3BlcxgDIAMoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBiABKAkimQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSaAoEbmFtZRgBIAEoCUJaukhXyAEBclIYZDJOXlteXHB7Q2N9XHB7Q2Z9XHB7Wmx9XHB7WnB9XSpbXlxwe0NjfVxwe0NmfVxwe1p9XVteXHB7Q2N9XHB7Q2Z9XHB7Wmx9XHB7WnB9XSokEhgKBnNjb3BlcxgCIAMoCUIIukgFkgECCAEiTwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USDgoGc2VjcmV0GAEgASgJEicKB2FwaV9rZXkYAiABKAsyFi5wbHVjdC5hZG1pbi52MS5BcGlLZXkiTgoSTGlzdEFwaUtleXNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJYChNMaXN0QXBpS2V5c1Jlc3BvbnNlEigKCGFwaV9rZXlzGAEgAygLMhYucGx1Y3QuYWRtaW4udjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI8ChNSZXZva2VBcGlLZXlSZXF1ZXN0EiUKBmtleV9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsxNn0kIj8KFFJldm9rZUFwaUtleVJlc3BvbnNlEicKB2FwaV9rZXkYASABKAsyFi5wbHVjdC5hZG1pbi52MS5BcGlLZXkikQEKE1Jldm9rZVRva2Vuc1JlcXVlc3QSMgoDanRpGAEgASgJQiO6SCByHhABGIABMhdeW15ccHtDY31ccHtDZn1ccHtafV0rJEgAEjUKB3VzZXJfaWQYAiABKAlCIrpIH3IdEAEYZDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiRIAEIPCgZ0YXJnZXQSBbpIAggBIngKFFJldm9rZVRva2Vuc1Jlc3BvbnNlEi8KC3Jldm9rZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFAoSQXVkaXRMZWRnZXJSZXF1ZXN0Il0KE0F1ZGl0TGVkZ2VyUmVzcG9uc2USFQoNdXNlcnNfY2hlY2tlZBgBIAEoAxIvCghwcm9ibGVtcxgCIAMoCzIdLnBsdWN0LmFkbWluLnYxLkxlZGdlclByb2JsZW0iVwoNTGVkZ2VyUHJvYmxlbRIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEgoKbGVkZ2VyX3N1bRgDIAEoAxIQCghmaW5kaW5ncxgEIAMoCSpkCglVc2VyT3JkZXISGgoWVVNFUl9PUkRFUl9VTlNQRUNJRklFRBAAEhsKF1VTRVJfT1JERVJfTkVXRVNUX0ZJUlNUEAESHgoaVVNFUl9PUkRFUl9SRUNFTlRfQUNUSVZJVFkQAip9ChBUcmFuc2FjdGlvbk9yZGVyEiEKHVRSQU5TQUNUSU9OX09SREVSX1VOU1BFQ0lGSUVEEAASIgoeVFJBTlNBQ1RJT05fT1JERVJfTkVXRVNUX0ZJUlNUEAESIgoeVFJBTlNBQ1RJT05fT1JERVJfT0xERVNUX0ZJUlNUEAIyjwcKDEFkbWluU2VydmljZRJ1CglMaXN0VXNlcnMSIC5wbHVjdC5hZG1pbi52MS5MaXN0VXNlcnNSZXF1ZXN0GiEucGx1Y3QuYWRtaW4udjEuTGlzdFVzZXJzUmVzcG9uc2UiI9LzGAQIBhADgtPkkwIVYgV1c2VycxIML2FkbWluL3VzZXJzEpgBChBMaXN0VHJhbnNhY3Rpb25zEicucGx1Y3QuYWRtaW4udjEuTGlzdFRyYW5zYWN0aW9uc1JlcXVlc3QaKC5wbHVjdC5hZG1pbi52MS5MaXN0VHJhbnNhY3Rpb25zUmVzcG9uc2UiMdLzGAQIBhADgtPkkwIjYgx0cmFuc2FjdGlvbnMSEy9hZG1pbi90cmFuc2FjdGlvbnMSegoKQWRkQ3JlZGl0cxIhLnBsdWN0LmFkbWluLnYxLkFkZENyZWRpdHNSZXF1ZXN0GiIucGx1Y3QuYWRtaW4udjEuQWRkQ3JlZGl0c1Jlc3BvbnNlIiXS8xgECAYQA4LT5JMCFzoBKiISL2FkbWluL2NyZWRpdHMvYWRkEmMKDENyZWF0ZUFwaUtleRIjLnBsdWN0LmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaJC5wbHVjdC5hZG1pbi52MS5DcmVhdGVBcGlLZXlSZXNwb25zZSII0vMYBAgGEAMSYAoLTGlzdEFwaUtleXMSIi5wbHVjdC5hZG1pbi52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIy5wbHVjdC5hZG1pbi52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlIgjS8xgECAYQAxJjCgxSZXZva2VBcGlLZXkSIy5wbHVjdC5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiQucGx1Y3QuYWRtaW4udjEuUmV2b2tlQXBpS2V5UmVzcG9uc2UiCNLzGAQIBhADEmMKDFJldm9rZVRva2VucxIjLnBsdWN0LmFkbWluLnYxLlJldm9rZVRva2Vuc1JlcXVlc3QaJC5wbHVjdC5hZG1pbi52MS5SZXZva2VUb2tlbnNSZXNwb25zZSII0vMYBAgGEAMSYAoLQXVkaXRMZWRnZXISIi5wbHVjdC5hZG1pbi52MS5BdWRpdExlZGdlclJlcXVlc3QaIy5wbHVjdC5hZG1pbi52MS5BdWRpdExlZGdlclJlc3BvbnNlIgjS8xgECAYQA2IGcHJvdG8z", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth, file_pluct_credit_v1_ledger]);
+  fileDesc("CiJwbHVjdC9hZG1pbi92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEg5wbHVjdC5hZG1pbi52MSLBAQoEVXNlchIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSGQoRdHJhbnNhY3Rpb25fY291bnQYAyABKAMSEwoLdG90YWxfc3BlbnQYBCABKAMSNgoSbGFzdF9hY3Rpdml0eV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKEExpc3RVc2Vyc1JlcXVlc3QSGgoJcGFnZV9zaXplGAEgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEEjIKBW9yZGVyGAMgASgOMhkucGx1Y3QuYWRtaW4udjEuVXNlck9yZGVyQgi6SAWCAQIQASJRChFMaXN0VXNlcnNSZXNwb25zZRIjCgV1c2VycxgBIAMoCzIULnBsdWN0LmFkbWluLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJItQBChdMaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSOAoHdXNlcl9pZBgDIAEoCUIiukgfch0QARhkMhdeW15ccHtDY31ccHtDZn1ccHtafV0qJEgAiAEBEjkKBW9yZGVyGAQgASgOMiAucGx1Y3QuYWRtaW4udjEuVHJhbnNhY3Rpb25PcmRlckIIukgFggECEAFCCgoIX3VzZXJfaWQiZwoYTGlzdFRyYW5zYWN0aW9uc1Jlc3BvbnNlEjIKDHRyYW5zYWN0aW9ucxgBIAMoCzIcLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki5gEKEUFkZENyZWRpdHNSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokEhoKBmFtb3VudBgCIAEoA0IKukgHIgUYkE4oARJICgZyZWFzb24YAyABKAlCM7pIMHIuGPQDMileW15ceDAwLVx4MDhceDBiXHgwY1x4MGUtXHgxZlx4N2YtXHg5Zl0qJEgAiAEBEioKCnJlcXVlc3RfaWQYBCABKAlCFrpIE3IRGIABMgxeW15ccHtDY31dKiRCCQoHX3JlYXNvbiI6ChJBZGRDcmVkaXRzUmVzcG9uc2USDwoHdXNlcl9pZBgBIAEoCRITCgtuZXdfYmFsYW5jZRgCIAEoAyKsAQoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEg4KBnNjb3BlcxgDIAMoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBiABKAkimQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSaAoEbmFtZRgBIAEoCUJaukhXyAEBclIYZDJOXlteXHB7Q2N9XHB7Q2Z9XHB7Wmx9XHB7WnB9XSpbXlxwe0NjfVxwe0NmfVxwe1p9XVteXHB7Q2N9XHB7Q2Z9XHB7Wmx9XHB7WnB9XSokEhgKBnNjb3BlcxgCIAMoCUIIukgFkgECCAEiTwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USDgoGc2VjcmV0GAEgASgJEicKB2FwaV9rZXkYAiABKAsyFi5wbHVjdC5hZG1pbi52MS5BcGlLZXkiTgoSTGlzdEFwaUtleXNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJYChNMaXN0QXBpS2V5c1Jlc3BvbnNlEigKCGFwaV9rZXlzGAEgAygLMhYucGx1Y3QuYWRtaW4udjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI8ChNSZXZva2VBcGlLZXlSZXF1ZXN0EiUKBmtleV9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsxNn0kIj8KFFJldm9rZUFwaUtleVJlc3BvbnNlEicKB2FwaV9rZXkYASABKAsyFi5wbHVjdC5hZG1pbi52MS5BcGlLZXkikQEKE1Jldm9rZVRva2Vuc1JlcXVlc3QSMgoDanRpGAEgASgJQiO6SCByHhABGIABMhdeW15ccHtDY31ccHtDZn1ccHtafV0rJEgAEjUKB3VzZXJfaWQYAiABKAlCIrpIH3IdEAEYZDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiRIAEIPCgZ0YXJnZXQSBbpIAggBIngKFFJldm9rZVRva2Vuc1Jlc3BvbnNlEi8KC3Jldm9rZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFAoSQXVkaXRMZWRnZXJSZXF1ZXN0Il0KE0F1ZGl0TGVkZ2VyUmVzcG9uc2USFQoNdXNlcnNfY2hlY2tlZBgBIAEoAxIvCghwcm9ibGVtcxgCIAMoCzIdLnBsdWN0LmFkbWluLnYxLkxlZGdlclByb2JsZW0iVwoNTGVkZ2VyUHJvYmxlbRIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEgoKbGVkZ2VyX3N1bRgDIAEoAxIQCghmaW5kaW5ncxgEIAMoCSJrCgVQcmljZRIPCgdmZWF0dXJlGAEgASgJEg8KB2NyZWRpdHMYAiABKAMSDwoHdmVyc2lvbhgDIAEoAxIvCgt1cGRhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiaQoPU2V0UHJpY2VSZXF1ZXN0EjkKB2ZlYXR1cmUYASABKAlCKLpIJcgBAXIgGD8yE15bYS16XVthLXowLTlfLi1dKiRaB2RlZmF1bHQSGwoHY3JlZGl0cxgCIAEoA0IKukgHIgUYkE4oASI4ChBTZXRQcmljZVJlc3BvbnNlEiQKBXByaWNlGAEgASgLMhUucGx1Y3QuYWRtaW4udjEuUHJpY2UiEwoRTGlzdFByaWNlc1JlcXVlc3QiOwoSTGlzdFByaWNlc1Jlc3BvbnNlEiUKBnByaWNlcxgBIAMoCzIVLnBsdWN0LmFkbWluLnYxLlByaWNlKmQKCVVzZXJPcmRlchIaChZVU0VSX09SREVSX1VOU1BFQ0lGSUVEEAASGwoXVVNFUl9PUkRFUl9ORVdFU1RfRklSU1QQARIeChpVU0VSX09SREVSX1JFQ0VOVF9BQ1RJVklUWRACKn0KEFRyYW5zYWN0aW9uT3JkZXISIQodVFJBTlNBQ1RJT05fT1JERVJfVU5TUEVDSUZJRUQQABIiCh5UUkFOU0FDVElPTl9PUkRFUl9ORVdFU1RfRklSU1QQARIiCh5UUkFOU0FDVElPTl9PUkRFUl9PTERFU1RfRklSU1QQAjL+CAoMQWRtaW5TZXJ2aWNlEnUKCUxpc3RVc2VycxIgLnBsdWN0LmFkbWluLnYxLkxpc3RVc2Vyc1JlcXVlc3QaIS5wbHVjdC5hZG1pbi52MS5MaXN0VXNlcnNSZXNwb25zZSIj0vMYBAgGEAOC0+STAhViBXVzZXJzEgwvYWRtaW4vdXNlcnMSmAEKEExpc3RUcmFuc2FjdGlvbnMSJy5wbHVjdC5hZG1pbi52MS5MaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBooLnBsdWN0LmFkbWluLnYxLkxpc3RUcmFuc2FjdGlvbnNSZXNwb25zZSIx0vMYBAgGEAOC0+STAiNiDHRyYW5zYWN0aW9ucxITL2FkbWluL3RyYW5zYWN0aW9ucxJ6CgpBZGRDcmVkaXRzEiEucGx1Y3QuYWRtaW4udjEuQWRkQ3JlZGl0c1JlcXVlc3QaIi5wbHVjdC5hZG1pbi52MS5BZGRDcmVkaXRzUmVzcG9uc2UiJdLzGAQIBhADgtPkkwIXOgEqIhIvYWRtaW4vY3JlZGl0cy9hZGQSYwoMQ3JlYXRlQXBpS2V5EiMucGx1Y3QuYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBokLnBsdWN0LmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlIgjS8xgECAYQAxJgCgtMaXN0QXBpS2V5cxIiLnBsdWN0LmFkbWluLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBojLnBsdWN0LmFkbWluLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiCNLzGAQIBhADEmMKDFJldm9rZUFwaUtleRIjLnBsdWN0LmFkbWluLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaJC5wbHVjdC5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXNwb25zZSII0vMYBAgGEAMSYwoMUmV2b2tlVG9rZW5zEiMucGx1Y3QuYWRtaW4udjEuUmV2b2tlVG9rZW5zUmVxdWVzdBokLnBsdWN0LmFkbWluLnYxLlJldm9rZVRva2Vuc1Jlc3BvbnNlIgjS8xgECAYQAxJ5CghTZXRQcmljZRIfLnBsdWN0LmFkbWluLnYxLlNldFByaWNlUmVxdWVzdBogLnBsdWN0LmFkbWluLnYxLlNldFByaWNlUmVzcG9uc2UiKtLzGAQIBhADgtPkkwIcOgEqGhcvYWRtaW4vcHJpY2VzL3tmZWF0dXJlfRJyCgpMaXN0UHJpY2VzEiEucGx1Y3QuYWRtaW4udjEuTGlzdFByaWNlc1JlcXVlc3QaIi5wbHVjdC5hZG1pbi52MS5MaXN0UHJpY2VzUmVzcG9uc2UiHdLzGAQIAhADgtPkkwIPEg0vYWRtaW4vcHJpY2VzEmAKC0F1ZGl0TGVkZ2VyEiIucGx1Y3QuYWRtaW4udjEuQXVkaXRMZWRnZXJSZXF1ZXN0GiMucGx1Y3QuYWRtaW4udjEuQXVkaXRMZWRnZXJSZXNwb25zZSII0vMYBAgGEANiBnByb3RvMw", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth, file_pluct_credit_v1_ledger]);
 
 /**
  * User is one user's account summary.
@@ -639,6 +639,133 @@ export const LedgerProblemSchema: GenMessage<LedgerProblem> = /*@__PURE__*/
   messageDesc(file_pluct_admin_v1_admin_service, 18);
 
 /**
+ * Price is what a token for one feature costs.
+ *
+ * @generated from message pluct.admin.v1.Price
+ */
+export type Price = Message<"pluct.admin.v1.Price"> & {
+  /**
+   * feature is the feature's name, as VendTokenRequest.feature names it.
+   *
+   * @generated from field: string feature = 1;
+   */
+  feature: string;
+
+  /**
+   * credits is what one token for the feature costs.
+   *
+   * @generated from field: int64 credits = 2;
+   */
+  credits: bigint;
+
+  /**
+   * version counts the feature's price changes: 1 when it was first set.
+   *
+   * @generated from field: int64 version = 3;
+   */
+  version: bigint;
+
+  /**
+   * update_time is when the price was last changed.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 4;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message pluct.admin.v1.Price.
+ * Use `create(PriceSchema)` to create a new message.
+ */
+export const PriceSchema: GenMessage<Price> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 19);
+
+/**
+ * SetPriceRequest names a feature and its new price.
+ *
+ * @generated from message pluct.admin.v1.SetPriceRequest
+ */
+export type SetPriceRequest = Message<"pluct.admin.v1.SetPriceRequest"> & {
+  /**
+   * feature is the feature to price: a lowercase letter, then up to 62 lowercase letters, digits, '_', '.' or '-'; not `default`, which costs one credit for ever.
+   *
+   * @generated from field: string feature = 1;
+   */
+  feature: string;
+
+  /**
+   * credits is what one token for the feature will cost.
+   *
+   * @generated from field: int64 credits = 2;
+   */
+  credits: bigint;
+};
+
+/**
+ * Describes the message pluct.admin.v1.SetPriceRequest.
+ * Use `create(SetPriceRequestSchema)` to create a new message.
+ */
+export const SetPriceRequestSchema: GenMessage<SetPriceRequest> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 20);
+
+/**
+ * SetPriceResponse is the feature's price as now set.
+ *
+ * @generated from message pluct.admin.v1.SetPriceResponse
+ */
+export type SetPriceResponse = Message<"pluct.admin.v1.SetPriceResponse"> & {
+  /**
+   * price is the price now in force; its version grows only when the credits change.
+   *
+   * @generated from field: pluct.admin.v1.Price price = 1;
+   */
+  price?: Price | undefined;
+};
+
+/**
+ * Describes the message pluct.admin.v1.SetPriceResponse.
+ * Use `create(SetPriceResponseSchema)` to create a new message.
+ */
+export const SetPriceResponseSchema: GenMessage<SetPriceResponse> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 21);
+
+/**
+ * ListPricesRequest asks for every price.
+ *
+ * @generated from message pluct.admin.v1.ListPricesRequest
+ */
+export type ListPricesRequest = Message<"pluct.admin.v1.ListPricesRequest"> & {
+};
+
+/**
+ * Describes the message pluct.admin.v1.ListPricesRequest.
+ * Use `create(ListPricesRequestSchema)` to create a new message.
+ */
+export const ListPricesRequestSchema: GenMessage<ListPricesRequest> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 22);
+
+/**
+ * ListPricesResponse lists every feature's price.
+ *
+ * @generated from message pluct.admin.v1.ListPricesResponse
+ */
+export type ListPricesResponse = Message<"pluct.admin.v1.ListPricesResponse"> & {
+  /**
+   * prices are every feature's price, by feature name, `default` among them.
+   *
+   * @generated from field: repeated pluct.admin.v1.Price prices = 1;
+   */
+  prices: Price[];
+};
+
+/**
+ * Describes the message pluct.admin.v1.ListPricesResponse.
+ * Use `create(ListPricesResponseSchema)` to create a new message.
+ */
+export const ListPricesResponseSchema: GenMessage<ListPricesResponse> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 23);
+
+/**
  * UserOrder is the order ListUsers lists users in.
  *
  * @generated from enum pluct.admin.v1.UserOrder
@@ -781,6 +908,26 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeTokensRequestSchema;
     output: typeof RevokeTokensResponseSchema;
+  },
+  /**
+   * SetPrice sets what a token for a feature costs, making the feature if it is new; tokens already sold keep what they cost. The feature `default` costs one credit for ever. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (a bad name or price, or `default`), RESOURCE_EXHAUSTED, UNAVAILABLE.
+   *
+   * @generated from rpc pluct.admin.v1.AdminService.SetPrice
+   */
+  setPrice: {
+    methodKind: "unary";
+    input: typeof SetPriceRequestSchema;
+    output: typeof SetPriceResponseSchema;
+  },
+  /**
+   * ListPrices lists every feature and its price, by feature name; it needs credits:read (admin holds it). Errors: UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+   *
+   * @generated from rpc pluct.admin.v1.AdminService.ListPrices
+   */
+  listPrices: {
+    methodKind: "unary";
+    input: typeof ListPricesRequestSchema;
+    output: typeof ListPricesResponseSchema;
   },
   /**
    * AuditLedger checks every user against its ledger: balance = sum of entries, no negative balance, one token per spend. Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.

@@ -15,10 +15,10 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/token/v1/token_service.proto.
  */
 export const file_pluct_token_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwbHVjdC90b2tlbi92MS90b2tlbl9zZXJ2aWNlLnByb3RvEg5wbHVjdC50b2tlbi52MSJ0ChBWZW5kVG9rZW5SZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokEioKCnJlcXVlc3RfaWQYAiABKAlCFrpIE3IRGIABMgxeW15ccHtDY31dKiQifAoRVmVuZFRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWJhbGFuY2VfYWZ0ZXIYAyABKAMSEAoIdG9rZW5faWQYBCABKAkiNgoUVmFsaWRhdGVUb2tlblJlcXVlc3QSHgoFdG9rZW4YASABKAlCD7pIDMgBAXIHGIAgMgJcUyKZAQoVVmFsaWRhdGVUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEhQKB3VzZXJfaWQYAiABKAlIAIgBARIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoGcmVhc29uGAQgASgJSAGIAQFCCgoIX3VzZXJfaWRCCQoHX3JlYXNvbiIQCg5HZXRKd2tzUmVxdWVzdCI7Cg9HZXRKd2tzUmVzcG9uc2USKAoEa2V5cxgBIAMoCzIaLnBsdWN0LnRva2VuLnYxLkpzb25XZWJLZXkiWAoKSnNvbldlYktleRILCgNrdHkYASABKAkSCwoDY3J2GAIgASgJEgkKAXgYAyABKAkSCwoDa2lkGAQgASgJEgsKA2FsZxgFIAEoCRILCgN1c2UYBiABKAky9wIKDFRva2VuU2VydmljZRJwCglWZW5kVG9rZW4SIC5wbHVjdC50b2tlbi52MS5WZW5kVG9rZW5SZXF1ZXN0GiEucGx1Y3QudG9rZW4udjEuVmVuZFRva2VuUmVzcG9uc2UiHtLzGAQIBBABgtPkkwIQOgEqIgsvdmVuZC10b2tlbhKAAQoNVmFsaWRhdGVUb2tlbhIkLnBsdWN0LnRva2VuLnYxLlZhbGlkYXRlVG9rZW5SZXF1ZXN0GiUucGx1Y3QudG9rZW4udjEuVmFsaWRhdGVUb2tlblJlc3BvbnNlIiLS8xgECAUQAYLT5JMCFDoBKiIPL3ZhbGlkYXRlLXRva2VuEnIKB0dldEp3a3MSHi5wbHVjdC50b2tlbi52MS5HZXRKd2tzUmVxdWVzdBofLnBsdWN0LnRva2VuLnYxLkdldEp3a3NSZXNwb25zZSIm0vMYBAgHEAGC0+STAhgSFi8ud2VsbC1rbm93bi9qd2tzLmpzb25iBnByb3RvMw", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth]);
+  fileDesc("CiJwbHVjdC90b2tlbi92MS90b2tlbl9zZXJ2aWNlLnByb3RvEg5wbHVjdC50b2tlbi52MSKmAQoQVmVuZFRva2VuUmVxdWVzdBI0Cgd1c2VyX2lkGAEgASgJQiO6SCDIAQFyGxhkMhdeW15ccHtDY31ccHtDZn1ccHtafV0qJBIqCgpyZXF1ZXN0X2lkGAIgASgJQha6SBNyERiAATIMXlteXHB7Q2N9XSokEjAKB2ZlYXR1cmUYAyABKAlCH7pIHHIaGD8yFl4oW2Etel1bYS16MC05Xy4tXSopPyQipgEKEVZlbmRUb2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1iYWxhbmNlX2FmdGVyGAMgASgDEhAKCHRva2VuX2lkGAQgASgJEg8KB2ZlYXR1cmUYBSABKAkSFwoPY3JlZGl0c19jaGFyZ2VkGAYgASgDImgKFFZhbGlkYXRlVG9rZW5SZXF1ZXN0Eh4KBXRva2VuGAEgASgJQg+6SAzIAQFyBxiAIDICXFMSMAoHZmVhdHVyZRgCIAEoCUIfukgcchoYPzIWXihbYS16XVthLXowLTlfLi1dKik/JCK7AQoVVmFsaWRhdGVUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEhQKB3VzZXJfaWQYAiABKAlIAIgBARIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoGcmVhc29uGAQgASgJSAGIAQESFAoHZmVhdHVyZRgFIAEoCUgCiAEBQgoKCF91c2VyX2lkQgkKB19yZWFzb25CCgoIX2ZlYXR1cmUiEAoOR2V0Sndrc1JlcXVlc3QiOwoPR2V0Sndrc1Jlc3BvbnNlEigKBGtleXMYASADKAsyGi5wbHVjdC50b2tlbi52MS5Kc29uV2ViS2V5IlgKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2NydhgCIAEoCRIJCgF4GAMgASgJEgsKA2tpZBgEIAEoCRILCgNhbGcYBSABKAkSCwoDdXNlGAYgASgJMvcCCgxUb2tlblNlcnZpY2UScAoJVmVuZFRva2VuEiAucGx1Y3QudG9rZW4udjEuVmVuZFRva2VuUmVxdWVzdBohLnBsdWN0LnRva2VuLnYxLlZlbmRUb2tlblJlc3BvbnNlIh7S8xgECAQQAYLT5JMCEDoBKiILL3ZlbmQtdG9rZW4SgAEKDVZhbGlkYXRlVG9rZW4SJC5wbHVjdC50b2tlbi52MS5WYWxpZGF0ZVRva2VuUmVxdWVzdBolLnBsdWN0LnRva2VuLnYxLlZhbGlkYXRlVG9rZW5SZXNwb25zZSIi0vMYBAgFEAGC0+STAhQ6ASoiDy92YWxpZGF0ZS10b2tlbhJyCgdHZXRKd2tzEh4ucGx1Y3QudG9rZW4udjEuR2V0Sndrc1JlcXVlc3QaHy5wbHVjdC50b2tlbi52MS5HZXRKd2tzUmVzcG9uc2UiJtLzGAQIBxABgtPkkwIYEhYvLndlbGwta25vd24vandrcy5qc29uYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth]);
 
 /**
- * VendTokenRequest names the user who pays one credit.
+ * VendTokenRequest names the user who pays, and the feature the token unlocks.
  *
  * @generated from message pluct.token.v1.VendTokenRequest
  */
@@ -31,11 +31,18 @@ export type VendTokenRequest = Message<"pluct.token.v1.VendTokenRequest"> & {
   userId: string;
 
   /**
-   * request_id makes retries safe: a repeat with the same id (from the same caller, for the same user, kept 24 h) returns the same token and charges nothing.
+   * request_id makes retries safe: a repeat with the same id (from the same caller, for the same user and feature, kept 24 h) returns the same token and charge, whatever the price is now, and charges nothing more.
    *
    * @generated from field: string request_id = 2;
    */
   requestId: string;
+
+  /**
+   * feature is what the token unlocks, priced with AdminService.SetPrice; empty means `default` (one credit).
+   *
+   * @generated from field: string feature = 3;
+   */
+  feature: string;
 };
 
 /**
@@ -52,7 +59,7 @@ export const VendTokenRequestSchema: GenMessage<VendTokenRequest> = /*@__PURE__*
  */
 export type VendTokenResponse = Message<"pluct.token.v1.VendTokenResponse"> & {
   /**
-   * token is a JWT (HS256 or EdDSA, with a kid header) with claims sub (user id), jti, iat, exp, and iss/aud when configured.
+   * token is a JWT (HS256 or EdDSA, with a kid header) with claims sub (user id), jti, iat, exp, iss/aud when configured, and for any feature but `default` feat (the feature) and cost (the credits charged).
    *
    * @generated from field: string token = 1;
    */
@@ -78,6 +85,20 @@ export type VendTokenResponse = Message<"pluct.token.v1.VendTokenResponse"> & {
    * @generated from field: string token_id = 4;
    */
   tokenId: string;
+
+  /**
+   * feature is the feature the token was sold for.
+   *
+   * @generated from field: string feature = 5;
+   */
+  feature: string;
+
+  /**
+   * credits_charged is what the token cost: the feature's price when it was sold.
+   *
+   * @generated from field: int64 credits_charged = 6;
+   */
+  creditsCharged: bigint;
 };
 
 /**
@@ -99,6 +120,13 @@ export type ValidateTokenRequest = Message<"pluct.token.v1.ValidateTokenRequest"
    * @generated from field: string token = 1;
    */
   token: string;
+
+  /**
+   * feature, when set, is the feature the caller unlocks: a token sold for another one is not valid for it.
+   *
+   * @generated from field: string feature = 2;
+   */
+  feature: string;
 };
 
 /**
@@ -136,11 +164,18 @@ export type ValidateTokenResponse = Message<"pluct.token.v1.ValidateTokenRespons
   expireTime?: Timestamp | undefined;
 
   /**
-   * reason says why the token is not valid ("Token expired", "Token revoked" or "Invalid token signature"), set only when not valid.
+   * reason says why the token is not valid ("Invalid token signature", "Token expired", "Token revoked" or "Token is for another feature", checked in that order), set only when not valid.
    *
    * @generated from field: optional string reason = 4;
    */
   reason?: string | undefined;
+
+  /**
+   * feature is the feature the token was sold for (`default` for a token without a feat claim), set only when valid.
+   *
+   * @generated from field: optional string feature = 5;
+   */
+  feature?: string | undefined;
 };
 
 /**
@@ -249,7 +284,7 @@ export const JsonWebKeySchema: GenMessage<JsonWebKey> = /*@__PURE__*/
  */
 export const TokenService: GenService<{
   /**
-   * VendToken spends one credit and returns a signed JWT for it. Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION (insufficient credits, also for an unknown user; or a replayed request whose token has expired), RESOURCE_EXHAUSTED (vend limit), UNAVAILABLE.
+   * VendToken spends a feature's price (the feature `default`: one credit) and returns a signed JWT for it. Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND (unknown feature), FAILED_PRECONDITION (insufficient credits, also for an unknown user; or a replayed request whose token has expired), RESOURCE_EXHAUSTED (vend limit), UNAVAILABLE.
    *
    * @generated from rpc pluct.token.v1.TokenService.VendToken
    */
@@ -259,7 +294,7 @@ export const TokenService: GenService<{
     output: typeof VendTokenResponseSchema;
   },
   /**
-   * ValidateToken checks a token's signature, claims, expiry and revocation; an invalid token is a normal answer, not an error. Errors: INVALID_ARGUMENT (empty or oversized token), UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED.
+   * ValidateToken checks a token's signature, claims, expiry, revocation and, when asked, its feature; an invalid token is a normal answer, not an error. Errors: INVALID_ARGUMENT (empty or oversized token), UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED.
    *
    * @generated from rpc pluct.token.v1.TokenService.ValidateToken
    */
