@@ -196,13 +196,26 @@ HAVING u.balance <> COALESCE(SUM(CASE WHEN l.type = 'spend' THEN -l.amount ELSE 
 """
 
 
+# A balance is what remains of the user's grants, at every moment nothing has expired unwritten.
+GRANT_MISMATCHES = """
+SELECT u.user_id, u.balance, coalesce(g.remaining, 0) AS granted
+  FROM users u
+  LEFT JOIN (SELECT user_id, sum(remaining) AS remaining FROM grants GROUP BY user_id) g
+         ON g.user_id = u.user_id
+ WHERE u.balance <> coalesce(g.remaining, 0)
+"""
+
+
 async def ledger_mismatches(dsn: str) -> list[dict[str, object]]:
-    """Return every user whose balance, count or spend total disagrees with its ledger."""
+    """Return every user whose balance, count or spend total disagrees with its ledger or grants."""
     conn = await asyncpg.connect(dsn)
     try:
         if await conn.fetchval("SELECT to_regclass('users')") is None:
             return []  # no server has migrated this database yet: no balances to disagree
-        return [dict(row) for row in await conn.fetch(LEDGER_MISMATCHES)]
+        found = [dict(row) for row in await conn.fetch(LEDGER_MISMATCHES)]
+        if await conn.fetchval("SELECT to_regclass('grants')") is not None:
+            found += [dict(row) for row in await conn.fetch(GRANT_MISMATCHES)]
+        return found
     finally:
         await conn.close()
 

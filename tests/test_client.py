@@ -132,6 +132,22 @@ async def test_command_line_prices_features_and_vends_them(server, user_id):
     assert (refused, why.split(":")[0]) == (1, "PERMISSION_DENIED")
 
 
+async def test_command_line_grants_on_terms_and_lists_grants(server, user_id):
+    key = await caller_key(server)
+    await cli(server, "create-user", user_id, "--credits", "2", PLUCT_API_KEY=key)
+    _, given, _ = await cli(
+        server, "credit", user_id, "4", "--paid", "--priority", "7", ADMIN_SECRET=ADMIN_SECRET
+    )
+    _, listed, _ = await cli(server, "grants", user_id, PLUCT_API_KEY=key)
+
+    grants = json.loads(listed)["grants"]
+    assert [(g["category"], g["priority"], g["amount"]) for g in grants] == [
+        ("GRANT_CATEGORY_PAID", 7, "4"),
+        ("GRANT_CATEGORY_PROMOTIONAL", 50, "2"),
+    ]
+    assert grants[0]["grant_id"] == json.loads(given)["grant_id"]
+
+
 def test_the_command_line_offers_exactly_the_scopes_a_key_may_hold():
     from pluct_client.__main__ import SCOPES
 

@@ -95,6 +95,7 @@ def valid_requests(user_id: str, key_id: str) -> dict[str, Message]:
         ),
         "CreditService.GetBalance": credit_pb.GetBalanceRequest(user_id=user_id),
         "CreditService.ListTransactions": credit_pb.ListTransactionsRequest(user_id=user_id),
+        "CreditService.ListGrants": credit_pb.ListGrantsRequest(user_id=user_id),
         "CreditService.AddCredits": credit_pb.AddCreditsRequest(
             user_id=user_id, amount=7, event_id=new_request_id(), request_id=new_request_id()
         ),

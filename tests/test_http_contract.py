@@ -44,6 +44,7 @@ ADDED_ROUTES = {
     "GET /metrics",
     "GET /admin/prices",
     "PUT /admin/prices/{feature}",
+    "GET /user/{userId}/grants",
 }
 SERVED_ROUTES = CONTRACT_ROUTES | ADDED_ROUTES
 
@@ -322,7 +323,10 @@ async def test_root_describes_the_api_one_entry_per_route(http):
     assert set(reply.body["endpoints"]) == SERVED_ROUTES
     assert all(isinstance(text, str) and text for text in reply.body["endpoints"].values())
     auth = reply.body["authentication"]
-    assert set(auth["admin"]["endpoints"]) == {r for r in SERVED_ROUTES if " /admin/" in r}
+    # A user's grants need the admin secret (or a key) too, though not under /admin/.
+    assert set(auth["admin"]["endpoints"]) == {
+        r for r in SERVED_ROUTES if " /admin/" in r or r.endswith("/grants")
+    }
     assert auth["webhook"]["endpoints"] == ["POST /add-credits"]
 
 

@@ -390,22 +390,12 @@ async def test_audit_exits_one_and_names_the_users_whose_books_disagree(producti
     env = service_env(DATABASE_URL=production_dsn)  # an operator command needs no secrets
     conn = await asyncpg.connect(production_dsn)
     try:
-        await conn.execute(
-            """
-            INSERT INTO users (user_id, balance, transaction_count) VALUES ('honest', 3, 1);
-            INSERT INTO ledger (user_id, type, amount, balance_after) VALUES
-                ('honest', 'admin_add', 3, 3);
-            """
-        )
+        await credited(conn, "honest", balance=3, credit=3, remaining=3)
         clean = run_command("audit", env, tmp_path)
-        # What a bug or a hand in the database would leave: a balance its ledger does not explain.
-        await conn.execute(
-            """
-            INSERT INTO users (user_id, balance, transaction_count) VALUES ('tampered', 7, 1);
-            INSERT INTO ledger (user_id, type, amount, balance_after) VALUES
-                ('tampered', 'admin_add', 2, 2);
-            """
-        )
+        # What a bug or a hand in the database would leave: a balance its ledger does not
+        # explain, and a grant that lost credits no spend took.
+        await credited(conn, "tampered", balance=7, credit=2, remaining=2)
+        await credited(conn, "drained", balance=3, credit=3, remaining=1)
         dirty = run_command("audit", env, tmp_path)
     finally:
         await conn.close()
@@ -413,4 +403,33 @@ async def test_audit_exits_one_and_names_the_users_whose_books_disagree(producti
     assert (clean.returncode, clean.stdout.strip()) == (0, "audited 1 users: clean")
     assert dirty.returncode == 1
     assert "tampered: balance 7, ledger 2: balance differs from the ledger" in dirty.stdout
+    assert (
+        "drained: balance 3, ledger 3: balance differs from what remains of the grants; "
+        "a grant whose remainder differs from what was drawn from it"
+    ) in dirty.stdout
     assert "honest" not in dirty.stdout
+
+
+async def credited(
+    conn: asyncpg.Connection, user_id: str, *, balance: int, credit: int, remaining: int
+) -> None:
+    """Write a user with one admin grant of `credit` straight into the tables."""
+    await conn.execute(
+        "INSERT INTO users (user_id, balance, transaction_count) VALUES ($1, $2, 1)",
+        user_id,
+        balance,
+    )
+    grant_id = await conn.fetchval(
+        "INSERT INTO grants (user_id, category, priority, amount, remaining, source)"
+        " VALUES ($1, 'promotional', 50, $2, $3, 'admin') RETURNING grant_id",
+        user_id,
+        credit,
+        remaining,
+    )
+    await conn.execute(
+        "INSERT INTO ledger (user_id, type, amount, balance_after, grant_id)"
+        " VALUES ($1, 'admin_add', $2, $2, $3)",
+        user_id,
+        credit,
+        grant_id,
+    )

@@ -44,9 +44,16 @@ async def test_the_ledger_is_append_only(conn, statement):
     await conn.execute(
         "INSERT INTO users (user_id, balance, transaction_count) VALUES ($1, 1, 1)", user_id
     )
-    await conn.execute(
-        "INSERT INTO ledger (user_id, type, amount, balance_after) VALUES ($1, 'admin_add', 1, 1)",
+    grant_id = await conn.fetchval(
+        "INSERT INTO grants (user_id, category, priority, amount, remaining, source)"
+        " VALUES ($1, 'promotional', 50, 1, 1, 'admin') RETURNING grant_id",
         user_id,
+    )
+    await conn.execute(
+        "INSERT INTO ledger (user_id, type, amount, balance_after, grant_id)"
+        " VALUES ($1, 'admin_add', 1, 1, $2)",
+        user_id,
+        grant_id,
     )
     before = await conn.fetch("SELECT id, amount FROM ledger WHERE user_id = $1", user_id)
     transaction = conn.transaction()

@@ -399,9 +399,23 @@ async def follower(admin) -> Follower:
 
 async def credit_in_open_transaction(conn: asyncpg.Connection, user_id: str) -> int:
     """Credit `user_id` through the server's own statement inside `conn`'s open transaction."""
-    # Without a request id: user, amount, type, reason, actor, then the (unused) key's five.
+    # Without a request id: user, amount, type, reason, actor, the (unused) request id, the
+    # grant's category, priority and source, then the (unused) key's four.
     await conn.fetchrow(
-        _CREDIT, user_id, 1, "admin_add", "held open", "tests", None, None, None, None, None
+        _CREDIT,
+        user_id,
+        1,
+        "admin_add",
+        "held open",
+        "tests",
+        None,
+        "promotional",
+        50,
+        "admin",
+        None,
+        None,
+        None,
+        None,
     )
     entry_id: int = await conn.fetchval("SELECT max(id) FROM ledger WHERE user_id = $1", user_id)
     return entry_id

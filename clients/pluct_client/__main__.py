@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     grant.add_argument("amount", type=int)
     grant.add_argument("--reason")
     grant.add_argument("--request-id", default="")
+    kind = grant.add_mutually_exclusive_group()
+    kind.add_argument("--paid", action="store_true", help="paid credits (spent after promotional)")
+    kind.add_argument("--promotional", action="store_true", help="promotional credits (default)")
+    grant.add_argument("--priority", type=int, help="0 to 100, lower spent first (default 50)")
+    commands.add_parser("grants", help="list a user's grants").add_argument("user_id")
     keys = commands.add_parser("keys", help="create, list and revoke API keys (admin)")
     key_commands = keys.add_subparsers(dest="key_command", required=True)
     make = key_commands.add_parser("create", help="make a key; its secret is printed once")
@@ -105,6 +110,8 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> object:
             return await client.vend_token(args.user_id, args.request_id, args.feature)
         if args.command == "validate":
             return await client.validate_token(args.token, args.feature)
+        if args.command == "grants":
+            return await client.grants(args.user_id)
         if args.command == "prices":
             return await client.list_prices()
         if args.command == "price":
@@ -123,7 +130,14 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> object:
             return await client.jwks()
         if args.command == "audit":
             return await client.audit()
-        return await client.grant(args.user_id, args.amount, args.reason, args.request_id)
+        return await client.grant(
+            args.user_id,
+            args.amount,
+            args.reason,
+            args.request_id,
+            paid=args.paid,
+            priority=args.priority,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.admin.v1 import admin_service_pb2_grpc
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
 from pluct.credit.v1 import credit_service_pb2_grpc
+from pluct.credit.v1 import grant_pb2 as grant_pb
 from pluct.token.v1 import token_service_pb2 as token_pb
 from pluct.token.v1 import token_service_pb2_grpc
 
@@ -114,6 +115,16 @@ class PluctClient:
         )
         return reply
 
+    async def grants(
+        self, user_id: str, page_size: int = 0, page_token: str = ""
+    ) -> credit_pb.ListGrantsResponse:
+        """Return one page of a user's grants, newest first, with what remains of each."""
+        request = credit_pb.ListGrantsRequest(
+            user_id=user_id, page_size=page_size, page_token=page_token
+        )
+        reply: credit_pb.ListGrantsResponse = await self._call(self._credit.ListGrants, request)
+        return reply
+
     async def add_payment(
         self, user_id: str, amount: int, request_id: str = ""
     ) -> credit_pb.AddCreditsResponse:
@@ -188,12 +199,23 @@ class PluctClient:
         return reply
 
     async def grant(
-        self, user_id: str, amount: int, reason: str | None = None, request_id: str = ""
+        self,
+        user_id: str,
+        amount: int,
+        reason: str | None = None,
+        request_id: str = "",
+        *,
+        paid: bool = False,
+        priority: int | None = None,
     ) -> admin_pb.AddCreditsResponse:
-        """Grant credits by hand (needs the admin secret)."""
+        """Grant credits by hand, promotional unless `paid` (needs the admin secret)."""
         request = admin_pb.AddCreditsRequest(user_id=user_id, amount=amount, request_id=request_id)
         if reason is not None:
             request.reason = reason
+        if paid:
+            request.category = grant_pb.GRANT_CATEGORY_PAID
+        if priority is not None:
+            request.priority = priority
         reply: admin_pb.AddCreditsResponse = await self._call(
             self._admin.AddCredits, request, self._bearer_md
         )

@@ -48,6 +48,10 @@ def findings(books: Books) -> tuple[str, ...]:
         found.append("a spend that did not buy one token at its price")
     if books.reused_tokens:
         found.append("a token paid for twice")
+    if books.balance != books.granted:
+        found.append("balance differs from what remains of the grants")
+    if books.odd_grants:
+        found.append("a grant whose remainder differs from what was drawn from it")
     return tuple(found)
 
 

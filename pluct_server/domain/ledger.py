@@ -45,7 +45,12 @@ from pluct_server.values.charges import Charge, retry_after_seconds
 from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 from pluct_server.values.records import (
     DEFAULT_FEATURE,
+    Credited,
     EntryType,
+    Grant,
+    GrantCategory,
+    GrantSource,
+    GrantTerms,
     PriorRequest,
     RequestKey,
     Spend,
@@ -62,12 +67,14 @@ ADMIN_DEFAULT_REASON = "Manual credit addition by admin"
 
 USER_TRANSACTIONS_PAGE = (50, 100)  # (default, maximum)
 ALL_TRANSACTIONS_PAGE = (100, 100)
+GRANTS_PAGE = (50, 100)
 USERS_PAGE = (100, 1000)
 
 # Listing names inside page tokens (stored by callers between calls; never rename one without
 # retiring the old name in pagination.py).
 USERS_LISTING = "users_by_create_time"
 FOLLOW_LISTING = "admin_transactions_oldest_first"
+GRANTS_LISTING = "grants"
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,14 @@ class TransactionPage:
     """A page of ledger entries and the token for the next one ("" on the last page)."""
 
     transactions: list[Transaction]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class GrantPage:
+    """A page of a user's grants and the token for the next one ("" on the last page)."""
+
+    grants: list[Grant]
     next_page_token: str
 
 
@@ -100,6 +115,8 @@ def _fingerprint(*parts: object) -> str:
 CREATE_USER = "create_user"
 ADMIN_GRANT = "admin_grant"
 VEND = "vend"
+# What an admin grant is unless its caller says otherwise.
+ADMIN_TERMS = GrantTerms(GrantCategory.PROMOTIONAL)
 # The source label of pluct_credits_granted_total, by the kind of credit.
 _GRANT_SOURCES = {EntryType.ADD_WEBHOOK: "payment", EntryType.ADMIN_ADD: "admin"}
 
@@ -193,8 +210,10 @@ class Ledger:
         """Return a user's balance; 0 for an unknown user."""
         return await self._store.balance(user_id)
 
-    async def add_payment(self, user_id: str, amount: int, event_id: str, caller: Caller) -> int:
-        """Credit a payment reported by the payment provider; return the new balance.
+    async def add_payment(
+        self, user_id: str, amount: int, event_id: str, caller: Caller
+    ) -> Credited:
+        """Credit a payment reported by the payment provider: a paid grant, never expiring.
 
         Event ids are one namespace for the deployment, which has one payment provider: the
         same event again, through any channel, credits nothing and answers what its first
@@ -202,7 +221,7 @@ class Ledger:
         """
         try:
             async with self._credit_turns.turn(user_id):
-                balance = await self._store.pay(
+                credited = await self._store.pay(
                     user_id, amount, EntryType.ADD_WEBHOOK, WEBHOOK_REASON, caller.id, event_id
                 )
         except PaymentEventTaken:
@@ -218,30 +237,43 @@ class Ledger:
                     caller.address,
                 )
                 raise PaymentEventReused() from None
-            return prior.balance_after
+            return Credited(prior.balance_after, prior.grant_id)
         CREDITS_GRANTED.labels(_GRANT_SOURCES[EntryType.ADD_WEBHOOK]).inc(amount)
-        return balance
+        return credited
 
     async def add_admin_grant(
-        self, user_id: str, amount: int, reason: str | None, request_id: str, caller: Caller
-    ) -> int:
-        """Credit a manual grant by an admin; return the new balance."""
+        self,
+        user_id: str,
+        amount: int,
+        reason: str | None,
+        request_id: str,
+        caller: Caller,
+        terms: GrantTerms = ADMIN_TERMS,
+    ) -> Credited:
+        """Credit a manual grant by an admin, on `terms` (promotional, priority 50 unless said).
+
+        Whatever its category, it stays an admin grant: never a payment.
+        """
         entry_type = EntryType.ADMIN_ADD
         note = _note(reason, ADMIN_DEFAULT_REASON)
-        key = self._key(caller, ADMIN_GRANT, request_id, entry_type.value, user_id, amount, note)
+        # A grant on the usual terms keeps the fingerprint grants always had.
+        said = () if terms == ADMIN_TERMS else (terms.category.value, terms.priority)
+        key = self._key(
+            caller, ADMIN_GRANT, request_id, entry_type.value, user_id, amount, note, *said
+        )
         for _ in range(2):
             try:
                 async with self._credit_turns.turn(user_id):
-                    balance = await self._store.credit(
-                        user_id, amount, entry_type, note, caller.id, key
+                    credited = await self._store.credit(
+                        user_id, amount, entry_type, note, caller.id, key, terms, GrantSource.ADMIN
                     )
                 CREDITS_GRANTED.labels(_GRANT_SOURCES[entry_type]).inc(amount)
-                return balance
+                return credited
             except RequestKeyTaken:
                 assert key is not None
                 prior = await self._prior(user_id, key)
                 if prior is not None and prior.balance_after is not None:
-                    return prior.balance_after
+                    return Credited(prior.balance_after, prior.grant_id)
         raise RequestIdReused()
 
     async def spend_for_token(self, claims: TokenClaims, request_id: str, caller: Caller) -> Spend:
@@ -340,6 +372,17 @@ class Ledger:
             rows = rows[:size]
             token = encode_page_token(listing, user_id, [rows[-1].id])
         return TransactionPage(rows, token)
+
+    async def grants(self, user_id: str, page_size: int, page_token: str) -> GrantPage:
+        """Return one page of a user's grants, newest first, used up and expired ones too."""
+        size = clamp_page_size(page_size, *GRANTS_PAGE)
+        before_id = id_position(decode_page_token(page_token, GRANTS_LISTING, user_id))
+        rows = await self._store.grants(user_id, size + 1, before_id)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = encode_page_token(GRANTS_LISTING, user_id, [int(rows[-1].grant_id)])
+        return GrantPage(rows, token)
 
     async def followed_transactions(
         self, user_id: str | None, page_size: int, page_token: str

@@ -9,8 +9,10 @@ import asyncpg
 from pluct_server.store.database import Database
 
 # One scan of each table. A user is reported when anything its row says disagrees with what its
-# ledger says, or when its ledger holds a spend that did not buy one token for a whole price: a
-# default spend (or one from before features) is exactly one credit, any spend at least one.
+# ledger says; when its ledger holds a spend that did not buy one token for a whole price (a
+# default spend, or one from before features, is exactly one credit, any spend at least one);
+# when its balance is not what remains of its grants; or when a grant's remainder is not its
+# amount less what spends drew from it.
 _PROBLEMS = """
 WITH books AS (
     SELECT user_id,
@@ -25,19 +27,46 @@ WITH books AS (
            count(token_id) - count(DISTINCT token_id) AS reused_tokens
       FROM ledger
      GROUP BY user_id
+), drawn AS (
+    -- What spends took from each grant; spends from before grants took from the opening one.
+    SELECT l.user_id, d.grant_id, sum(d.amount) AS amount
+      FROM ledger l, unnest(l.draw_grant_ids, l.draw_amounts) AS d(grant_id, amount)
+     WHERE l.type = 'spend'
+     GROUP BY l.user_id, d.grant_id
+), undrawn AS (
+    SELECT user_id, sum(amount) AS amount FROM ledger
+     WHERE type = 'spend' AND draw_grant_ids IS NULL
+     GROUP BY user_id
+), lots AS (
+    -- Every grant: what remains = amount less what was drawn.
+    SELECT g.user_id, sum(g.remaining) AS remaining,
+           count(*) FILTER (
+               WHERE g.amount - g.remaining
+                     <> coalesce(dr.amount, 0)
+                        + CASE WHEN g.source = 'opening_balance'
+                               THEN coalesce(un.amount, 0) ELSE 0 END
+           ) AS odd_grants
+      FROM grants g
+      LEFT JOIN drawn dr ON dr.user_id = g.user_id AND dr.grant_id = g.grant_id
+      LEFT JOIN undrawn un ON un.user_id = g.user_id
+     GROUP BY g.user_id
 )
 SELECT u.user_id, u.balance, u.transaction_count, u.total_spent,
        coalesce(b.ledger_sum, 0) AS ledger_sum, coalesce(b.entries, 0) AS entries,
        coalesce(b.spent, 0) AS spent, coalesce(b.odd_spends, 0) AS odd_spends,
-       coalesce(b.reused_tokens, 0) AS reused_tokens
+       coalesce(b.reused_tokens, 0) AS reused_tokens,
+       coalesce(g.remaining, 0) AS granted, coalesce(g.odd_grants, 0) AS odd_grants
   FROM users u
   LEFT JOIN books b ON b.user_id = u.user_id
+  LEFT JOIN lots g ON g.user_id = u.user_id
  WHERE u.balance < 0
     OR u.balance <> coalesce(b.ledger_sum, 0)
     OR u.transaction_count <> coalesce(b.entries, 0)
     OR u.total_spent <> coalesce(b.spent, 0)
     OR coalesce(b.odd_spends, 0) > 0
     OR coalesce(b.reused_tokens, 0) > 0
+    OR u.balance <> coalesce(g.remaining, 0)
+    OR coalesce(g.odd_grants, 0) > 0
  ORDER BY u.user_id
  LIMIT $1
 """
@@ -57,6 +86,9 @@ class Books:
     spent: int
     odd_spends: int
     reused_tokens: int
+    # What remains of the user's grants, and how many grants disagree with their draws.
+    granted: int = 0
+    odd_grants: int = 0
 
 
 class AuditStore:
@@ -84,4 +116,6 @@ def _books(row: asyncpg.Record) -> Books:
         spent=int(row["spent"]),
         odd_spends=int(row["odd_spends"]),
         reused_tokens=int(row["reused_tokens"]),
+        granted=int(row["granted"]),
+        odd_grants=int(row["odd_grants"]),
     )

@@ -25,6 +25,8 @@ SERVING_PRIVILEGES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "api_keys": ("SELECT", "INSERT", "UPDATE"),
         "token_revocations": ("SELECT", "INSERT", "DELETE"),
         "prices": ("SELECT", "INSERT", "UPDATE"),
+        # Grants are never deleted: what a user was given, and what became of it, stays.
+        "grants": ("SELECT", "INSERT", "UPDATE"),
         "schema_migrations": ("SELECT",),
         "schema_functions": ("SELECT",),
     }

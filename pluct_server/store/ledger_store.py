@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -19,7 +19,14 @@ from pluct_server.store.spend_batch import (
     SpendRequest,
 )
 from pluct_server.values.records import (
+    PAYMENT_TERMS,
+    Credited,
     EntryType,
+    Grant,
+    GrantCategory,
+    GrantDraw,
+    GrantSource,
+    GrantTerms,
     PriorPayment,
     PriorRequest,
     RequestKey,
@@ -62,15 +69,22 @@ _CLAIM = """
            now() + {retention}::interval
 """
 
+# A user's initial credits are a promotional grant of priority 50, expiring after $8 (NULL: never).
 _CREATE_USER = (
     """
 WITH created AS (
     INSERT INTO users (user_id, balance, initial_credits, transaction_count)
     VALUES ($1, $2::bigint, $2::bigint, CASE WHEN $2::bigint > 0 THEN 1 ELSE 0 END)
     RETURNING user_id, balance
+), made AS (
+    INSERT INTO grants (user_id, category, priority, amount, remaining, expire_time, source)
+    SELECT user_id, 'promotional', 50, balance, balance, now() + $8::interval, 'signup'
+      FROM created WHERE balance > 0
+    RETURNING grant_id
 ), granted AS (
-    INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id)
-    SELECT user_id, 'user_creation', balance, balance, $3, $5 FROM created WHERE balance > 0
+    INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, grant_id)
+    SELECT user_id, 'user_creation', balance, balance, $3, $5, (SELECT grant_id FROM made)
+      FROM created WHERE balance > 0
     RETURNING id
 ), claimed AS ("""
     + _CLAIM.format(
@@ -88,8 +102,9 @@ SELECT balance FROM created
 """
 )
 
-# Every credit starts alike: the user, made if missing, its new balance and its ledger entry
-# ($1 user, $2 amount, $3 entry type, $4 reason, $5 actor, $6 the request or event id).
+# Every credit starts alike: the user, made if missing, its new balance, the grant the credits
+# make and the ledger entry that names it ($1 user, $2 amount, $3 entry type, $4 reason, $5 actor,
+# $6 the request or event id, $7 the grant's category, $8 its priority, $9 its source).
 _CREDITED = """
 WITH credited AS (
     INSERT INTO users AS u (user_id, balance, transaction_count)
@@ -99,10 +114,16 @@ WITH credited AS (
            transaction_count = u.transaction_count + 1,
            last_activity_at = now()
     RETURNING user_id, balance
+), made AS (
+    INSERT INTO grants (user_id, category, priority, amount, remaining, source)
+    SELECT user_id, $7, $8, $2::bigint, $2::bigint, $9 FROM credited
+    RETURNING grant_id
 ), entry AS (
-    INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, actor)
-    SELECT user_id, $3, $2::bigint, balance, $4, $6, $5 FROM credited
-    RETURNING id, balance_after
+    INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, actor,
+                        grant_id)
+    SELECT user_id, $3, $2::bigint, balance, $4, $6, $5, (SELECT grant_id FROM made)
+      FROM credited
+    RETURNING id, balance_after, grant_id
 )"""
 
 _CREDIT = (
@@ -110,16 +131,16 @@ _CREDIT = (
     + """, claimed AS ("""
     + _CLAIM.format(
         user_id="$1",
-        caller="$7",
-        operation="$8",
+        caller="$10",
+        operation="$11",
         request_id="$6",
-        fingerprint="$9",
+        fingerprint="$12",
         ledger_id="id",
-        retention="$10",
+        retention="$13",
     )
     + """ FROM entry WHERE $6::text IS NOT NULL
 )
-SELECT balance_after FROM entry
+SELECT balance_after, grant_id FROM entry
 """
 )
 
@@ -128,22 +149,22 @@ SELECT balance_after FROM entry
 _PAY = (
     _CREDITED
     + """, claimed AS (
-    INSERT INTO payment_events (event_id, user_id, amount, ledger_id, balance_after)
-    SELECT $6, $1, $2::bigint, id, balance_after FROM entry WHERE $6::text IS NOT NULL
+    INSERT INTO payment_events (event_id, user_id, amount, ledger_id, balance_after, grant_id)
+    SELECT $6, $1, $2::bigint, id, balance_after, grant_id FROM entry WHERE $6::text IS NOT NULL
 )
-SELECT balance_after FROM entry
+SELECT balance_after, grant_id FROM entry
 """
 )
 
 _PRIOR_PAYMENT = """
-SELECT user_id, amount, balance_after FROM payment_events WHERE event_id = $1
+SELECT user_id, amount, balance_after, grant_id FROM payment_events WHERE event_id = $1
 """
 
 _PRIOR_REQUEST = """
 SELECT k.fingerprint, k.expire_time < now() AS expired,
        coalesce(u.initial_credits, 0) AS initial_credits,
        l.balance_after, l.token_id, l.token_issued_at, l.token_expires_at,
-       coalesce(l.feature, 'default') AS feature, l.amount
+       coalesce(l.feature, 'default') AS feature, l.amount, l.grant_id
   FROM request_keys k
   LEFT JOIN users u ON u.user_id = k.user_id
   LEFT JOIN ledger l ON l.user_id = k.user_id AND l.id = k.ledger_id
@@ -161,7 +182,10 @@ _BALANCE = "SELECT balance FROM users WHERE user_id = $1"
 
 # The f-strings below only splice in fixed column lists; values always travel as $n parameters.
 # ruff: noqa: S608
-_TRANSACTION_COLUMNS = "id, user_id, type, amount, balance_after, reason, created_at, actor"
+_TRANSACTION_COLUMNS = (
+    "id, user_id, type, amount, balance_after, reason, created_at, actor, grant_id,"
+    " draw_grant_ids, draw_amounts"
+)
 
 _USER_TRANSACTIONS_FIRST = f"""
 SELECT {_TRANSACTION_COLUMNS} FROM ledger WHERE user_id = $1 ORDER BY id DESC LIMIT $2
@@ -189,6 +213,16 @@ _FOLLOWED_USER_TRANSACTIONS = f"""
 SELECT {_TRANSACTION_COLUMNS}, xid FROM ledger
  WHERE user_id = $4 AND (xid, id) > ($2, $3) AND xid < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY xid, id LIMIT $1
+"""
+
+_GRANT_COLUMNS = (
+    "user_id, grant_id, category, priority, amount, remaining, expire_time, source, create_time"
+)
+# Newest first, by id (ids only grow), so a scan neither skips nor repeats a grant.
+_GRANTS = f"""
+SELECT {_GRANT_COLUMNS} FROM grants
+ WHERE user_id = $1 AND ($3::bigint IS NULL OR grant_id < $3)
+ ORDER BY grant_id DESC LIMIT $2
 """
 
 _USER_COLUMNS = "user_id, balance, transaction_count, total_spent, last_activity_at, created_at"
@@ -225,11 +259,17 @@ class LedgerStore:
         self._spends = spends or SpendBatcher(database)
 
     async def create_user(
-        self, user_id: str, initial_credits: int, reason: str, key: RequestKey | None
+        self,
+        user_id: str,
+        initial_credits: int,
+        reason: str,
+        key: RequestKey | None,
+        credits_ttl: timedelta | None = None,
     ) -> int:
-        """Insert a user with its initial grant; return its balance.
+        """Insert a user with its initial credits, a promotional grant; return its balance.
 
-        Raises UserExists, or RequestKeyTaken when the key was claimed before.
+        The grant expires `credits_ttl` after creation (None: never). Raises UserExists, or
+        RequestKeyTaken when the key was claimed before.
         """
         scope, _, request_id, fingerprint, retention = _key_arguments(key)
         try:
@@ -242,6 +282,7 @@ class LedgerStore:
                 request_id,
                 fingerprint,
                 retention,
+                credits_ttl,
                 writes=True,
             )
         except UniqueViolation as exc:
@@ -257,8 +298,10 @@ class LedgerStore:
         reason: str,
         actor: str,
         key: RequestKey | None,
-    ) -> int:
-        """Add credits, creating the user if needed; return the new balance.
+        terms: GrantTerms,
+        source: GrantSource,
+    ) -> Credited:
+        """Add credits as a grant on `terms`, creating the user if needed.
 
         Raises RequestKeyTaken when the key was claimed before.
         """
@@ -271,6 +314,9 @@ class LedgerStore:
             reason,
             actor,
             request_id,
+            terms.category.value,
+            terms.priority,
+            source.value,
             scope,
             operation,
             fingerprint,
@@ -285,23 +331,32 @@ class LedgerStore:
         reason: str,
         actor: str,
         event_id: str,
-    ) -> int:
-        """Credit a payment and claim its event id ("" for none) at once; return the new balance.
+    ) -> Credited:
+        """Credit a payment (a paid grant) and claim its event id ("" for none) at once.
 
         Raises PaymentEventTaken when the event id was credited before, and then credits nothing.
         """
         return await self._credit(
-            _PAY, user_id, amount, entry_type.value, reason, actor, event_id or None
+            _PAY,
+            user_id,
+            amount,
+            entry_type.value,
+            reason,
+            actor,
+            event_id or None,
+            PAYMENT_TERMS.category.value,
+            PAYMENT_TERMS.priority,
+            GrantSource.PAYMENT.value,
         )
 
-    async def _credit(self, statement: str, user_id: str, *arguments: object) -> int:
-        """Run a credit statement; return the balance after it."""
+    async def _credit(self, statement: str, user_id: str, *arguments: object) -> Credited:
+        """Run a credit statement; return the balance after it and the grant it made."""
         try:
             row = await self._db.fetchrow(statement, user_id, *arguments, writes=True)
         except UniqueViolation as exc:
             raise _taken(exc) from exc
         assert row is not None
-        return int(row["balance_after"])
+        return Credited(int(row["balance_after"]), _grant_id(row["grant_id"]))
 
     async def prior_payment(self, event_id: str) -> PriorPayment | None:
         """Return what the payment with this event id credited, None if there was none."""
@@ -312,6 +367,7 @@ class LedgerStore:
             user_id=row["user_id"],
             amount=int(row["amount"]),
             balance_after=int(row["balance_after"]),
+            grant_id=_grant_id(row["grant_id"]),
         )
 
     async def spend(
@@ -358,6 +414,7 @@ class LedgerStore:
             initial_credits=int(row["initial_credits"]),
             balance_after=None if balance is None else int(balance),
             claims=claims,
+            grant_id=_grant_id(row["grant_id"]),
         )
 
     async def forget_expired_request(self, user_id: str, key: RequestKey) -> None:
@@ -390,6 +447,10 @@ class LedgerStore:
         else:
             rows = await self._db.fetch(_USER_TRANSACTIONS_AFTER, user_id, limit, before_id)
         return [_transaction(row) for row in rows]
+
+    async def grants(self, user_id: str, limit: int, before_id: int | None) -> list[Grant]:
+        """Return up to `limit` of a user's grants older than `before_id`, newest first."""
+        return [_grant(row) for row in await self._db.fetch(_GRANTS, user_id, limit, before_id)]
 
     async def followed_transactions(
         self, user_id: str | None, limit: int, after: tuple[int, int]
@@ -448,4 +509,30 @@ def _transaction(row: asyncpg.Record) -> Transaction:
         reason=row["reason"],
         timestamp=row["created_at"],
         actor=row["actor"],
+        draws=tuple(
+            GrantDraw(str(grant_id), int(amount))
+            for grant_id, amount in zip(
+                row["draw_grant_ids"] or (), row["draw_amounts"] or (), strict=True
+            )
+        ),
+        grant_id=_grant_id(row["grant_id"]),
+    )
+
+
+def _grant_id(value: int | None) -> str | None:
+    """Return a grant's id as callers see it: an opaque string (None before grants)."""
+    return None if value is None else str(value)
+
+
+def _grant(row: asyncpg.Record) -> Grant:
+    return Grant(
+        grant_id=str(row["grant_id"]),
+        user_id=row["user_id"],
+        category=GrantCategory(row["category"]),
+        priority=int(row["priority"]),
+        amount=int(row["amount"]),
+        remaining=int(row["remaining"]),
+        expire_time=row["expire_time"],
+        source=GrantSource(row["source"]),
+        create_time=row["create_time"],
     )

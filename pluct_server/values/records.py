@@ -17,6 +17,69 @@ class EntryType(enum.Enum):
     SPEND = "spend"
 
 
+class GrantCategory(enum.Enum):
+    """Whether a grant's credits were bought or given; the values are what grants store."""
+
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
+
+
+class GrantSource(enum.Enum):
+    """Where a grant came from; the values are what grants store."""
+
+    SIGNUP = "signup"
+    PAYMENT = "payment"
+    ADMIN = "admin"
+    OPENING_BALANCE = "opening_balance"
+
+
+# Where a grant stands in the draw order when nobody says otherwise (0 to 100, lower first).
+DEFAULT_PRIORITY = 50
+
+
+@dataclass(frozen=True)
+class GrantTerms:
+    """How a credit's grant is spent: its category and priority."""
+
+    category: GrantCategory
+    priority: int = DEFAULT_PRIORITY
+
+
+# What a payment makes: paid credits, spent at the default priority, never expiring.
+PAYMENT_TERMS = GrantTerms(GrantCategory.PAID)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One lot of credits a user holds, and what remains of it."""
+
+    grant_id: str
+    user_id: str
+    category: GrantCategory
+    priority: int
+    amount: int
+    remaining: int
+    expire_time: datetime | None
+    source: GrantSource
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Credited:
+    """What a credit did: the balance it left, and the grant it made (None before grants)."""
+
+    balance_after: int
+    grant_id: str | None
+
+
+@dataclass(frozen=True)
+class GrantDraw:
+    """What one spend took from one grant."""
+
+    grant_id: str
+    amount: int
+
+
 @dataclass(frozen=True)
 class Transaction:
     """One ledger entry."""
@@ -29,6 +92,9 @@ class Transaction:
     reason: str | None
     timestamp: datetime
     actor: str | None = None
+    # A spend's draws, in order; the grant a credit made. Empty and None before grants.
+    draws: tuple[GrantDraw, ...] = ()
+    grant_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,15 +166,18 @@ class PriorRequest:
     initial_credits: int
     balance_after: int | None
     claims: TokenClaims | None
+    # The grant the earlier credit made (None for other requests, and before grants).
+    grant_id: str | None = None
 
 
 @dataclass(frozen=True)
 class PriorPayment:
-    """What a payment event id was first credited with, and the balance that credit left."""
+    """What a payment event id was first credited with, the balance it left, the grant it made."""
 
     user_id: str
     amount: int
     balance_after: int
+    grant_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -311,8 +311,12 @@ def _check_scalar(field: FieldDescriptor, value: Any, shown: str) -> None:
         ok = isinstance(value, bool)
     elif field.type in _FLOATS:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif field.type == FieldDescriptor.TYPE_ENUM:
+        # By name, as the OpenAPI document says (and as query parameters are): protobuf's
+        # parser would also take numbers, and false and true as 0 and 1.
+        ok = isinstance(value, str)
     else:
-        ok = True  # bytes, enums and messages: protobuf's parser checks them
+        ok = True  # bytes and messages: protobuf's parser checks them
     if not ok:
         raise _wrong(field, shown)
 

@@ -18,5 +18,5 @@ INSERT INTO prices (feature, credits) VALUES ('default', 1);
 ALTER TABLE ledger ADD COLUMN feature text;
 
 -- pluct_spend_batch now takes each vend's feature (store/sql/pluct_spend_batch.sql). Its former
--- signature stays for servers of the previous release still running during a rolling deploy;
--- they can only buy `default`, at the one credit it always costs.
+-- signature stays for servers of the previous release still running during a rolling deploy
+-- (they can only buy `default`, at the one credit it always costs), until migration 0010.

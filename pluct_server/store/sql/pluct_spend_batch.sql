@@ -37,6 +37,8 @@ DECLARE
     priced text[];
     prices int[];
     price int;
+    draw_ids bigint[];
+    draw_amounts bigint[];
 BEGIN
     -- The prices of the features asked for, read once for the batch: a price changed while
     -- the batch runs applies to the next one, and a token's cost is what it was charged.
@@ -141,10 +143,53 @@ BEGIN
             CONTINUE;
         END IF;
 
+        -- The credits come out of the user's grants in the one draw order: priority, the
+        -- soonest expiry (never last), promotional before paid, oldest first. The balance is
+        -- the sum of what remains of them, so they always cover a spend the balance allows.
+        -- Most spends fit in the first grant: one statement takes them from it.
+        UPDATE grants g
+           SET remaining = g.remaining - price
+         WHERE g.user_id = p_users[i] AND g.remaining >= price
+           AND g.grant_id = (
+               SELECT f.grant_id FROM grants f
+                WHERE f.user_id = p_users[i] AND f.remaining > 0
+                  AND (f.expire_time IS NULL OR f.expire_time > now())
+                ORDER BY f.priority, f.expire_time, f.category = 'paid', f.grant_id
+                LIMIT 1)
+        RETURNING ARRAY[g.grant_id], ARRAY[price::bigint] INTO draw_ids, draw_amounts;
+        IF NOT FOUND THEN
+        WITH ordered AS (
+            SELECT g.grant_id, g.remaining,
+                   sum(g.remaining) OVER (ORDER BY g.priority, g.expire_time,
+                                          g.category = 'paid', g.grant_id) AS through
+              FROM grants g
+             WHERE g.user_id = p_users[i] AND g.remaining > 0
+               AND (g.expire_time IS NULL OR g.expire_time > now())
+        ), drawn AS (
+            UPDATE grants g
+               SET remaining = g.remaining - least(o.remaining, price - (o.through - o.remaining))
+              FROM ordered o
+             WHERE g.user_id = p_users[i] AND g.grant_id = o.grant_id
+               AND o.through - o.remaining < price
+            RETURNING g.grant_id, o.through,
+                      least(o.remaining, price - (o.through - o.remaining)) AS took
+        )
+        SELECT array_agg(d.grant_id ORDER BY d.through), array_agg(d.took ORDER BY d.through)
+          INTO draw_ids, draw_amounts
+          FROM drawn d;
+        IF coalesce((SELECT sum(a) FROM unnest(draw_amounts) AS a), 0) <> price THEN
+            -- Never reached while every statement keeps the balance and the grants together;
+            -- if one did not, no spend goes through on a balance its grants do not hold.
+            RAISE EXCEPTION 'the grants of user % do not cover a spend of %', p_users[i], price;
+        END IF;
+        END IF;
+
         INSERT INTO ledger (user_id, type, amount, balance_after, request_id,
-                            token_id, token_issued_at, token_expires_at, feature)
+                            token_id, token_issued_at, token_expires_at, feature,
+                            draw_grant_ids, draw_amounts)
         VALUES (p_users[i], 'spend', price, new_balance, p_request_ids[i],
-                p_token_ids[i], p_issued[i], p_expires[i], p_features[i])
+                p_token_ids[i], p_issued[i], p_expires[i], p_features[i],
+                draw_ids, draw_amounts)
         RETURNING id INTO entry_id;
         IF claimed THEN
             UPDATE request_keys SET ledger_id = entry_id

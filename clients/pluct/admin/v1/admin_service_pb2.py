@@ -26,10 +26,11 @@ from pluct import _validate_rules as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from pluct.api.v1 import auth_pb2 as pluct_dot_api_dot_v1_dot_auth__pb2
+from pluct.credit.v1 import grant_pb2 as pluct_dot_credit_dot_v1_dot_grant__pb2
 from pluct.credit.v1 import ledger_pb2 as pluct_dot_credit_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pluct/admin/v1/admin_service.proto\x12\x0epluct.admin.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"\xc1\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x19\n\x11transaction_count\x18\x03 \x01(\x03\x12\x13\n\x0btotal_spent\x18\x04 \x01(\x03\x12\x36\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x10ListUsersRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x32\n\x05order\x18\x03 \x01(\x0e\x32\x19.pluct.admin.v1.UserOrderB\x08\xbaH\x05\x82\x01\x02\x10\x01\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.pluct.admin.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd4\x01\n\x17ListTransactionsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x38\n\x07user_id\x18\x03 \x01(\tB\"\xbaH\x1fr\x1d\x10\x01\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$H\x00\x88\x01\x01\x12\x39\n\x05order\x18\x04 \x01(\x0e\x32 .pluct.admin.v1.TransactionOrderB\x08\xbaH\x05\x82\x01\x02\x10\x01\x42\n\n\x08_user_id\"g\n\x18ListTransactionsResponse\x12\x32\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe6\x01\n\x11\x41\x64\x64\x43reditsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\x06\x61mount\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x01\x12H\n\x06reason\x18\x03 \x01(\tB3\xbaH0r.\x18\xf4\x03\x32)^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$H\x00\x88\x01\x01\x12*\n\nrequest_id\x18\x04 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$B\t\n\x07_reason\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\"\xac\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"\x99\x01\n\x13\x43reateApiKeyRequest\x12h\n\x04name\x18\x01 \x01(\tBZ\xbaHWrR\x18\x64\x32N^[^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*[^\\p{Cc}\\p{Cf}\\p{Z}][^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*$\xc8\x01\x01\x12\x18\n\x06scopes\x18\x02 \x03(\tB\x08\xbaH\x05\x92\x01\x02\x08\x01\"O\n\x14\x43reateApiKeyResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\'\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\"N\n\x12ListApiKeysRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.pluct.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13RevokeApiKeyRequest\x12%\n\x06key_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x32\x0e^[0-9a-f]{16}$\"?\n\x14RevokeApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\"\x91\x01\n\x13RevokeTokensRequest\x12\x32\n\x03jti\x18\x01 \x01(\tB#\xbaH r\x1e\x10\x01\x18\x80\x01\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]+$H\x00\x12\x35\n\x07user_id\x18\x02 \x01(\tB\"\xbaH\x1fr\x1d\x10\x01\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$H\x00\x42\x0f\n\x06target\x12\x05\xbaH\x02\x08\x01\"x\n\x14RevokeTokensResponse\x12/\n\x0brevoke_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12\x41uditLedgerRequest\"]\n\x13\x41uditLedgerResponse\x12\x15\n\rusers_checked\x18\x01 \x01(\x03\x12/\n\x08problems\x18\x02 \x03(\x0b\x32\x1d.pluct.admin.v1.LedgerProblem\"W\n\rLedgerProblem\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x12\n\nledger_sum\x18\x03 \x01(\x03\x12\x10\n\x08\x66indings\x18\x04 \x03(\t\"k\n\x05Price\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x0fSetPriceRequest\x12\x39\n\x07\x66\x65\x61ture\x18\x01 \x01(\tB(\xbaH%r \x18?2\x13^[a-z][a-z0-9_.-]*$Z\x07\x64\x65\x66\x61ult\xc8\x01\x01\x12\x1b\n\x07\x63redits\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x01\"8\n\x10SetPriceResponse\x12$\n\x05price\x18\x01 \x01(\x0b\x32\x15.pluct.admin.v1.Price\"\x13\n\x11ListPricesRequest\";\n\x12ListPricesResponse\x12%\n\x06prices\x18\x01 \x03(\x0b\x32\x15.pluct.admin.v1.Price*d\n\tUserOrder\x12\x1a\n\x16USER_ORDER_UNSPECIFIED\x10\x00\x12\x1b\n\x17USER_ORDER_NEWEST_FIRST\x10\x01\x12\x1e\n\x1aUSER_ORDER_RECENT_ACTIVITY\x10\x02*}\n\x10TransactionOrder\x12!\n\x1dTRANSACTION_ORDER_UNSPECIFIED\x10\x00\x12\"\n\x1eTRANSACTION_ORDER_NEWEST_FIRST\x10\x01\x12\"\n\x1eTRANSACTION_ORDER_OLDEST_FIRST\x10\x02\x32\xfe\x08\n\x0c\x41\x64minService\x12u\n\tListUsers\x12 .pluct.admin.v1.ListUsersRequest\x1a!.pluct.admin.v1.ListUsersResponse\"#\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x15\x12\x0c/admin/usersb\x05users\x12\x98\x01\n\x10ListTransactions\x12\'.pluct.admin.v1.ListTransactionsRequest\x1a(.pluct.admin.v1.ListTransactionsResponse\"1\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02#\x12\x13/admin/transactionsb\x0ctransactions\x12z\n\nAddCredits\x12!.pluct.admin.v1.AddCreditsRequest\x1a\".pluct.admin.v1.AddCreditsResponse\"%\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x17\"\x12/admin/credits/add:\x01*\x12\x63\n\x0c\x43reateApiKey\x12#.pluct.admin.v1.CreateApiKeyRequest\x1a$.pluct.admin.v1.CreateApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12`\n\x0bListApiKeys\x12\".pluct.admin.v1.ListApiKeysRequest\x1a#.pluct.admin.v1.ListApiKeysResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeApiKey\x12#.pluct.admin.v1.RevokeApiKeyRequest\x1a$.pluct.admin.v1.RevokeApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeTokens\x12#.pluct.admin.v1.RevokeTokensRequest\x1a$.pluct.admin.v1.RevokeTokensResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12y\n\x08SetPrice\x12\x1f.pluct.admin.v1.SetPriceRequest\x1a .pluct.admin.v1.SetPriceResponse\"*\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x1c\x1a\x17/admin/prices/{feature}:\x01*\x12r\n\nListPrices\x12!.pluct.admin.v1.ListPricesRequest\x1a\".pluct.admin.v1.ListPricesResponse\"\x1d\xd2\xf3\x18\x04\x08\x02\x10\x03\x82\xd3\xe4\x93\x02\x0f\x12\r/admin/prices\x12`\n\x0b\x41uditLedger\x12\".pluct.admin.v1.AuditLedgerRequest\x1a#.pluct.admin.v1.AuditLedgerResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pluct/admin/v1/admin_service.proto\x12\x0epluct.admin.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1bpluct/credit/v1/grant.proto\x1a\x1cpluct/credit/v1/ledger.proto\"\xc1\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x19\n\x11transaction_count\x18\x03 \x01(\x03\x12\x13\n\x0btotal_spent\x18\x04 \x01(\x03\x12\x36\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x10ListUsersRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x32\n\x05order\x18\x03 \x01(\x0e\x32\x19.pluct.admin.v1.UserOrderB\x08\xbaH\x05\x82\x01\x02\x10\x01\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.pluct.admin.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd4\x01\n\x17ListTransactionsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x38\n\x07user_id\x18\x03 \x01(\tB\"\xbaH\x1fr\x1d\x10\x01\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$H\x00\x88\x01\x01\x12\x39\n\x05order\x18\x04 \x01(\x0e\x32 .pluct.admin.v1.TransactionOrderB\x08\xbaH\x05\x82\x01\x02\x10\x01\x42\n\n\x08_user_id\"g\n\x18ListTransactionsResponse\x12\x32\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd1\x02\n\x11\x41\x64\x64\x43reditsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\x06\x61mount\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x01\x12H\n\x06reason\x18\x03 \x01(\tB3\xbaH0r.\x18\xf4\x03\x32)^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$H\x00\x88\x01\x01\x12*\n\nrequest_id\x18\x04 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\x12:\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32\x1e.pluct.credit.v1.GrantCategoryB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12 \n\x08priority\x18\x06 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00H\x01\x88\x01\x01\x42\t\n\x07_reasonB\x0b\n\t_priority\"L\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\x12\x10\n\x08grant_id\x18\x03 \x01(\t\"\xac\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"\x99\x01\n\x13\x43reateApiKeyRequest\x12h\n\x04name\x18\x01 \x01(\tBZ\xbaHWrR\x18\x64\x32N^[^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*[^\\p{Cc}\\p{Cf}\\p{Z}][^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*$\xc8\x01\x01\x12\x18\n\x06scopes\x18\x02 \x03(\tB\x08\xbaH\x05\x92\x01\x02\x08\x01\"O\n\x14\x43reateApiKeyResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\'\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\"N\n\x12ListApiKeysRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.pluct.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13RevokeApiKeyRequest\x12%\n\x06key_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x32\x0e^[0-9a-f]{16}$\"?\n\x14RevokeApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.pluct.admin.v1.ApiKey\"\x91\x01\n\x13RevokeTokensRequest\x12\x32\n\x03jti\x18\x01 \x01(\tB#\xbaH r\x1e\x10\x01\x18\x80\x01\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]+$H\x00\x12\x35\n\x07user_id\x18\x02 \x01(\tB\"\xbaH\x1fr\x1d\x10\x01\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$H\x00\x42\x0f\n\x06target\x12\x05\xbaH\x02\x08\x01\"x\n\x14RevokeTokensResponse\x12/\n\x0brevoke_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12\x41uditLedgerRequest\"]\n\x13\x41uditLedgerResponse\x12\x15\n\rusers_checked\x18\x01 \x01(\x03\x12/\n\x08problems\x18\x02 \x03(\x0b\x32\x1d.pluct.admin.v1.LedgerProblem\"W\n\rLedgerProblem\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x12\n\nledger_sum\x18\x03 \x01(\x03\x12\x10\n\x08\x66indings\x18\x04 \x03(\t\"k\n\x05Price\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x0fSetPriceRequest\x12\x39\n\x07\x66\x65\x61ture\x18\x01 \x01(\tB(\xbaH%r \x18?2\x13^[a-z][a-z0-9_.-]*$Z\x07\x64\x65\x66\x61ult\xc8\x01\x01\x12\x1b\n\x07\x63redits\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x01\"8\n\x10SetPriceResponse\x12$\n\x05price\x18\x01 \x01(\x0b\x32\x15.pluct.admin.v1.Price\"\x13\n\x11ListPricesRequest\";\n\x12ListPricesResponse\x12%\n\x06prices\x18\x01 \x03(\x0b\x32\x15.pluct.admin.v1.Price*d\n\tUserOrder\x12\x1a\n\x16USER_ORDER_UNSPECIFIED\x10\x00\x12\x1b\n\x17USER_ORDER_NEWEST_FIRST\x10\x01\x12\x1e\n\x1aUSER_ORDER_RECENT_ACTIVITY\x10\x02*}\n\x10TransactionOrder\x12!\n\x1dTRANSACTION_ORDER_UNSPECIFIED\x10\x00\x12\"\n\x1eTRANSACTION_ORDER_NEWEST_FIRST\x10\x01\x12\"\n\x1eTRANSACTION_ORDER_OLDEST_FIRST\x10\x02\x32\xfe\x08\n\x0c\x41\x64minService\x12u\n\tListUsers\x12 .pluct.admin.v1.ListUsersRequest\x1a!.pluct.admin.v1.ListUsersResponse\"#\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x15\x12\x0c/admin/usersb\x05users\x12\x98\x01\n\x10ListTransactions\x12\'.pluct.admin.v1.ListTransactionsRequest\x1a(.pluct.admin.v1.ListTransactionsResponse\"1\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02#\x12\x13/admin/transactionsb\x0ctransactions\x12z\n\nAddCredits\x12!.pluct.admin.v1.AddCreditsRequest\x1a\".pluct.admin.v1.AddCreditsResponse\"%\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x17\"\x12/admin/credits/add:\x01*\x12\x63\n\x0c\x43reateApiKey\x12#.pluct.admin.v1.CreateApiKeyRequest\x1a$.pluct.admin.v1.CreateApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12`\n\x0bListApiKeys\x12\".pluct.admin.v1.ListApiKeysRequest\x1a#.pluct.admin.v1.ListApiKeysResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeApiKey\x12#.pluct.admin.v1.RevokeApiKeyRequest\x1a$.pluct.admin.v1.RevokeApiKeyResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12\x63\n\x0cRevokeTokens\x12#.pluct.admin.v1.RevokeTokensRequest\x1a$.pluct.admin.v1.RevokeTokensResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x12y\n\x08SetPrice\x12\x1f.pluct.admin.v1.SetPriceRequest\x1a .pluct.admin.v1.SetPriceResponse\"*\xd2\xf3\x18\x04\x08\x06\x10\x03\x82\xd3\xe4\x93\x02\x1c\x1a\x17/admin/prices/{feature}:\x01*\x12r\n\nListPrices\x12!.pluct.admin.v1.ListPricesRequest\x1a\".pluct.admin.v1.ListPricesResponse\"\x1d\xd2\xf3\x18\x04\x08\x02\x10\x03\x82\xd3\xe4\x93\x02\x0f\x12\r/admin/prices\x12`\n\x0b\x41uditLedger\x12\".pluct.admin.v1.AuditLedgerRequest\x1a#.pluct.admin.v1.AuditLedgerResponse\"\x08\xd2\xf3\x18\x04\x08\x06\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,6 +59,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDCREDITSREQUEST'].fields_by_name['reason']._serialized_options = b'\272H0r.\030\364\0032)^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$'
   _globals['_ADDCREDITSREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_ADDCREDITSREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\023r\021\030\200\0012\014^[^\\p{Cc}]*$'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['category']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['category']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['priority']._loaded_options = None
+  _globals['_ADDCREDITSREQUEST'].fields_by_name['priority']._serialized_options = b'\272H\006\032\004\030d(\000'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\272HWrR\030d2N^[^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*[^\\p{Cc}\\p{Cf}\\p{Z}][^\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}]*$\310\001\001'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['scopes']._loaded_options = None
@@ -98,58 +103,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINSERVICE'].methods_by_name['ListPrices']._serialized_options = b'\322\363\030\004\010\002\020\003\202\323\344\223\002\017\022\r/admin/prices'
   _globals['_ADMINSERVICE'].methods_by_name['AuditLedger']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['AuditLedger']._serialized_options = b'\322\363\030\004\010\006\020\003'
-  _globals['_USERORDER']._serialized_start=2765
-  _globals['_USERORDER']._serialized_end=2865
-  _globals['_TRANSACTIONORDER']._serialized_start=2867
-  _globals['_TRANSACTIONORDER']._serialized_end=2992
-  _globals['_USER']._serialized_start=202
-  _globals['_USER']._serialized_end=395
-  _globals['_LISTUSERSREQUEST']._serialized_start=398
-  _globals['_LISTUSERSREQUEST']._serialized_end=526
-  _globals['_LISTUSERSRESPONSE']._serialized_start=528
-  _globals['_LISTUSERSRESPONSE']._serialized_end=609
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=612
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=824
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=826
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=929
-  _globals['_ADDCREDITSREQUEST']._serialized_start=932
-  _globals['_ADDCREDITSREQUEST']._serialized_end=1162
-  _globals['_ADDCREDITSRESPONSE']._serialized_start=1164
-  _globals['_ADDCREDITSRESPONSE']._serialized_end=1222
-  _globals['_APIKEY']._serialized_start=1225
-  _globals['_APIKEY']._serialized_end=1397
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1400
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1553
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1555
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1634
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1636
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1714
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1716
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1804
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1806
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1866
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1868
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1931
-  _globals['_REVOKETOKENSREQUEST']._serialized_start=1934
-  _globals['_REVOKETOKENSREQUEST']._serialized_end=2079
-  _globals['_REVOKETOKENSRESPONSE']._serialized_start=2081
-  _globals['_REVOKETOKENSRESPONSE']._serialized_end=2201
-  _globals['_AUDITLEDGERREQUEST']._serialized_start=2203
-  _globals['_AUDITLEDGERREQUEST']._serialized_end=2223
-  _globals['_AUDITLEDGERRESPONSE']._serialized_start=2225
-  _globals['_AUDITLEDGERRESPONSE']._serialized_end=2318
-  _globals['_LEDGERPROBLEM']._serialized_start=2320
-  _globals['_LEDGERPROBLEM']._serialized_end=2407
-  _globals['_PRICE']._serialized_start=2409
-  _globals['_PRICE']._serialized_end=2516
-  _globals['_SETPRICEREQUEST']._serialized_start=2518
-  _globals['_SETPRICEREQUEST']._serialized_end=2623
-  _globals['_SETPRICERESPONSE']._serialized_start=2625
-  _globals['_SETPRICERESPONSE']._serialized_end=2681
-  _globals['_LISTPRICESREQUEST']._serialized_start=2683
-  _globals['_LISTPRICESREQUEST']._serialized_end=2702
-  _globals['_LISTPRICESRESPONSE']._serialized_start=2704
-  _globals['_LISTPRICESRESPONSE']._serialized_end=2763
-  _globals['_ADMINSERVICE']._serialized_start=2995
-  _globals['_ADMINSERVICE']._serialized_end=4145
+  _globals['_USERORDER']._serialized_start=2919
+  _globals['_USERORDER']._serialized_end=3019
+  _globals['_TRANSACTIONORDER']._serialized_start=3021
+  _globals['_TRANSACTIONORDER']._serialized_end=3146
+  _globals['_USER']._serialized_start=231
+  _globals['_USER']._serialized_end=424
+  _globals['_LISTUSERSREQUEST']._serialized_start=427
+  _globals['_LISTUSERSREQUEST']._serialized_end=555
+  _globals['_LISTUSERSRESPONSE']._serialized_start=557
+  _globals['_LISTUSERSRESPONSE']._serialized_end=638
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=641
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=853
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=855
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=958
+  _globals['_ADDCREDITSREQUEST']._serialized_start=961
+  _globals['_ADDCREDITSREQUEST']._serialized_end=1298
+  _globals['_ADDCREDITSRESPONSE']._serialized_start=1300
+  _globals['_ADDCREDITSRESPONSE']._serialized_end=1376
+  _globals['_APIKEY']._serialized_start=1379
+  _globals['_APIKEY']._serialized_end=1551
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1554
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1707
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1709
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1788
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1790
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1868
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1870
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1958
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1960
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2020
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2022
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2085
+  _globals['_REVOKETOKENSREQUEST']._serialized_start=2088
+  _globals['_REVOKETOKENSREQUEST']._serialized_end=2233
+  _globals['_REVOKETOKENSRESPONSE']._serialized_start=2235
+  _globals['_REVOKETOKENSRESPONSE']._serialized_end=2355
+  _globals['_AUDITLEDGERREQUEST']._serialized_start=2357
+  _globals['_AUDITLEDGERREQUEST']._serialized_end=2377
+  _globals['_AUDITLEDGERRESPONSE']._serialized_start=2379
+  _globals['_AUDITLEDGERRESPONSE']._serialized_end=2472
+  _globals['_LEDGERPROBLEM']._serialized_start=2474
+  _globals['_LEDGERPROBLEM']._serialized_end=2561
+  _globals['_PRICE']._serialized_start=2563
+  _globals['_PRICE']._serialized_end=2670
+  _globals['_SETPRICEREQUEST']._serialized_start=2672
+  _globals['_SETPRICEREQUEST']._serialized_end=2777
+  _globals['_SETPRICERESPONSE']._serialized_start=2779
+  _globals['_SETPRICERESPONSE']._serialized_end=2835
+  _globals['_LISTPRICESREQUEST']._serialized_start=2837
+  _globals['_LISTPRICESREQUEST']._serialized_end=2856
+  _globals['_LISTPRICESRESPONSE']._serialized_start=2858
+  _globals['_LISTPRICESRESPONSE']._serialized_end=2917
+  _globals['_ADMINSERVICE']._serialized_start=3149
+  _globals['_ADMINSERVICE']._serialized_end=4299
 # @@protoc_insertion_point(module_scope)

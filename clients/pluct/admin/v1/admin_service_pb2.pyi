@@ -4,6 +4,7 @@ from pluct import _validate_rules as _validate_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from pluct.api.v1 import auth_pb2 as _auth_pb2
+from pluct.credit.v1 import grant_pb2 as _grant_pb2
 from pluct.credit.v1 import ledger_pb2 as _ledger_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -87,24 +88,30 @@ class ListTransactionsResponse(_message.Message):
     def __init__(self, transactions: _Optional[_Iterable[_Union[_ledger_pb2.Transaction, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AddCreditsRequest(_message.Message):
-    __slots__ = ("user_id", "amount", "reason", "request_id")
+    __slots__ = ("user_id", "amount", "reason", "request_id", "category", "priority")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     amount: int
     reason: str
     request_id: str
-    def __init__(self, user_id: _Optional[str] = ..., amount: _Optional[int] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    category: _grant_pb2.GrantCategory
+    priority: int
+    def __init__(self, user_id: _Optional[str] = ..., amount: _Optional[int] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., category: _Optional[_Union[_grant_pb2.GrantCategory, str]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class AddCreditsResponse(_message.Message):
-    __slots__ = ("user_id", "new_balance")
+    __slots__ = ("user_id", "new_balance", "grant_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NEW_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     new_balance: int
-    def __init__(self, user_id: _Optional[str] = ..., new_balance: _Optional[int] = ...) -> None: ...
+    grant_id: str
+    def __init__(self, user_id: _Optional[str] = ..., new_balance: _Optional[int] = ..., grant_id: _Optional[str] = ...) -> None: ...
 
 class ApiKey(_message.Message):
     __slots__ = ("key_id", "name", "scopes", "create_time", "revoke_time", "created_by")

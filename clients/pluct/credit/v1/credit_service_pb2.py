@@ -26,10 +26,11 @@ from pluct import _validate_rules as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from pluct.api.v1 import auth_pb2 as pluct_dot_api_dot_v1_dot_auth__pb2
+from pluct.credit.v1 import grant_pb2 as pluct_dot_credit_dot_v1_dot_grant__pb2
 from pluct.credit.v1 import ledger_pb2 as pluct_dot_credit_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pluct/credit/v1/credit_service.proto\x12\x0fpluct.credit.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1cpluct/credit/v1/ledger.proto\"\x9a\x01\n\x11\x43reateUserRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12#\n\x0finitial_credits\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x00\x12*\n\nrequest_id\x18\x03 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\">\n\x12\x43reateUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_balance\x18\x02 \x01(\x03\"I\n\x11GetBalanceRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\"e\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12-\n\tread_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x01\n\x17ListTransactionsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"x\n\x18ListTransactionsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x32\n\x0ctransactions\x18\x02 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xbb\x01\n\x11\x41\x64\x64\x43reditsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\x06\x61mount\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x01\x12*\n\nrequest_id\x18\x03 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\x12(\n\x08\x65vent_id\x18\x04 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\":\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\x32\x97\x04\n\rCreditService\x12v\n\nCreateUser\x12\".pluct.credit.v1.CreateUserRequest\x1a#.pluct.credit.v1.CreateUserResponse\"\x1f\xd2\xf3\x18\x04\x08\x01\x10\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/user/create:\x01*\x12~\n\nGetBalance\x12\".pluct.credit.v1.GetBalanceRequest\x1a#.pluct.credit.v1.GetBalanceResponse\"\'\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/user/{user_id}/balance\x12\x95\x01\n\x10ListTransactions\x12(.pluct.credit.v1.ListTransactionsRequest\x1a).pluct.credit.v1.ListTransactionsResponse\",\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x1e\x12\x1c/user/{user_id}/transactions\x12v\n\nAddCredits\x12\".pluct.credit.v1.AddCreditsRequest\x1a#.pluct.credit.v1.AddCreditsResponse\"\x1f\xd2\xf3\x18\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02\x11\"\x0c/add-credits:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pluct/credit/v1/credit_service.proto\x12\x0fpluct.credit.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pluct/api/v1/auth.proto\x1a\x1bpluct/credit/v1/grant.proto\x1a\x1cpluct/credit/v1/ledger.proto\"\x9a\x01\n\x11\x43reateUserRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12#\n\x0finitial_credits\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x00\x12*\n\nrequest_id\x18\x03 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\">\n\x12\x43reateUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_balance\x18\x02 \x01(\x03\"I\n\x11GetBalanceRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\"e\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12-\n\tread_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x01\n\x17ListTransactionsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"x\n\x18ListTransactionsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x32\n\x0ctransactions\x18\x02 \x03(\x0b\x32\x1c.pluct.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xbb\x01\n\x11\x41\x64\x64\x43reditsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\x06\x61mount\x18\x02 \x01(\x03\x42\n\xbaH\x07\"\x05\x18\x90N(\x01\x12*\n\nrequest_id\x18\x03 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\x12(\n\x08\x65vent_id\x18\x04 \x01(\tB\x16\xbaH\x13r\x11\x18\x80\x01\x32\x0c^[^\\p{Cc}]*$\"L\n\x12\x41\x64\x64\x43reditsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnew_balance\x18\x02 \x01(\x03\x12\x10\n\x08grant_id\x18\x03 \x01(\t\"\x83\x01\n\x11ListGrantsRequest\x12\x34\n\x07user_id\x18\x01 \x01(\tB#\xbaH r\x1b\x18\x64\x32\x17^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\xc8\x01\x01\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"U\n\x12ListGrantsResponse\x12&\n\x06grants\x18\x01 \x03(\x0b\x32\x16.pluct.credit.v1.Grant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x96\x05\n\rCreditService\x12v\n\nCreateUser\x12\".pluct.credit.v1.CreateUserRequest\x1a#.pluct.credit.v1.CreateUserResponse\"\x1f\xd2\xf3\x18\x04\x08\x01\x10\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/user/create:\x01*\x12~\n\nGetBalance\x12\".pluct.credit.v1.GetBalanceRequest\x1a#.pluct.credit.v1.GetBalanceResponse\"\'\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/user/{user_id}/balance\x12\x95\x01\n\x10ListTransactions\x12(.pluct.credit.v1.ListTransactionsRequest\x1a).pluct.credit.v1.ListTransactionsResponse\",\xd2\xf3\x18\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x1e\x12\x1c/user/{user_id}/transactions\x12v\n\nAddCredits\x12\".pluct.credit.v1.AddCreditsRequest\x1a#.pluct.credit.v1.AddCreditsResponse\"\x1f\xd2\xf3\x18\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02\x11\"\x0c/add-credits:\x01*\x12}\n\nListGrants\x12\".pluct.credit.v1.ListGrantsRequest\x1a#.pluct.credit.v1.ListGrantsResponse\"&\xd2\xf3\x18\x04\x08\x02\x10\x03\x82\xd3\xe4\x93\x02\x18\x12\x16/user/{user_id}/grantsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,6 +59,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDCREDITSREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\023r\021\030\200\0012\014^[^\\p{Cc}]*$'
   _globals['_ADDCREDITSREQUEST'].fields_by_name['event_id']._loaded_options = None
   _globals['_ADDCREDITSREQUEST'].fields_by_name['event_id']._serialized_options = b'\272H\023r\021\030\200\0012\014^[^\\p{Cc}]*$'
+  _globals['_LISTGRANTSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_LISTGRANTSREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H r\033\030d2\027^[^\\p{Cc}\\p{Cf}\\p{Z}]*$\310\001\001'
+  _globals['_LISTGRANTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTGRANTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTGRANTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTGRANTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
   _globals['_CREDITSERVICE'].methods_by_name['CreateUser']._loaded_options = None
   _globals['_CREDITSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\322\363\030\004\010\001\020\001\202\323\344\223\002\021\"\014/user/create:\001*'
   _globals['_CREDITSERVICE'].methods_by_name['GetBalance']._loaded_options = None
@@ -66,22 +73,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREDITSERVICE'].methods_by_name['ListTransactions']._serialized_options = b'\322\363\030\004\010\002\020\001\202\323\344\223\002\036\022\034/user/{user_id}/transactions'
   _globals['_CREDITSERVICE'].methods_by_name['AddCredits']._loaded_options = None
   _globals['_CREDITSERVICE'].methods_by_name['AddCredits']._serialized_options = b'\322\363\030\004\010\003\020\002\202\323\344\223\002\021\"\014/add-credits:\001*'
-  _globals['_CREATEUSERREQUEST']._serialized_start=205
-  _globals['_CREATEUSERREQUEST']._serialized_end=359
-  _globals['_CREATEUSERRESPONSE']._serialized_start=361
-  _globals['_CREATEUSERRESPONSE']._serialized_end=423
-  _globals['_GETBALANCEREQUEST']._serialized_start=425
-  _globals['_GETBALANCEREQUEST']._serialized_end=498
-  _globals['_GETBALANCERESPONSE']._serialized_start=500
-  _globals['_GETBALANCERESPONSE']._serialized_end=601
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=604
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=741
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=743
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=863
-  _globals['_ADDCREDITSREQUEST']._serialized_start=866
-  _globals['_ADDCREDITSREQUEST']._serialized_end=1053
-  _globals['_ADDCREDITSRESPONSE']._serialized_start=1055
-  _globals['_ADDCREDITSRESPONSE']._serialized_end=1113
-  _globals['_CREDITSERVICE']._serialized_start=1116
-  _globals['_CREDITSERVICE']._serialized_end=1651
+  _globals['_CREDITSERVICE'].methods_by_name['ListGrants']._loaded_options = None
+  _globals['_CREDITSERVICE'].methods_by_name['ListGrants']._serialized_options = b'\322\363\030\004\010\002\020\003\202\323\344\223\002\030\022\026/user/{user_id}/grants'
+  _globals['_CREATEUSERREQUEST']._serialized_start=234
+  _globals['_CREATEUSERREQUEST']._serialized_end=388
+  _globals['_CREATEUSERRESPONSE']._serialized_start=390
+  _globals['_CREATEUSERRESPONSE']._serialized_end=452
+  _globals['_GETBALANCEREQUEST']._serialized_start=454
+  _globals['_GETBALANCEREQUEST']._serialized_end=527
+  _globals['_GETBALANCERESPONSE']._serialized_start=529
+  _globals['_GETBALANCERESPONSE']._serialized_end=630
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=633
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=770
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=772
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=892
+  _globals['_ADDCREDITSREQUEST']._serialized_start=895
+  _globals['_ADDCREDITSREQUEST']._serialized_end=1082
+  _globals['_ADDCREDITSRESPONSE']._serialized_start=1084
+  _globals['_ADDCREDITSRESPONSE']._serialized_end=1160
+  _globals['_LISTGRANTSREQUEST']._serialized_start=1163
+  _globals['_LISTGRANTSREQUEST']._serialized_end=1294
+  _globals['_LISTGRANTSRESPONSE']._serialized_start=1296
+  _globals['_LISTGRANTSRESPONSE']._serialized_end=1381
+  _globals['_CREDITSERVICE']._serialized_start=1384
+  _globals['_CREDITSERVICE']._serialized_end=2046
 # @@protoc_insertion_point(module_scope)

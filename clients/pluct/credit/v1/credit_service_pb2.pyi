@@ -4,6 +4,7 @@ from pluct import _validate_rules as _validate_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from pluct.api.v1 import auth_pb2 as _auth_pb2
+from pluct.credit.v1 import grant_pb2 as _grant_pb2
 from pluct.credit.v1 import ledger_pb2 as _ledger_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -80,9 +81,29 @@ class AddCreditsRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., amount: _Optional[int] = ..., request_id: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class AddCreditsResponse(_message.Message):
-    __slots__ = ("user_id", "new_balance")
+    __slots__ = ("user_id", "new_balance", "grant_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NEW_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     new_balance: int
-    def __init__(self, user_id: _Optional[str] = ..., new_balance: _Optional[int] = ...) -> None: ...
+    grant_id: str
+    def __init__(self, user_id: _Optional[str] = ..., new_balance: _Optional[int] = ..., grant_id: _Optional[str] = ...) -> None: ...
+
+class ListGrantsRequest(_message.Message):
+    __slots__ = ("user_id", "page_size", "page_token")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListGrantsResponse(_message.Message):
+    __slots__ = ("grants", "next_page_token")
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[_grant_pb2.Grant]
+    next_page_token: str
+    def __init__(self, grants: _Optional[_Iterable[_Union[_grant_pb2.Grant, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -55,6 +55,11 @@ class CreditServiceStub:
                 request_serializer=pluct_dot_credit_dot_v1_dot_credit__service__pb2.AddCreditsRequest.SerializeToString,
                 response_deserializer=pluct_dot_credit_dot_v1_dot_credit__service__pb2.AddCreditsResponse.FromString,
                 _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/pluct.credit.v1.CreditService/ListGrants',
+                request_serializer=pluct_dot_credit_dot_v1_dot_credit__service__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=pluct_dot_credit_dot_v1_dot_credit__service__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditServiceServicer:
@@ -89,6 +94,13 @@ class CreditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGrants(self, request, context):
+        """ListGrants pages through a user's grants, newest first, used up and expired ones included, with what remains of each; an unknown user has none. Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_CreditServiceServicer_to_server(servicer, server):
                     servicer.AddCredits,
                     request_deserializer=pluct_dot_credit_dot_v1_dot_credit__service__pb2.AddCreditsRequest.FromString,
                     response_serializer=pluct_dot_credit_dot_v1_dot_credit__service__pb2.AddCreditsResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=pluct_dot_credit_dot_v1_dot_credit__service__pb2.ListGrantsRequest.FromString,
+                    response_serializer=pluct_dot_credit_dot_v1_dot_credit__service__pb2.ListGrantsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class CreditService:
             '/pluct.credit.v1.CreditService/AddCredits',
             pluct_dot_credit_dot_v1_dot_credit__service__pb2.AddCreditsRequest.SerializeToString,
             pluct_dot_credit_dot_v1_dot_credit__service__pb2.AddCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.credit.v1.CreditService/ListGrants',
+            pluct_dot_credit_dot_v1_dot_credit__service__pb2.ListGrantsRequest.SerializeToString,
+            pluct_dot_credit_dot_v1_dot_credit__service__pb2.ListGrantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,15 +6,19 @@ import grpc
 from pluct.admin.v1 import admin_service_pb2 as pb
 from pluct.admin.v1 import admin_service_pb2_grpc
 
-from pluct_server.api.grpc.services.convert import timestamp, transaction_message
+from pluct_server.api.grpc.services.convert import (
+    GRANT_CATEGORIES,
+    timestamp,
+    transaction_message,
+)
 from pluct_server.domain.audit import audit
-from pluct_server.domain.ledger import Ledger
+from pluct_server.domain.ledger import ADMIN_TERMS, Ledger
 from pluct_server.domain.prices import Prices
 from pluct_server.security.api_keys import ApiKeys
 from pluct_server.security.callers import current_caller
 from pluct_server.security.revocations import Revocations
 from pluct_server.store.audit_store import AuditStore
-from pluct_server.values.records import ApiKeyRecord, Price
+from pluct_server.values.records import ApiKeyRecord, GrantTerms, Price
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
@@ -96,10 +100,18 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
     ) -> pb.AddCreditsResponse:
         """Grant credits by hand, with an optional reason for the ledger."""
         reason = request.reason if request.HasField("reason") else None
-        balance = await self._ledger.add_admin_grant(
-            request.user_id, request.amount, reason, request.request_id, current_caller()
+        terms = GrantTerms(
+            GRANT_CATEGORIES.get(request.category, ADMIN_TERMS.category),
+            request.priority if request.HasField("priority") else ADMIN_TERMS.priority,
         )
-        return pb.AddCreditsResponse(user_id=request.user_id, new_balance=balance)
+        credited = await self._ledger.add_admin_grant(
+            request.user_id, request.amount, reason, request.request_id, current_caller(), terms
+        )
+        return pb.AddCreditsResponse(
+            user_id=request.user_id,
+            new_balance=credited.balance_after,
+            grant_id=credited.grant_id or "",
+        )
 
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext

@@ -6,9 +6,15 @@ import time
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from pluct.credit.v1 import ledger_pb2
+from pluct.credit.v1 import grant_pb2, ledger_pb2
 
-from pluct_server.values.records import EntryType, Transaction
+from pluct_server.values.records import (
+    EntryType,
+    Grant,
+    GrantCategory,
+    GrantSource,
+    Transaction,
+)
 
 _TRANSACTION_TYPES = {
     EntryType.USER_CREATION: ledger_pb2.TRANSACTION_TYPE_USER_CREATION,
@@ -17,6 +23,19 @@ _TRANSACTION_TYPES = {
     EntryType.SPEND: ledger_pb2.TRANSACTION_TYPE_SPEND,
 }
 
+
+_CATEGORY_MESSAGES = {
+    GrantCategory.PAID: grant_pb2.GRANT_CATEGORY_PAID,
+    GrantCategory.PROMOTIONAL: grant_pb2.GRANT_CATEGORY_PROMOTIONAL,
+}
+# A category as requests name it; UNSPECIFIED is absent, as its field says what it means.
+GRANT_CATEGORIES = {number: category for category, number in _CATEGORY_MESSAGES.items()}
+_SOURCE_MESSAGES = {
+    GrantSource.SIGNUP: grant_pb2.GRANT_SOURCE_SIGNUP,
+    GrantSource.PAYMENT: grant_pb2.GRANT_SOURCE_PAYMENT,
+    GrantSource.ADMIN: grant_pb2.GRANT_SOURCE_ADMIN,
+    GrantSource.OPENING_BALANCE: grant_pb2.GRANT_SOURCE_OPENING_BALANCE,
+}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -48,4 +67,25 @@ def transaction_message(entry: Transaction, *, with_actor: bool = False) -> ledg
         message.reason = entry.reason
     if with_actor and entry.actor is not None:
         message.actor_key_id = entry.actor
+    for draw in entry.draws:
+        message.grant_draws.add(grant_id=draw.grant_id, amount=draw.amount)
+    if entry.grant_id is not None:
+        message.grant_id = entry.grant_id
+    return message
+
+
+def grant_message(grant: Grant) -> grant_pb2.Grant:
+    """Return a grant as its protobuf message."""
+    message = grant_pb2.Grant(
+        grant_id=grant.grant_id,
+        user_id=grant.user_id,
+        category=_CATEGORY_MESSAGES[grant.category],
+        priority=grant.priority,
+        amount=grant.amount,
+        remaining=grant.remaining,
+        source=_SOURCE_MESSAGES[grant.source],
+        create_time=timestamp(grant.create_time),
+    )
+    if grant.expire_time is not None:
+        message.expire_time.CopyFrom(timestamp(grant.expire_time))
     return message

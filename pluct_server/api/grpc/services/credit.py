@@ -6,7 +6,11 @@ import grpc
 from pluct.credit.v1 import credit_service_pb2 as pb
 from pluct.credit.v1 import credit_service_pb2_grpc
 
-from pluct_server.api.grpc.services.convert import timestamp_now, transaction_message
+from pluct_server.api.grpc.services.convert import (
+    grant_message,
+    timestamp_now,
+    transaction_message,
+)
 from pluct_server.domain.errors import InvalidArgument
 from pluct_server.domain.ledger import Ledger
 from pluct_server.security.callers import current_caller
@@ -50,15 +54,29 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
             next_page_token=page.next_page_token,
         )
 
+    async def ListGrants(
+        self, request: pb.ListGrantsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListGrantsResponse:
+        """Return one page of a user's grants, newest first, with what remains of each."""
+        page = await self._ledger.grants(request.user_id, request.page_size, request.page_token)
+        return pb.ListGrantsResponse(
+            grants=[grant_message(grant) for grant in page.grants],
+            next_page_token=page.next_page_token,
+        )
+
     async def AddCredits(
         self, request: pb.AddCreditsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddCreditsResponse:
         """Credit a payment reported by the payment provider."""
         caller = current_caller()
-        balance = await self._ledger.add_payment(
+        credited = await self._ledger.add_payment(
             request.user_id, request.amount, _payment_id(request, caller), caller
         )
-        return pb.AddCreditsResponse(user_id=request.user_id, new_balance=balance)
+        return pb.AddCreditsResponse(
+            user_id=request.user_id,
+            new_balance=credited.balance_after,
+            grant_id=credited.grant_id or "",
+        )
 
 
 def _payment_id(request: pb.AddCreditsRequest, caller: Caller) -> str:

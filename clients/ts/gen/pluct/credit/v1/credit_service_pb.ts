@@ -9,6 +9,8 @@ import { file_google_api_annotations } from "../../../google/api/annotations_pb.
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import { file_pluct_api_v1_auth } from "../../api/v1/auth_pb.js";
+import type { Grant } from "./grant_pb.js";
+import { file_pluct_credit_v1_grant } from "./grant_pb.js";
 import type { Transaction } from "./ledger_pb.js";
 import { file_pluct_credit_v1_ledger } from "./ledger_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -17,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/credit/v1/credit_service.proto.
  */
 export const file_pluct_credit_v1_credit_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRwbHVjdC9jcmVkaXQvdjEvY3JlZGl0X3NlcnZpY2UucHJvdG8SD3BsdWN0LmNyZWRpdC52MSKaAQoRQ3JlYXRlVXNlclJlcXVlc3QSNAoHdXNlcl9pZBgBIAEoCUIjukggyAEBchsYZDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiQSIwoPaW5pdGlhbF9jcmVkaXRzGAIgASgDQgq6SAciBRiQTigAEioKCnJlcXVlc3RfaWQYAyABKAlCFrpIE3IRGIABMgxeW15ccHtDY31dKiQiPgoSQ3JlYXRlVXNlclJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSFwoPaW5pdGlhbF9iYWxhbmNlGAIgASgDIkkKEUdldEJhbGFuY2VSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokImUKEkdldEJhbGFuY2VSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSLQoJcmVhZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAQoXTGlzdFRyYW5zYWN0aW9uc1JlcXVlc3QSNAoHdXNlcl9pZBgBIAEoCUIjukggyAEBchsYZDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiQSGgoJcGFnZV9zaXplGAIgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAEIngKGExpc3RUcmFuc2FjdGlvbnNSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEjIKDHRyYW5zYWN0aW9ucxgCIAMoCzIcLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiuwEKEUFkZENyZWRpdHNSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokEhoKBmFtb3VudBgCIAEoA0IKukgHIgUYkE4oARIqCgpyZXF1ZXN0X2lkGAMgASgJQha6SBNyERiAATIMXlteXHB7Q2N9XSokEigKCGV2ZW50X2lkGAQgASgJQha6SBNyERiAATIMXlteXHB7Q2N9XSokIjoKEkFkZENyZWRpdHNSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhMKC25ld19iYWxhbmNlGAIgASgDMpcECg1DcmVkaXRTZXJ2aWNlEnYKCkNyZWF0ZVVzZXISIi5wbHVjdC5jcmVkaXQudjEuQ3JlYXRlVXNlclJlcXVlc3QaIy5wbHVjdC5jcmVkaXQudjEuQ3JlYXRlVXNlclJlc3BvbnNlIh/S8xgECAEQAYLT5JMCEToBKiIML3VzZXIvY3JlYXRlEn4KCkdldEJhbGFuY2USIi5wbHVjdC5jcmVkaXQudjEuR2V0QmFsYW5jZVJlcXVlc3QaIy5wbHVjdC5jcmVkaXQudjEuR2V0QmFsYW5jZVJlc3BvbnNlIifS8xgECAIQAYLT5JMCGRIXL3VzZXIve3VzZXJfaWR9L2JhbGFuY2USlQEKEExpc3RUcmFuc2FjdGlvbnMSKC5wbHVjdC5jcmVkaXQudjEuTGlzdFRyYW5zYWN0aW9uc1JlcXVlc3QaKS5wbHVjdC5jcmVkaXQudjEuTGlzdFRyYW5zYWN0aW9uc1Jlc3BvbnNlIizS8xgECAIQAYLT5JMCHhIcL3VzZXIve3VzZXJfaWR9L3RyYW5zYWN0aW9ucxJ2CgpBZGRDcmVkaXRzEiIucGx1Y3QuY3JlZGl0LnYxLkFkZENyZWRpdHNSZXF1ZXN0GiMucGx1Y3QuY3JlZGl0LnYxLkFkZENyZWRpdHNSZXNwb25zZSIf0vMYBAgDEAKC0+STAhE6ASoiDC9hZGQtY3JlZGl0c2IGcHJvdG8z", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth, file_pluct_credit_v1_ledger]);
+  fileDesc("CiRwbHVjdC9jcmVkaXQvdjEvY3JlZGl0X3NlcnZpY2UucHJvdG8SD3BsdWN0LmNyZWRpdC52MSKaAQoRQ3JlYXRlVXNlclJlcXVlc3QSNAoHdXNlcl9pZBgBIAEoCUIjukggyAEBchsYZDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiQSIwoPaW5pdGlhbF9jcmVkaXRzGAIgASgDQgq6SAciBRiQTigAEioKCnJlcXVlc3RfaWQYAyABKAlCFrpIE3IRGIABMgxeW15ccHtDY31dKiQiPgoSQ3JlYXRlVXNlclJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSFwoPaW5pdGlhbF9iYWxhbmNlGAIgASgDIkkKEUdldEJhbGFuY2VSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokImUKEkdldEJhbGFuY2VSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSLQoJcmVhZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAQoXTGlzdFRyYW5zYWN0aW9uc1JlcXVlc3QSNAoHdXNlcl9pZBgBIAEoCUIjukggyAEBchsYZDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiQSGgoJcGFnZV9zaXplGAIgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAEIngKGExpc3RUcmFuc2FjdGlvbnNSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEjIKDHRyYW5zYWN0aW9ucxgCIAMoCzIcLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiuwEKEUFkZENyZWRpdHNSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokEhoKBmFtb3VudBgCIAEoA0IKukgHIgUYkE4oARIqCgpyZXF1ZXN0X2lkGAMgASgJQha6SBNyERiAATIMXlteXHB7Q2N9XSokEigKCGV2ZW50X2lkGAQgASgJQha6SBNyERiAATIMXlteXHB7Q2N9XSokIkwKEkFkZENyZWRpdHNSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhMKC25ld19iYWxhbmNlGAIgASgDEhAKCGdyYW50X2lkGAMgASgJIoMBChFMaXN0R3JhbnRzUmVxdWVzdBI0Cgd1c2VyX2lkGAEgASgJQiO6SCDIAQFyGxhkMhdeW15ccHtDY31ccHtDZn1ccHtafV0qJBIaCglwYWdlX3NpemUYAiABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAQiVQoSTGlzdEdyYW50c1Jlc3BvbnNlEiYKBmdyYW50cxgBIAMoCzIWLnBsdWN0LmNyZWRpdC52MS5HcmFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkylgUKDUNyZWRpdFNlcnZpY2USdgoKQ3JlYXRlVXNlchIiLnBsdWN0LmNyZWRpdC52MS5DcmVhdGVVc2VyUmVxdWVzdBojLnBsdWN0LmNyZWRpdC52MS5DcmVhdGVVc2VyUmVzcG9uc2UiH9LzGAQIARABgtPkkwIROgEqIgwvdXNlci9jcmVhdGUSfgoKR2V0QmFsYW5jZRIiLnBsdWN0LmNyZWRpdC52MS5HZXRCYWxhbmNlUmVxdWVzdBojLnBsdWN0LmNyZWRpdC52MS5HZXRCYWxhbmNlUmVzcG9uc2UiJ9LzGAQIAhABgtPkkwIZEhcvdXNlci97dXNlcl9pZH0vYmFsYW5jZRKVAQoQTGlzdFRyYW5zYWN0aW9ucxIoLnBsdWN0LmNyZWRpdC52MS5MaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBopLnBsdWN0LmNyZWRpdC52MS5MaXN0VHJhbnNhY3Rpb25zUmVzcG9uc2UiLNLzGAQIAhABgtPkkwIeEhwvdXNlci97dXNlcl9pZH0vdHJhbnNhY3Rpb25zEnYKCkFkZENyZWRpdHMSIi5wbHVjdC5jcmVkaXQudjEuQWRkQ3JlZGl0c1JlcXVlc3QaIy5wbHVjdC5jcmVkaXQudjEuQWRkQ3JlZGl0c1Jlc3BvbnNlIh/S8xgECAMQAoLT5JMCEToBKiIML2FkZC1jcmVkaXRzEn0KCkxpc3RHcmFudHMSIi5wbHVjdC5jcmVkaXQudjEuTGlzdEdyYW50c1JlcXVlc3QaIy5wbHVjdC5jcmVkaXQudjEuTGlzdEdyYW50c1Jlc3BvbnNlIibS8xgECAIQA4LT5JMCGBIWL3VzZXIve3VzZXJfaWR9L2dyYW50c2IGcHJvdG8z", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth, file_pluct_credit_v1_grant, file_pluct_credit_v1_ledger]);
 
 /**
  * CreateUserRequest names the new user and its initial grant.
@@ -269,6 +271,13 @@ export type AddCreditsResponse = Message<"pluct.credit.v1.AddCreditsResponse"> &
    * @generated from field: int64 new_balance = 2;
    */
   newBalance: bigint;
+
+  /**
+   * grant_id is the grant the payment made: paid, priority 50, never expiring.
+   *
+   * @generated from field: string grant_id = 3;
+   */
+  grantId: string;
 };
 
 /**
@@ -277,6 +286,69 @@ export type AddCreditsResponse = Message<"pluct.credit.v1.AddCreditsResponse"> &
  */
 export const AddCreditsResponseSchema: GenMessage<AddCreditsResponse> = /*@__PURE__*/
   messageDesc(file_pluct_credit_v1_credit_service, 7);
+
+/**
+ * ListGrantsRequest selects one page of a user's grants.
+ *
+ * @generated from message pluct.credit.v1.ListGrantsRequest
+ */
+export type ListGrantsRequest = Message<"pluct.credit.v1.ListGrantsRequest"> & {
+  /**
+   * user_id is the user whose grants to list.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * page_size is the most grants to return: 0 means 50, above 100 means 100.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * page_token continues from a previous response's next_page_token.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message pluct.credit.v1.ListGrantsRequest.
+ * Use `create(ListGrantsRequestSchema)` to create a new message.
+ */
+export const ListGrantsRequestSchema: GenMessage<ListGrantsRequest> = /*@__PURE__*/
+  messageDesc(file_pluct_credit_v1_credit_service, 8);
+
+/**
+ * ListGrantsResponse is one page of a user's grants, newest first.
+ *
+ * @generated from message pluct.credit.v1.ListGrantsResponse
+ */
+export type ListGrantsResponse = Message<"pluct.credit.v1.ListGrantsResponse"> & {
+  /**
+   * grants are the grants of this page, newest first.
+   *
+   * @generated from field: repeated pluct.credit.v1.Grant grants = 1;
+   */
+  grants: Grant[];
+
+  /**
+   * next_page_token fetches the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message pluct.credit.v1.ListGrantsResponse.
+ * Use `create(ListGrantsResponseSchema)` to create a new message.
+ */
+export const ListGrantsResponseSchema: GenMessage<ListGrantsResponse> = /*@__PURE__*/
+  messageDesc(file_pluct_credit_v1_credit_service, 9);
 
 /**
  * CreditService holds users' prepaid credit balances and the ledger behind them.
@@ -323,6 +395,16 @@ export const CreditService: GenService<{
     methodKind: "unary";
     input: typeof AddCreditsRequestSchema;
     output: typeof AddCreditsResponseSchema;
+  },
+  /**
+   * ListGrants pages through a user's grants, newest first, used up and expired ones included, with what remains of each; an unknown user has none. Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+   *
+   * @generated from rpc pluct.credit.v1.CreditService.ListGrants
+   */
+  listGrants: {
+    methodKind: "unary";
+    input: typeof ListGrantsRequestSchema;
+    output: typeof ListGrantsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_pluct_credit_v1_credit_service, 0);

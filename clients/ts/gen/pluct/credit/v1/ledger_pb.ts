@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/credit/v1/ledger.proto.
  */
 export const file_pluct_credit_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("ChxwbHVjdC9jcmVkaXQvdjEvbGVkZ2VyLnByb3RvEg9wbHVjdC5jcmVkaXQudjEi/gEKC1RyYW5zYWN0aW9uEgoKAmlkGAEgASgDEg8KB3VzZXJfaWQYAiABKAkSLgoEdHlwZRgDIAEoDjIgLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvblR5cGUSDgoGYW1vdW50GAQgASgDEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgZyZWFzb24YBiABKAlIAIgBARIVCg1iYWxhbmNlX2FmdGVyGAcgASgDEhkKDGFjdG9yX2tleV9pZBgIIAEoCUgBiAEBQgkKB19yZWFzb25CDwoNX2FjdG9yX2tleV9pZCq1AQoPVHJhbnNhY3Rpb25UeXBlEiAKHFRSQU5TQUNUSU9OX1RZUEVfVU5TUEVDSUZJRUQQABIiCh5UUkFOU0FDVElPTl9UWVBFX1VTRVJfQ1JFQVRJT04QARIgChxUUkFOU0FDVElPTl9UWVBFX0FERF9XRUJIT09LEAISHgoaVFJBTlNBQ1RJT05fVFlQRV9BRE1JTl9BREQQAxIaChZUUkFOU0FDVElPTl9UWVBFX1NQRU5EEARiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChxwbHVjdC9jcmVkaXQvdjEvbGVkZ2VyLnByb3RvEg9wbHVjdC5jcmVkaXQudjEi0wIKC1RyYW5zYWN0aW9uEgoKAmlkGAEgASgDEg8KB3VzZXJfaWQYAiABKAkSLgoEdHlwZRgDIAEoDjIgLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvblR5cGUSDgoGYW1vdW50GAQgASgDEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgZyZWFzb24YBiABKAlIAIgBARIVCg1iYWxhbmNlX2FmdGVyGAcgASgDEhkKDGFjdG9yX2tleV9pZBgIIAEoCUgBiAEBEi8KC2dyYW50X2RyYXdzGAkgAygLMhoucGx1Y3QuY3JlZGl0LnYxLkdyYW50RHJhdxIVCghncmFudF9pZBgKIAEoCUgCiAEBQgkKB19yZWFzb25CDwoNX2FjdG9yX2tleV9pZEILCglfZ3JhbnRfaWQiLQoJR3JhbnREcmF3EhAKCGdyYW50X2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAyq1AQoPVHJhbnNhY3Rpb25UeXBlEiAKHFRSQU5TQUNUSU9OX1RZUEVfVU5TUEVDSUZJRUQQABIiCh5UUkFOU0FDVElPTl9UWVBFX1VTRVJfQ1JFQVRJT04QARIgChxUUkFOU0FDVElPTl9UWVBFX0FERF9XRUJIT09LEAISHgoaVFJBTlNBQ1RJT05fVFlQRV9BRE1JTl9BREQQAxIaChZUUkFOU0FDVElPTl9UWVBFX1NQRU5EEARiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Transaction is one append-only ledger entry.
@@ -75,6 +75,20 @@ export type Transaction = Message<"pluct.credit.v1.Transaction"> & {
    * @generated from field: optional string actor_key_id = 8;
    */
   actorKeyId?: string | undefined;
+
+  /**
+   * grant_draws are the grants a spend drew its credits from, in the order drawn; empty for other entries and for spends made before grants.
+   *
+   * @generated from field: repeated pluct.credit.v1.GrantDraw grant_draws = 9;
+   */
+  grantDraws: GrantDraw[];
+
+  /**
+   * grant_id is the grant a credit made (a signup, payment or admin grant); unset for other entries and for credits made before grants.
+   *
+   * @generated from field: optional string grant_id = 10;
+   */
+  grantId?: string | undefined;
 };
 
 /**
@@ -83,6 +97,34 @@ export type Transaction = Message<"pluct.credit.v1.Transaction"> & {
  */
 export const TransactionSchema: GenMessage<Transaction> = /*@__PURE__*/
   messageDesc(file_pluct_credit_v1_ledger, 0);
+
+/**
+ * GrantDraw is what one spend took from one grant.
+ *
+ * @generated from message pluct.credit.v1.GrantDraw
+ */
+export type GrantDraw = Message<"pluct.credit.v1.GrantDraw"> & {
+  /**
+   * grant_id is the grant drawn from.
+   *
+   * @generated from field: string grant_id = 1;
+   */
+  grantId: string;
+
+  /**
+   * amount is the credits taken from it.
+   *
+   * @generated from field: int64 amount = 2;
+   */
+  amount: bigint;
+};
+
+/**
+ * Describes the message pluct.credit.v1.GrantDraw.
+ * Use `create(GrantDrawSchema)` to create a new message.
+ */
+export const GrantDrawSchema: GenMessage<GrantDraw> = /*@__PURE__*/
+  messageDesc(file_pluct_credit_v1_ledger, 1);
 
 /**
  * TransactionType is the kind of movement a ledger entry records.
@@ -119,7 +161,7 @@ export enum TransactionType {
   ADMIN_ADD = 3,
 
   /**
-   * TRANSACTION_TYPE_SPEND is one credit spent on a vended token.
+   * TRANSACTION_TYPE_SPEND is a feature's price spent on a vended token.
    *
    * @generated from enum value: TRANSACTION_TYPE_SPEND = 4;
    */
