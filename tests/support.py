@@ -185,15 +185,43 @@ async def running_server(settings: Settings, dsn: str) -> AsyncIterator[PluctSer
 
 LEDGER_MISMATCHES = """
 SELECT u.user_id, u.balance, u.transaction_count, u.total_spent,
-       COALESCE(SUM(CASE WHEN l.type = 'spend' THEN -l.amount ELSE l.amount END), 0) AS ledger_sum,
+       COALESCE(SUM(CASE WHEN l.type IN ('spend', 'expiration') THEN -l.amount ELSE l.amount END),
+                0) AS ledger_sum,
        COUNT(l.id) AS ledger_rows,
        COALESCE(SUM(l.amount) FILTER (WHERE l.type = 'spend'), 0) AS ledger_spent
   FROM users u LEFT JOIN ledger l ON l.user_id = u.user_id
  GROUP BY u.user_id
-HAVING u.balance <> COALESCE(SUM(CASE WHEN l.type = 'spend' THEN -l.amount ELSE l.amount END), 0)
+HAVING u.balance <> COALESCE(SUM(CASE WHEN l.type IN ('spend', 'expiration') THEN -l.amount
+                                      ELSE l.amount END), 0)
     OR u.transaction_count <> COUNT(l.id)
     OR u.total_spent <> COALESCE(SUM(l.amount) FILTER (WHERE l.type = 'spend'), 0)
 """
+
+
+async def time_passes_for_grants(dsn: str, user_id: str, seconds: float) -> None:
+    """Move `user_id`'s grant expiries `seconds` nearer, as if that long had passed for them.
+
+    Only the times PostgreSQL keeps move; its now() decides, for every replica alike.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            # The user's row first, as every writer of its grants takes it.
+            await conn.execute(
+                "UPDATE users SET next_expire_time = next_expire_time"
+                " - make_interval(secs => $2) WHERE user_id = $1",
+                user_id,
+                seconds,
+            )
+            moved = await conn.execute(
+                "UPDATE grants SET expire_time = expire_time - make_interval(secs => $2)"
+                " WHERE user_id = $1 AND expire_time IS NOT NULL",
+                user_id,
+                seconds,
+            )
+    finally:
+        await conn.close()
+    assert moved != "UPDATE 0", f"no expiring grant for {user_id!r}"
 
 
 # A balance is what remains of the user's grants, at every moment nothing has expired unwritten.

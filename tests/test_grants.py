@@ -320,7 +320,7 @@ async def test_balances_from_before_grants_become_one_opening_grant_each(request
             database = Database(dsn, max_size=1)
             await database.open()
             try:
-                assert await migrate_all(database) == [10]
+                assert (await migrate_all(database))[0] == 10
             finally:
                 await database.close()
             grants = await conn.fetch(

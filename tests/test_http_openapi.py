@@ -119,11 +119,14 @@ async def test_legacy_shapes_are_what_the_document_says(document):
     ]
     transaction = document["components"]["schemas"]["credit.v1.Transaction"]
     assert transaction["properties"]["reason"]["nullable"] is True
+    # The legacy types, then those the contract's additions name (expiring grants, refunds).
     assert transaction["properties"]["type"]["enum"] == [
         "user_creation",
         "add_webhook",
         "admin_add",
         "spend",
+        "expiration",
+        "refund",
     ]
     vend = paths["/vend-token"]["post"]["responses"]
     assert {"200", "400", "403"} <= set(vend)

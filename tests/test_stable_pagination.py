@@ -399,8 +399,8 @@ async def follower(admin) -> Follower:
 
 async def credit_in_open_transaction(conn: asyncpg.Connection, user_id: str) -> int:
     """Credit `user_id` through the server's own statement inside `conn`'s open transaction."""
-    # Without a request id: user, amount, type, reason, actor, the (unused) request id, the
-    # grant's category, priority and source, then the (unused) key's four.
+    # pluct_credit's arguments: user, amount, type, reason, actor, the grant's category,
+    # priority, source and expiry, then no request id (and so no key).
     await conn.fetchrow(
         _CREDIT,
         user_id,
@@ -408,10 +408,12 @@ async def credit_in_open_transaction(conn: asyncpg.Connection, user_id: str) -> 
         "admin_add",
         "held open",
         "tests",
-        None,
         "promotional",
         50,
         "admin",
+        None,
+        None,
+        False,
         None,
         None,
         None,

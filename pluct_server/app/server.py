@@ -235,9 +235,16 @@ class PluctServer:
             settings.request_id_retention,
             turn_wait_seconds=self.database.connect_timeout,
             clock=self.clock,
+            signup_credits_ttl=settings.signup_credits_ttl,
         )
         maintenance = Maintenance(
-            refreshers=[self.database.report_pool, self.api_keys.refresh, self.revocations.refresh],
+            # Expired grants are written off within a round of expiring, whoever touches them.
+            refreshers=[
+                self.database.report_pool,
+                self.api_keys.refresh,
+                self.revocations.refresh,
+                ledger.write_off_expired_grants,
+            ],
             purgers=[
                 limiter.forget_spent_counters,
                 ledger.forget_expired_requests,

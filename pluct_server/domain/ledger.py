@@ -45,6 +45,7 @@ from pluct_server.values.charges import Charge, retry_after_seconds
 from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 from pluct_server.values.records import (
     DEFAULT_FEATURE,
+    Balance,
     Credited,
     EntryType,
     Grant,
@@ -152,9 +153,12 @@ class Ledger:
         *,
         turn_wait_seconds: float,
         clock: Clock = SYSTEM_CLOCK,
+        signup_credits_ttl: timedelta | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
+        # How long a user's initial credits last (None: for ever).
+        self._signup_credits_ttl = signup_credits_ttl
         self._limiter = limiter
         self._signup_allowance = signup_allowance
         # The user-id rule lives on the contract (the protos); a position in a page token
@@ -193,7 +197,7 @@ class Ledger:
         for _ in range(2):
             try:
                 balance = await self._store.create_user(
-                    user_id, initial_credits, USER_CREATION_REASON, key
+                    user_id, initial_credits, USER_CREATION_REASON, key, self._signup_credits_ttl
                 )
                 CREDITS_GRANTED.labels("signup").inc(initial_credits)
                 return balance
@@ -206,9 +210,17 @@ class Ledger:
                     raise AlreadyExists("User already exists") from None
         raise RequestIdReused()
 
-    async def balance(self, user_id: str) -> int:
-        """Return a user's balance; 0 for an unknown user."""
+    async def balance(self, user_id: str) -> Balance:
+        """Return a user's balance at this moment, and what of it expires soonest.
+
+        Grants are out of the balance from their expire_time on, written off or not yet; an
+        unknown user has 0.
+        """
         return await self._store.balance(user_id)
+
+    async def write_off_expired_grants(self) -> int:
+        """Write off the grants that expired since anything touched their users; return credits."""
+        return await self._store.sweep_expired_grants()
 
     async def add_payment(
         self, user_id: str, amount: int, event_id: str, caller: Caller
@@ -256,8 +268,13 @@ class Ledger:
         """
         entry_type = EntryType.ADMIN_ADD
         note = _note(reason, ADMIN_DEFAULT_REASON)
+        if terms.expire_time is not None and terms.expire_time <= self._clock.now():
+            raise InvalidArgument("expire_time", "expire_time must lie in the future")
         # A grant on the usual terms keeps the fingerprint grants always had.
-        said = () if terms == ADMIN_TERMS else (terms.category.value, terms.priority)
+        said: tuple[object, ...] = ()
+        if terms != ADMIN_TERMS:
+            expiry = None if terms.expire_time is None else terms.expire_time.isoformat()
+            said = (terms.category.value, terms.priority, expiry)
         key = self._key(
             caller, ADMIN_GRANT, request_id, entry_type.value, user_id, amount, note, *said
         )

@@ -62,6 +62,9 @@ CREDITS_GRANTED = Counter(
     ("source",),
 )
 CREDITS_SPENT = Counter("pluct_credits_spent_total", "Credits spent on tokens.")
+CREDITS_EXPIRED = Counter(
+    "pluct_credits_expired_total", "Credits of expired grants written off the balances."
+)
 TOKENS_VENDED = Counter("pluct_tokens_vended_total", "Tokens vended.")
 # Spend batches: how many vends each carried, and where a vend's time went (its wait for a
 # batch to leave, then the batch's statement). Finer at the bottom: both are often under 1 ms.

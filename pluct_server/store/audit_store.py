@@ -16,7 +16,8 @@ from pluct_server.store.database import Database
 _PROBLEMS = """
 WITH books AS (
     SELECT user_id,
-           sum(CASE WHEN type = 'spend' THEN -amount ELSE amount END) AS ledger_sum,
+           sum(CASE WHEN type IN ('spend', 'expiration') THEN -amount ELSE amount END)
+               AS ledger_sum,
            count(*) AS entries,
            coalesce(sum(amount) FILTER (WHERE type = 'spend'), 0) AS spent,
            count(*) FILTER (
@@ -33,21 +34,26 @@ WITH books AS (
       FROM ledger l, unnest(l.draw_grant_ids, l.draw_amounts) AS d(grant_id, amount)
      WHERE l.type = 'spend'
      GROUP BY l.user_id, d.grant_id
+), expired AS (
+    SELECT user_id, grant_id, sum(amount) AS amount FROM ledger
+     WHERE type = 'expiration'
+     GROUP BY user_id, grant_id
 ), undrawn AS (
     SELECT user_id, sum(amount) AS amount FROM ledger
      WHERE type = 'spend' AND draw_grant_ids IS NULL
      GROUP BY user_id
 ), lots AS (
-    -- Every grant: what remains = amount less what was drawn.
+    -- Every grant: what remains = amount less what was drawn and what expired.
     SELECT g.user_id, sum(g.remaining) AS remaining,
            count(*) FILTER (
                WHERE g.amount - g.remaining
-                     <> coalesce(dr.amount, 0)
+                     <> coalesce(dr.amount, 0) + coalesce(ex.amount, 0)
                         + CASE WHEN g.source = 'opening_balance'
                                THEN coalesce(un.amount, 0) ELSE 0 END
            ) AS odd_grants
       FROM grants g
       LEFT JOIN drawn dr ON dr.user_id = g.user_id AND dr.grant_id = g.grant_id
+      LEFT JOIN expired ex ON ex.user_id = g.user_id AND ex.grant_id = g.grant_id
       LEFT JOIN undrawn un ON un.user_id = g.user_id
      GROUP BY g.user_id
 )

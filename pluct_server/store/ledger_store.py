@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from pluct_server.observability.metrics import CREDITS_EXPIRED, count_of
 from pluct_server.store.database import Database
 from pluct_server.store.errors import RateLimitExceeded, UniqueViolation
 from pluct_server.store.spend_batch import (
@@ -20,6 +21,7 @@ from pluct_server.store.spend_batch import (
 )
 from pluct_server.values.records import (
     PAYMENT_TERMS,
+    Balance,
     Credited,
     EntryType,
     Grant,
@@ -61,7 +63,7 @@ _USER_EXISTS = "users_pkey"
 _REQUEST_KEY_TAKEN = "request_keys_pkey"
 _PAYMENT_EVENT_TAKEN = "payment_events_pkey"
 
-# The request-key claim the mutating statements share; each says where its values come from.
+# The request-key claim of a sign-up; the statement says where its values come from.
 _CLAIM = """
     INSERT INTO request_keys (user_id, caller, operation, request_id, fingerprint, ledger_id,
                               expire_time)
@@ -73,8 +75,9 @@ _CLAIM = """
 _CREATE_USER = (
     """
 WITH created AS (
-    INSERT INTO users (user_id, balance, initial_credits, transaction_count)
-    VALUES ($1, $2::bigint, $2::bigint, CASE WHEN $2::bigint > 0 THEN 1 ELSE 0 END)
+    INSERT INTO users (user_id, balance, initial_credits, transaction_count, next_expire_time)
+    VALUES ($1, $2::bigint, $2::bigint, CASE WHEN $2::bigint > 0 THEN 1 ELSE 0 END,
+            CASE WHEN $2::bigint > 0 THEN now() + $8::interval END)
     RETURNING user_id, balance
 ), made AS (
     INSERT INTO grants (user_id, category, priority, amount, remaining, expire_time, source)
@@ -102,59 +105,11 @@ SELECT balance FROM created
 """
 )
 
-# Every credit starts alike: the user, made if missing, its new balance, the grant the credits
-# make and the ledger entry that names it ($1 user, $2 amount, $3 entry type, $4 reason, $5 actor,
-# $6 the request or event id, $7 the grant's category, $8 its priority, $9 its source).
-_CREDITED = """
-WITH credited AS (
-    INSERT INTO users AS u (user_id, balance, transaction_count)
-    VALUES ($1, $2::bigint, 1)
-    ON CONFLICT (user_id) DO UPDATE
-       SET balance = u.balance + EXCLUDED.balance,
-           transaction_count = u.transaction_count + 1,
-           last_activity_at = now()
-    RETURNING user_id, balance
-), made AS (
-    INSERT INTO grants (user_id, category, priority, amount, remaining, source)
-    SELECT user_id, $7, $8, $2::bigint, $2::bigint, $9 FROM credited
-    RETURNING grant_id
-), entry AS (
-    INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, actor,
-                        grant_id)
-    SELECT user_id, $3, $2::bigint, balance, $4, $6, $5, (SELECT grant_id FROM made)
-      FROM credited
-    RETURNING id, balance_after, grant_id
-)"""
-
-_CREDIT = (
-    _CREDITED
-    + """, claimed AS ("""
-    + _CLAIM.format(
-        user_id="$1",
-        caller="$10",
-        operation="$11",
-        request_id="$6",
-        fingerprint="$12",
-        ledger_id="id",
-        retention="$13",
-    )
-    + """ FROM entry WHERE $6::text IS NOT NULL
-)
-SELECT balance_after, grant_id FROM entry
+# Credits in, payments and admin grants alike, in one call of sql/pluct_credit.sql.
+_CREDIT = """
+SELECT balance_after, grant_id, expired
+  FROM pluct_credit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
-)
-
-# A payment claims its event id in the statement that credits it: a second credit of the same
-# event, from any caller for any user, fails on payment_events_pkey and is undone whole.
-_PAY = (
-    _CREDITED
-    + """, claimed AS (
-    INSERT INTO payment_events (event_id, user_id, amount, ledger_id, balance_after, grant_id)
-    SELECT $6, $1, $2::bigint, id, balance_after, grant_id FROM entry WHERE $6::text IS NOT NULL
-)
-SELECT balance_after, grant_id FROM entry
-"""
-)
 
 _PRIOR_PAYMENT = """
 SELECT user_id, amount, balance_after, grant_id FROM payment_events WHERE event_id = $1
@@ -178,7 +133,29 @@ DELETE FROM request_keys
 
 _PURGE_EXPIRED_KEYS = "DELETE FROM request_keys WHERE expire_time < now()"
 
-_BALANCE = "SELECT balance FROM users WHERE user_id = $1"
+# A balance at every moment: what users.balance holds, less what remains of grants that have
+# expired but are not written off yet. A user with nothing due (next_expire_time ahead, or
+# NULL) costs no look at its grants.
+_LIVE_BALANCE = """
+u.balance - coalesce((SELECT sum(g.remaining) FROM grants g
+                       WHERE u.next_expire_time <= now() AND g.user_id = u.user_id
+                         AND g.remaining > 0 AND g.expire_time <= now()), 0)"""
+
+# The balance, and what remains of the grants that expire soonest (none when nothing will).
+_BALANCE = f"""
+SELECT {_LIVE_BALANCE} AS balance, soonest.expire_time, soonest.amount
+  FROM users u
+  LEFT JOIN LATERAL (
+      SELECT g.expire_time, sum(g.remaining) AS amount FROM grants g
+       WHERE u.next_expire_time IS NOT NULL AND g.user_id = u.user_id AND g.remaining > 0
+         AND g.expire_time > now()
+       GROUP BY g.expire_time ORDER BY g.expire_time LIMIT 1
+  ) soonest ON true
+ WHERE u.user_id = $1
+"""
+
+_SWEEP = "SELECT users_swept, credits_expired FROM pluct_sweep_expired_grants($1)"
+_SWEEP_USERS = 50
 
 # The f-strings below only splice in fixed column lists; values always travel as $n parameters.
 # ruff: noqa: S608
@@ -225,20 +202,23 @@ SELECT {_GRANT_COLUMNS} FROM grants
  ORDER BY grant_id DESC LIMIT $2
 """
 
-_USER_COLUMNS = "user_id, balance, transaction_count, total_spent, last_activity_at, created_at"
+_USER_COLUMNS = (
+    f"u.user_id, {_LIVE_BALANCE} AS balance, u.transaction_count, u.total_spent,"
+    " u.last_activity_at, u.created_at"
+)
 # Paged by create time and user id, which never change, so a scan neither skips nor repeats.
 _USERS_NEWEST_FIRST = f"""
-SELECT {_USER_COLUMNS} FROM users ORDER BY created_at DESC, user_id DESC LIMIT $1
+SELECT {_USER_COLUMNS} FROM users u ORDER BY created_at DESC, user_id DESC LIMIT $1
 """
 _USERS_NEWEST_AFTER = f"""
-SELECT {_USER_COLUMNS} FROM users
+SELECT {_USER_COLUMNS} FROM users u
  WHERE (created_at, user_id) < ($2, $3)
  ORDER BY created_at DESC, user_id DESC LIMIT $1
 """
 # Activity moves, so this order is never paged: one statement reads it at one moment
 # (LIMIT NULL is every user).
 _USERS_BY_ACTIVITY = f"""
-SELECT {_USER_COLUMNS} FROM users ORDER BY last_activity_at DESC, user_id DESC LIMIT $1
+SELECT {_USER_COLUMNS} FROM users u ORDER BY last_activity_at DESC, user_id DESC LIMIT $1
 """
 
 
@@ -257,6 +237,7 @@ class LedgerStore:
     def __init__(self, database: Database, spends: SpendBatcher | None = None) -> None:
         self._db = database
         self._spends = spends or SpendBatcher(database)
+        self._expired = count_of(CREDITS_EXPIRED)
 
     async def create_user(
         self,
@@ -307,16 +288,17 @@ class LedgerStore:
         """
         scope, operation, request_id, fingerprint, retention = _key_arguments(key)
         return await self._credit(
-            _CREDIT,
             user_id,
             amount,
             entry_type.value,
             reason,
             actor,
-            request_id,
             terms.category.value,
             terms.priority,
             source.value,
+            terms.expire_time,
+            request_id,
+            False,
             scope,
             operation,
             fingerprint,
@@ -337,26 +319,50 @@ class LedgerStore:
         Raises PaymentEventTaken when the event id was credited before, and then credits nothing.
         """
         return await self._credit(
-            _PAY,
             user_id,
             amount,
             entry_type.value,
             reason,
             actor,
-            event_id or None,
             PAYMENT_TERMS.category.value,
             PAYMENT_TERMS.priority,
             GrantSource.PAYMENT.value,
+            PAYMENT_TERMS.expire_time,
+            event_id or None,
+            True,
+            None,
+            None,
+            None,
+            None,
         )
 
-    async def _credit(self, statement: str, user_id: str, *arguments: object) -> Credited:
-        """Run a credit statement; return the balance after it and the grant it made."""
+    async def _credit(self, user_id: str, *arguments: object) -> Credited:
+        """Run pluct_credit; return the balance after it, the grant it made, what expired."""
         try:
-            row = await self._db.fetchrow(statement, user_id, *arguments, writes=True)
+            row = await self._db.fetchrow(_CREDIT, user_id, *arguments, writes=True)
         except UniqueViolation as exc:
             raise _taken(exc) from exc
         assert row is not None
-        return Credited(int(row["balance_after"]), _grant_id(row["grant_id"]))
+        if row["expired"]:
+            self._expired.inc(int(row["expired"]))
+        return Credited(
+            int(row["balance_after"]), _grant_id(row["grant_id"]), expired=int(row["expired"])
+        )
+
+    async def sweep_expired_grants(self) -> int:
+        """Write off the expired grants of every user nobody touched since; return the credits.
+
+        A chunk of users at a time, each its own transaction, so no spend waits long for one.
+        """
+        total = 0
+        while True:
+            row = await self._db.fetchrow(_SWEEP, _SWEEP_USERS, writes=True)
+            assert row is not None
+            total += int(row["credits_expired"])
+            if row["credits_expired"]:
+                self._expired.inc(int(row["credits_expired"]))
+            if row["users_swept"] < _SWEEP_USERS:
+                return total
 
     async def prior_payment(self, event_id: str) -> PriorPayment | None:
         """Return what the payment with this event id credited, None if there was none."""
@@ -428,10 +434,14 @@ class LedgerStore:
         status = await self._db.execute(_PURGE_EXPIRED_KEYS)
         return int(status.rsplit(" ", 1)[-1])
 
-    async def balance(self, user_id: str) -> int:
-        """Return a user's balance; 0 for a user that does not exist."""
+    async def balance(self, user_id: str) -> Balance:
+        """Return a user's balance now, and what expires soonest; 0 for an unknown user."""
         row = await self._db.fetchrow(_BALANCE, user_id)
-        return 0 if row is None else int(row["balance"])
+        if row is None:
+            return Balance(0)
+        if row["expire_time"] is None:
+            return Balance(int(row["balance"]))
+        return Balance(int(row["balance"]), row["expire_time"], int(row["amount"]))
 
     async def transactions(
         self, user_id: str | None, limit: int, before_id: int | None

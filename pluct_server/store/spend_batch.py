@@ -11,9 +11,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pluct_server.observability.metrics import (
+    CREDITS_EXPIRED,
     SPEND_BATCH_SECONDS,
     SPEND_BATCH_SIZE,
     SPEND_WAIT_SECONDS,
+    count_of,
     histogram_of,
 )
 from pluct_server.store.database import Database
@@ -30,7 +32,7 @@ LIMITED = "limited"
 NO_FEATURE = "no_feature"
 
 _SPEND_BATCH = """
-SELECT item, outcome, balance_after, charged
+SELECT item, outcome, balance_after, charged, expired
   FROM pluct_spend_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
 
@@ -53,6 +55,8 @@ class SpendOutcome:
     balance_after: int | None = None
     # The credits spent: the feature's price when the batch ran.
     charged: int | None = None
+    # Credits of the user's expired grants written off first.
+    expired: int = 0
 
 
 # A spend waiting for its batch: what it asks, its answer to come, and when it asked.
@@ -118,6 +122,7 @@ class SpendBatcher:
         self._sizes = histogram_of(SPEND_BATCH_SIZE)
         self._statement_seconds = histogram_of(SPEND_BATCH_SECONDS)
         self._waits = histogram_of(SPEND_WAIT_SECONDS)
+        self._expired = count_of(CREDITS_EXPIRED)
 
     async def spend(self, request: SpendRequest) -> SpendOutcome:
         """Spend as part of the next batch; return what the database did with this spend."""
@@ -179,8 +184,11 @@ class SpendBatcher:
                             row["outcome"],
                             None if balance is None else int(balance),
                             None if charged is None else int(charged),
+                            int(row["expired"]),
                         )
                     )
+                if row["expired"]:
+                    self._expired.inc(int(row["expired"]))
         finally:
             self._in_flight -= 1
             # Whatever waited while this batch ran goes now: it has waited long enough.

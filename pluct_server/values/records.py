@@ -15,6 +15,12 @@ class EntryType(enum.Enum):
     ADD_WEBHOOK = "add_webhook"
     ADMIN_ADD = "admin_add"
     SPEND = "spend"
+    EXPIRATION = "expiration"
+    REFUND = "refund"
+
+
+# Entry types that take credits out of a balance; every other one puts them in.
+DEBITS = frozenset({EntryType.SPEND, EntryType.EXPIRATION})
 
 
 class GrantCategory(enum.Enum):
@@ -39,10 +45,11 @@ DEFAULT_PRIORITY = 50
 
 @dataclass(frozen=True)
 class GrantTerms:
-    """How a credit's grant is spent: its category and priority."""
+    """How a credit's grant is spent: its category, priority and expiry (None: never)."""
 
     category: GrantCategory
     priority: int = DEFAULT_PRIORITY
+    expire_time: datetime | None = None
 
 
 # What a payment makes: paid credits, spent at the default priority, never expiring.
@@ -70,6 +77,17 @@ class Credited:
 
     balance_after: int
     grant_id: str | None
+    # Credits of expired grants this call wrote off first.
+    expired: int = 0
+
+
+@dataclass(frozen=True)
+class Balance:
+    """A user's balance at one moment, and what of it expires soonest (None: nothing will)."""
+
+    balance: int
+    next_expire_time: datetime | None = None
+    next_expire_amount: int = 0
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,10 @@ LEGACY = LegacyProfile(
             before={"success": True},
             after={"message": "Manually added {amount} credits to {user_id}"},
         ),
-        # The legacy answer exactly, whatever the response gains (its feature, for one).
+        # The legacy answers exactly, whatever the responses gain (expiry, a feature).
+        "pluct.credit.v1.CreditService.GetBalance": RouteShape(
+            keep=("userId", "balance", "timestamp")
+        ),
         "pluct.token.v1.TokenService.ValidateToken": RouteShape(
             keep=("valid", "userId", "expiresAt", "reason")
         ),

@@ -12,7 +12,7 @@ from pluct.api.v1 import auth_pb2
 
 from pluct_server.api.http.describe import ServiceInfo, builtin_schemas
 from pluct_server.api.http.legacy import LegacyProfile
-from pluct_server.api.http.render import Renderer, scalar_schema
+from pluct_server.api.http.render import TIMESTAMP, Renderer, scalar_schema
 from pluct_server.api.http.routes import Route, Variable, display_template
 from pluct_server.api.http.schema_rules import is_required, list_schema, rules_schema
 from pluct_server.api.http.status import possible_statuses
@@ -194,6 +194,9 @@ def _request_schema(request: Descriptor, route: Route) -> dict[str, Any]:
 
 
 def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
+    if field.message_type is not None and field.message_type.full_name == TIMESTAMP:
+        # Protobuf's JSON mapping writes a Timestamp as an RFC 3339 string.
+        return {"type": "string", "format": "date-time"}
     schema = scalar_schema(field)
     # The limits are the protos' buf.validate annotations, which the service enforces.
     schema.update(rules_schema(field))

@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pluct_server.api.http.legacy import LegacyProfile, MessageShape
 from pluct_server.api.http.routes import Route
 
-_TIMESTAMP = Timestamp.DESCRIPTOR.full_name
+TIMESTAMP = Timestamp.DESCRIPTOR.full_name
 _INT64_TYPES = frozenset(
     {
         FieldDescriptor.TYPE_INT64,
@@ -130,7 +130,7 @@ class Renderer:
     def _single(self, field: FieldDescriptor, value: Any) -> Any:
         nested, enum = field.message_type, field.enum_type
         if nested is not None:
-            if nested.full_name == _TIMESTAMP:
+            if nested.full_name == TIMESTAMP:
                 return format_timestamp(
                     value.ToDatetime(tzinfo=UTC), self._profile.timestamp_fraction_digits
                 )
@@ -222,7 +222,7 @@ class Renderer:
     def _single_schema(self, field: FieldDescriptor) -> dict[str, Any]:
         nested, enum = field.message_type, field.enum_type
         if nested is not None:
-            if nested.full_name == _TIMESTAMP:
+            if nested.full_name == TIMESTAMP:
                 return _timestamp_schema()
             if nested.file.package.startswith("google.protobuf"):
                 return {}

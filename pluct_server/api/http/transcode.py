@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from pluct_server.api.http.legacy import LegacyProfile, QueryAlias
 from pluct_server.api.http.problems import CallError
+from pluct_server.api.http.render import TIMESTAMP
 from pluct_server.api.http.routes import Route
 
 REQUEST_ID_FIELD = "request_id"
@@ -237,6 +238,8 @@ def _kind(field: FieldDescriptor) -> str:
         return "a base64 string"
     if field.enum_type is not None:
         return "one of " + ", ".join(value.name for value in field.enum_type.values)
+    if field.message_type is not None and field.message_type.full_name == TIMESTAMP:
+        return "an RFC 3339 time such as 2030-01-31T00:00:00Z"
     return "an object"
 
 
@@ -311,6 +314,8 @@ def _check_scalar(field: FieldDescriptor, value: Any, shown: str) -> None:
         ok = isinstance(value, bool)
     elif field.type in _FLOATS:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif field.message_type is not None and field.message_type.full_name == TIMESTAMP:
+        ok = isinstance(value, str)  # its form is protobuf's parser's to check
     elif field.type == FieldDescriptor.TYPE_ENUM:
         # By name, as the OpenAPI document says (and as query parameters are): protobuf's
         # parser would also take numbers, and false and true as 0 and 1.

@@ -24,7 +24,7 @@ CREATE OR REPLACE FUNCTION pluct_spend_batch(
     p_charge_buckets    text[],
     p_charge_steps      float8[],
     p_charge_tolerances float8[]
-) RETURNS TABLE (item int, outcome text, balance_after bigint, charged int)
+) RETURNS TABLE (item int, outcome text, balance_after bigint, charged int, expired bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     n int := coalesce(array_length(p_users, 1), 0);
@@ -32,6 +32,8 @@ DECLARE
     claimed boolean;
     present boolean;
     locked text[];
+    -- Users of `locked` whose grants have expired unwritten: written off before they spend.
+    due text[];
     new_balance bigint;
     entry_id bigint;
     priced text[];
@@ -62,14 +64,17 @@ BEGIN
       FROM unnest(p_charge_subjects, p_charge_buckets, p_charge_tolerances) AS c(s, b, t)
      ORDER BY c.s, c.b
     ON CONFLICT (subject, bucket) DO UPDATE SET tolerance = EXCLUDED.tolerance;
-    SELECT coalesce(array_agg(s.user_id), '{}') INTO locked
-      FROM (SELECT user_id FROM users WHERE user_id = ANY (p_users)
+    SELECT coalesce(array_agg(s.user_id), '{}'),
+           coalesce(array_agg(s.user_id) FILTER (WHERE s.next_expire_time <= now()), '{}')
+      INTO locked, due
+      FROM (SELECT user_id, next_expire_time FROM users WHERE user_id = ANY (p_users)
              ORDER BY user_id FOR UPDATE) AS s;
 
     FOR i IN 1 .. n LOOP
         item := i - 1;
         balance_after := NULL;
         charged := NULL;
+        expired := 0;
         claimed := false;
         -- An unknown feature is refused before anything is claimed or charged.
         price := prices[array_position(priced, p_features[i])];
@@ -81,6 +86,11 @@ BEGIN
         -- A user created after the lock step is, for this batch, a user that does not exist
         -- yet: touching its row (or its keys) now would take a lock out of the global order.
         present := p_users[i] = ANY (locked);
+        -- Expired grants are written off before anything else this user does (once a batch).
+        IF present AND p_users[i] = ANY (due) THEN
+            expired := pluct_expire_grants(p_users[i]);
+            due := array_remove(due, p_users[i]);
+        END IF;
         -- The request key first: a spend must never happen for a request already made. Only
         -- under the user's row lock, so no two batches ever wait on each other's keys.
         IF p_request_ids[i] IS NOT NULL AND present THEN

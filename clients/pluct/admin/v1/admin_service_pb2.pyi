@@ -88,20 +88,22 @@ class ListTransactionsResponse(_message.Message):
     def __init__(self, transactions: _Optional[_Iterable[_Union[_ledger_pb2.Transaction, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AddCreditsRequest(_message.Message):
-    __slots__ = ("user_id", "amount", "reason", "request_id", "category", "priority")
+    __slots__ = ("user_id", "amount", "reason", "request_id", "category", "priority", "expire_time")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     amount: int
     reason: str
     request_id: str
     category: _grant_pb2.GrantCategory
     priority: int
-    def __init__(self, user_id: _Optional[str] = ..., amount: _Optional[int] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., category: _Optional[_Union[_grant_pb2.GrantCategory, str]] = ..., priority: _Optional[int] = ...) -> None: ...
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., amount: _Optional[int] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., category: _Optional[_Union[_grant_pb2.GrantCategory, str]] = ..., priority: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AddCreditsResponse(_message.Message):
     __slots__ = ("user_id", "new_balance", "grant_id")

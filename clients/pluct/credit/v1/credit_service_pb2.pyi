@@ -39,14 +39,18 @@ class GetBalanceRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class GetBalanceResponse(_message.Message):
-    __slots__ = ("user_id", "balance", "read_time")
+    __slots__ = ("user_id", "balance", "read_time", "next_expire_time", "next_expire_amount")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     READ_TIME_FIELD_NUMBER: _ClassVar[int]
+    NEXT_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    NEXT_EXPIRE_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     balance: int
     read_time: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., balance: _Optional[int] = ..., read_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    next_expire_time: _timestamp_pb2.Timestamp
+    next_expire_amount: int
+    def __init__(self, user_id: _Optional[str] = ..., balance: _Optional[int] = ..., read_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_expire_amount: _Optional[int] = ...) -> None: ...
 
 class ListTransactionsRequest(_message.Message):
     __slots__ = ("user_id", "page_size", "page_token")

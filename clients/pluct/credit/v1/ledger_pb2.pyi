@@ -17,11 +17,15 @@ class TransactionType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSACTION_TYPE_ADD_WEBHOOK: _ClassVar[TransactionType]
     TRANSACTION_TYPE_ADMIN_ADD: _ClassVar[TransactionType]
     TRANSACTION_TYPE_SPEND: _ClassVar[TransactionType]
+    TRANSACTION_TYPE_EXPIRATION: _ClassVar[TransactionType]
+    TRANSACTION_TYPE_REFUND: _ClassVar[TransactionType]
 TRANSACTION_TYPE_UNSPECIFIED: TransactionType
 TRANSACTION_TYPE_USER_CREATION: TransactionType
 TRANSACTION_TYPE_ADD_WEBHOOK: TransactionType
 TRANSACTION_TYPE_ADMIN_ADD: TransactionType
 TRANSACTION_TYPE_SPEND: TransactionType
+TRANSACTION_TYPE_EXPIRATION: TransactionType
+TRANSACTION_TYPE_REFUND: TransactionType
 
 class Transaction(_message.Message):
     __slots__ = ("id", "user_id", "type", "amount", "create_time", "reason", "balance_after", "actor_key_id", "grant_draws", "grant_id")

@@ -8,6 +8,7 @@ from pluct.admin.v1 import admin_service_pb2_grpc
 
 from pluct_server.api.grpc.services.convert import (
     GRANT_CATEGORIES,
+    moment,
     timestamp,
     transaction_message,
 )
@@ -103,6 +104,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
         terms = GrantTerms(
             GRANT_CATEGORIES.get(request.category, ADMIN_TERMS.category),
             request.priority if request.HasField("priority") else ADMIN_TERMS.priority,
+            moment(request.expire_time, "expire_time") if request.HasField("expire_time") else None,
         )
         credited = await self._ledger.add_admin_grant(
             request.user_id, request.amount, reason, request.request_id, current_caller(), terms

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 from pluct.credit.v1 import grant_pb2, ledger_pb2
 
+from pluct_server.domain.errors import InvalidArgument
 from pluct_server.values.records import (
     EntryType,
     Grant,
@@ -21,6 +22,8 @@ _TRANSACTION_TYPES = {
     EntryType.ADD_WEBHOOK: ledger_pb2.TRANSACTION_TYPE_ADD_WEBHOOK,
     EntryType.ADMIN_ADD: ledger_pb2.TRANSACTION_TYPE_ADMIN_ADD,
     EntryType.SPEND: ledger_pb2.TRANSACTION_TYPE_SPEND,
+    EntryType.EXPIRATION: ledger_pb2.TRANSACTION_TYPE_EXPIRATION,
+    EntryType.REFUND: ledger_pb2.TRANSACTION_TYPE_REFUND,
 }
 
 
@@ -45,6 +48,14 @@ def timestamp(moment: datetime) -> Timestamp:
     # Plain arithmetic: Timestamp.FromDatetime was a visible share of every call's profile.
     since = moment - _EPOCH
     return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+
+
+def moment(value: Timestamp, field: str) -> datetime:
+    """Return a request's Timestamp as an aware datetime, or refuse one that is no moment."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, f"{field} is not a valid time") from None
 
 
 def timestamp_now() -> Timestamp:

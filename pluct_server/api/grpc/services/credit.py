@@ -8,6 +8,7 @@ from pluct.credit.v1 import credit_service_pb2_grpc
 
 from pluct_server.api.grpc.services.convert import (
     grant_message,
+    timestamp,
     timestamp_now,
     transaction_message,
 )
@@ -37,9 +38,13 @@ class CreditServicer(credit_service_pb2_grpc.CreditServiceServicer):  # type: ig
     ) -> pb.GetBalanceResponse:
         """Return a user's balance (0 for an unknown user)."""
         balance = await self._ledger.balance(request.user_id)
-        return pb.GetBalanceResponse(
-            user_id=request.user_id, balance=balance, read_time=timestamp_now()
+        response = pb.GetBalanceResponse(
+            user_id=request.user_id, balance=balance.balance, read_time=timestamp_now()
         )
+        if balance.next_expire_time is not None:
+            response.next_expire_time.CopyFrom(timestamp(balance.next_expire_time))
+            response.next_expire_amount = balance.next_expire_amount
+        return response
 
     async def ListTransactions(
         self, request: pb.ListTransactionsRequest, context: grpc.aio.ServicerContext

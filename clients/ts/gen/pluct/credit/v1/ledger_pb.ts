@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/credit/v1/ledger.proto.
  */
 export const file_pluct_credit_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("ChxwbHVjdC9jcmVkaXQvdjEvbGVkZ2VyLnByb3RvEg9wbHVjdC5jcmVkaXQudjEi0wIKC1RyYW5zYWN0aW9uEgoKAmlkGAEgASgDEg8KB3VzZXJfaWQYAiABKAkSLgoEdHlwZRgDIAEoDjIgLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvblR5cGUSDgoGYW1vdW50GAQgASgDEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgZyZWFzb24YBiABKAlIAIgBARIVCg1iYWxhbmNlX2FmdGVyGAcgASgDEhkKDGFjdG9yX2tleV9pZBgIIAEoCUgBiAEBEi8KC2dyYW50X2RyYXdzGAkgAygLMhoucGx1Y3QuY3JlZGl0LnYxLkdyYW50RHJhdxIVCghncmFudF9pZBgKIAEoCUgCiAEBQgkKB19yZWFzb25CDwoNX2FjdG9yX2tleV9pZEILCglfZ3JhbnRfaWQiLQoJR3JhbnREcmF3EhAKCGdyYW50X2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAyq1AQoPVHJhbnNhY3Rpb25UeXBlEiAKHFRSQU5TQUNUSU9OX1RZUEVfVU5TUEVDSUZJRUQQABIiCh5UUkFOU0FDVElPTl9UWVBFX1VTRVJfQ1JFQVRJT04QARIgChxUUkFOU0FDVElPTl9UWVBFX0FERF9XRUJIT09LEAISHgoaVFJBTlNBQ1RJT05fVFlQRV9BRE1JTl9BREQQAxIaChZUUkFOU0FDVElPTl9UWVBFX1NQRU5EEARiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChxwbHVjdC9jcmVkaXQvdjEvbGVkZ2VyLnByb3RvEg9wbHVjdC5jcmVkaXQudjEi0wIKC1RyYW5zYWN0aW9uEgoKAmlkGAEgASgDEg8KB3VzZXJfaWQYAiABKAkSLgoEdHlwZRgDIAEoDjIgLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvblR5cGUSDgoGYW1vdW50GAQgASgDEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgZyZWFzb24YBiABKAlIAIgBARIVCg1iYWxhbmNlX2FmdGVyGAcgASgDEhkKDGFjdG9yX2tleV9pZBgIIAEoCUgBiAEBEi8KC2dyYW50X2RyYXdzGAkgAygLMhoucGx1Y3QuY3JlZGl0LnYxLkdyYW50RHJhdxIVCghncmFudF9pZBgKIAEoCUgCiAEBQgkKB19yZWFzb25CDwoNX2FjdG9yX2tleV9pZEILCglfZ3JhbnRfaWQiLQoJR3JhbnREcmF3EhAKCGdyYW50X2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAyrzAQoPVHJhbnNhY3Rpb25UeXBlEiAKHFRSQU5TQUNUSU9OX1RZUEVfVU5TUEVDSUZJRUQQABIiCh5UUkFOU0FDVElPTl9UWVBFX1VTRVJfQ1JFQVRJT04QARIgChxUUkFOU0FDVElPTl9UWVBFX0FERF9XRUJIT09LEAISHgoaVFJBTlNBQ1RJT05fVFlQRV9BRE1JTl9BREQQAxIaChZUUkFOU0FDVElPTl9UWVBFX1NQRU5EEAQSHwobVFJBTlNBQ1RJT05fVFlQRV9FWFBJUkFUSU9OEAUSGwoXVFJBTlNBQ1RJT05fVFlQRV9SRUZVTkQQBmIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Transaction is one append-only ledger entry.
@@ -42,7 +42,7 @@ export type Transaction = Message<"pluct.credit.v1.Transaction"> & {
   type: TransactionType;
 
   /**
-   * amount is always positive; type says whether it was credited or spent.
+   * amount is always positive; type says whether it came in (user_creation, add_webhook, admin_add, refund) or went out (spend, expiration).
    *
    * @generated from field: int64 amount = 4;
    */
@@ -84,7 +84,7 @@ export type Transaction = Message<"pluct.credit.v1.Transaction"> & {
   grantDraws: GrantDraw[];
 
   /**
-   * grant_id is the grant a credit made (a signup, payment or admin grant); unset for other entries and for credits made before grants.
+   * grant_id is the grant a credit made (a signup, payment or admin grant), or the grant an expiration wrote off; unset for other entries and for credits made before grants.
    *
    * @generated from field: optional string grant_id = 10;
    */
@@ -166,6 +166,20 @@ export enum TransactionType {
    * @generated from enum value: TRANSACTION_TYPE_SPEND = 4;
    */
   SPEND = 4,
+
+  /**
+   * TRANSACTION_TYPE_EXPIRATION is what remained of a grant when it expired (grant_id names it); it leaves the balance.
+   *
+   * @generated from enum value: TRANSACTION_TYPE_EXPIRATION = 5;
+   */
+  EXPIRATION = 5,
+
+  /**
+   * TRANSACTION_TYPE_REFUND gives back credits of a spend (refunded_transaction_id names it).
+   *
+   * @generated from enum value: TRANSACTION_TYPE_REFUND = 6;
+   */
+  REFUND = 6,
 }
 
 /**
