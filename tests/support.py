@@ -188,13 +188,15 @@ SELECT u.user_id, u.balance, u.transaction_count, u.total_spent,
        COALESCE(SUM(CASE WHEN l.type IN ('spend', 'expiration') THEN -l.amount ELSE l.amount END),
                 0) AS ledger_sum,
        COUNT(l.id) AS ledger_rows,
-       COALESCE(SUM(l.amount) FILTER (WHERE l.type = 'spend'), 0) AS ledger_spent
+       COALESCE(SUM(CASE l.type WHEN 'spend' THEN l.amount WHEN 'refund' THEN -l.amount END),
+                0) AS ledger_spent
   FROM users u LEFT JOIN ledger l ON l.user_id = u.user_id
  GROUP BY u.user_id
 HAVING u.balance <> COALESCE(SUM(CASE WHEN l.type IN ('spend', 'expiration') THEN -l.amount
                                       ELSE l.amount END), 0)
     OR u.transaction_count <> COUNT(l.id)
-    OR u.total_spent <> COALESCE(SUM(l.amount) FILTER (WHERE l.type = 'spend'), 0)
+    OR u.total_spent <> COALESCE(SUM(CASE l.type WHEN 'spend' THEN l.amount
+                                                 WHEN 'refund' THEN -l.amount END), 0)
 """
 
 

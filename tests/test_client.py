@@ -148,6 +148,26 @@ async def test_command_line_grants_on_terms_and_lists_grants(server, user_id):
     assert grants[0]["grant_id"] == json.loads(given)["grant_id"]
 
 
+async def test_command_line_grants_that_expire_and_refunds(server, user_id):
+    key = await caller_key(server)
+    await cli(server, "create-user", user_id, PLUCT_API_KEY=key)
+    _, given, _ = await cli(
+        server, "credit", user_id, "3", "--expires", "30d", ADMIN_SECRET=ADMIN_SECRET
+    )
+    _, vended, _ = await cli(server, "vend", user_id, PLUCT_API_KEY=key)
+    _, history, _ = await cli(server, "transactions", user_id, PLUCT_API_KEY=key)
+    spend = json.loads(history)["transactions"][0]
+    _, refunded, _ = await cli(server, "refund", spend["id"], ADMIN_SECRET=ADMIN_SECRET)
+    bad, _, why = await cli(server, "credit", user_id, "3", "--expires", "soon")
+
+    (grant,) = json.loads((await cli(server, "grants", user_id, PLUCT_API_KEY=key))[1])["grants"]
+    assert grant["grant_id"] == json.loads(given)["grant_id"] and grant["expire_time"]
+    assert json.loads(vended)["balance_after"] == "2"
+    assert json.loads(refunded)["refund"]["refunded_transaction_id"] == spend["id"]
+    assert json.loads(refunded)["balance_after"] == "3"
+    assert bad == 2 and "not a duration" in why
+
+
 def test_the_command_line_offers_exactly_the_scopes_a_key_may_hold():
     from pluct_client.__main__ import SCOPES
 

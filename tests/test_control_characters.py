@@ -87,7 +87,7 @@ def string_fields() -> list[tuple[MethodDescriptor, FieldDescriptor]]:
     ]
 
 
-def valid_requests(user_id: str, key_id: str) -> dict[str, Message]:
+def valid_requests(user_id: str, key_id: str, spend_id: int = 1) -> dict[str, Message]:
     """A request each RPC would carry out, so that the one bad field alone can stop it."""
     return {
         "CreditService.CreateUser": credit_pb.CreateUserRequest(
@@ -114,6 +114,9 @@ def valid_requests(user_id: str, key_id: str) -> dict[str, Message]:
         "AdminService.RevokeApiKey": admin_pb.RevokeApiKeyRequest(key_id=key_id),
         "AdminService.RevokeTokens": admin_pb.RevokeTokensRequest(user_id=user_id),
         "AdminService.SetPrice": admin_pb.SetPriceRequest(feature="controls", credits=2),
+        "AdminService.RefundSpend": admin_pb.RefundSpendRequest(
+            transaction_id=spend_id, amount=1, reason="job failed", request_id=new_request_id()
+        ),
     }
 
 
@@ -130,14 +133,20 @@ def credentials(method: MethodDescriptor) -> tuple[tuple[str, str], ...]:
     ("method", "field"), string_fields(), ids=lambda value: getattr(value, "full_name", "")
 )
 async def test_a_control_character_in_any_string_field_is_invalid_argument_over_grpc(
-    server, channel, credit, db, caplog, method, field, control
+    server, channel, credit, token, db, caplog, method, field, control
 ):
     user_id = new_user_id("controls")
     await credit.CreateUser(credit_pb.CreateUserRequest(user_id=user_id, initial_credits=5))
     key_id = key_id_of(await caller_key(server, ("credits:read",), name="bystander"))
     assert key_id is not None
     name = f"{method.containing_service.name}.{method.name}"
-    request = valid_requests(user_id, key_id)[name]
+    spend_id = 1
+    if name == "AdminService.RefundSpend":
+        await token.VendToken(token_pb.VendTokenRequest(user_id=user_id))
+        spend_id = await db.fetchval(
+            "SELECT id FROM ledger WHERE user_id = $1 AND type = 'spend'", user_id
+        )
+    request = valid_requests(user_id, key_id, spend_id)[name]
     if field.is_repeated:
         getattr(request, field.name).append(bad(control))
     else:

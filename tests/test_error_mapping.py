@@ -25,6 +25,8 @@ EXPECTED = [
     (errors.RequestTimeout(10), grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.NotFound("no such key"), grpc.StatusCode.NOT_FOUND),
     (errors.FeatureNotFound("export"), grpc.StatusCode.NOT_FOUND),
+    (errors.NotASpend(7), grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.RefundExceedsSpend(7), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ReplayedTokenExpired(), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.OutcomeUnknown(), grpc.StatusCode.ABORTED),
     (errors.OutcomeUnknownAfterTimeout(), grpc.StatusCode.DEADLINE_EXCEEDED),

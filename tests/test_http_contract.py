@@ -45,6 +45,7 @@ ADDED_ROUTES = {
     "GET /admin/prices",
     "PUT /admin/prices/{feature}",
     "GET /user/{userId}/grants",
+    "POST /admin/refunds",
 }
 SERVED_ROUTES = CONTRACT_ROUTES | ADDED_ROUTES
 

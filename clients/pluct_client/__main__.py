@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from datetime import timedelta
 
 import grpc
 from google.protobuf.message import Message
@@ -24,6 +25,15 @@ SCOPES = (
     "metrics:read",
     "admin",
 )
+
+
+def _duration(text: str) -> timedelta:
+    """Read 30d, 12h, 90m or 3600s as a timedelta."""
+    units = {"d": 86_400, "h": 3600, "m": 60, "s": 1}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30d, 12h or 90m")
+    return timedelta(seconds=int(number) * units[unit])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--paid", action="store_true", help="paid credits (spent after promotional)")
     kind.add_argument("--promotional", action="store_true", help="promotional credits (default)")
     grant.add_argument("--priority", type=int, help="0 to 100, lower spent first (default 50)")
+    grant.add_argument(
+        "--expires", type=_duration, help="when what remains expires, from now: 30d, 12h, 90m"
+    )
     commands.add_parser("grants", help="list a user's grants").add_argument("user_id")
+    give_back = commands.add_parser("refund", help="give back credits of a spend (admin)")
+    give_back.add_argument("transaction_id", type=int, help="the spend's ledger id")
+    give_back.add_argument("--amount", type=int, default=0, help="default: all that is left")
+    give_back.add_argument("--reason")
+    give_back.add_argument("--request-id", default="")
     keys = commands.add_parser("keys", help="create, list and revoke API keys (admin)")
     key_commands = keys.add_subparsers(dest="key_command", required=True)
     make = key_commands.add_parser("create", help="make a key; its secret is printed once")
@@ -110,6 +128,10 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> object:
             return await client.vend_token(args.user_id, args.request_id, args.feature)
         if args.command == "validate":
             return await client.validate_token(args.token, args.feature)
+        if args.command == "refund":
+            return await client.refund(
+                args.transaction_id, args.amount, args.reason, args.request_id
+            )
         if args.command == "grants":
             return await client.grants(args.user_id)
         if args.command == "prices":
@@ -137,6 +159,7 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> object:
             args.request_id,
             paid=args.paid,
             priority=args.priority,
+            expires_in=args.expires,
         )
 
 

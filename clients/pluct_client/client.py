@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
 import grpc
@@ -207,8 +208,9 @@ class PluctClient:
         *,
         paid: bool = False,
         priority: int | None = None,
+        expires_in: timedelta | None = None,
     ) -> admin_pb.AddCreditsResponse:
-        """Grant credits by hand, promotional unless `paid` (needs the admin secret)."""
+        """Grant credits by hand, promotional unless `paid`, expiring `expires_in` from now."""
         request = admin_pb.AddCreditsRequest(user_id=user_id, amount=amount, request_id=request_id)
         if reason is not None:
             request.reason = reason
@@ -216,8 +218,28 @@ class PluctClient:
             request.category = grant_pb.GRANT_CATEGORY_PAID
         if priority is not None:
             request.priority = priority
+        if expires_in is not None:
+            request.expire_time.FromDatetime(datetime.now(UTC) + expires_in)
         reply: admin_pb.AddCreditsResponse = await self._call(
             self._admin.AddCredits, request, self._bearer_md
+        )
+        return reply
+
+    async def refund(
+        self,
+        transaction_id: int,
+        amount: int = 0,
+        reason: str | None = None,
+        request_id: str = "",
+    ) -> admin_pb.RefundSpendResponse:
+        """Give back credits of a spend, all that is left by default (needs the admin scope)."""
+        request = admin_pb.RefundSpendRequest(
+            transaction_id=transaction_id, amount=amount, request_id=request_id
+        )
+        if reason is not None:
+            request.reason = reason
+        reply: admin_pb.RefundSpendResponse = await self._call(
+            self._admin.RefundSpend, request, self._bearer_md
         )
         return reply
 

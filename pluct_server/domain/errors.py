@@ -158,6 +158,31 @@ class FeatureNotFound(NotFound):
         )
 
 
+class NotASpend(DomainError):
+    """A refund named a ledger entry that is not a spend."""
+
+    reason = "NOT_A_SPEND"
+
+    def __init__(self, transaction_id: int) -> None:
+        super().__init__(
+            f"transaction {transaction_id} is not a spend; only spends are refunded; nothing "
+            "changed",
+            field="transaction_id",
+        )
+
+
+class RefundExceedsSpend(DomainError):
+    """A refund asked for more than is left to refund of its spend."""
+
+    reason = "REFUND_EXCEEDS_SPEND"
+
+    def __init__(self, transaction_id: int) -> None:
+        super().__init__(
+            f"that is more than is left to refund of spend {transaction_id}; nothing changed",
+            field="amount",
+        )
+
+
 class ReplayedTokenExpired(DomainError):
     """A vend was retried with its request id after the token it bought had expired."""
 

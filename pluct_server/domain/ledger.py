@@ -14,8 +14,11 @@ from pluct_server.domain.errors import (
     FeatureNotFound,
     InsufficientCredits,
     InvalidArgument,
+    NotASpend,
+    NotFound,
     PaymentEventReused,
     RateLimited,
+    RefundExceedsSpend,
     ReplayedTokenExpired,
     RequestIdReused,
     Unauthenticated,
@@ -29,12 +32,14 @@ from pluct_server.domain.pagination import (
     xid_and_id_position,
 )
 from pluct_server.domain.user_turns import UserTurns
-from pluct_server.observability.metrics import CREDITS_GRANTED
+from pluct_server.observability.metrics import CREDITS_GRANTED, CREDITS_REFUNDED
 from pluct_server.store.errors import RateLimitExceeded
 from pluct_server.store.ledger_store import (
     LedgerStore,
     NoSuchFeature,
     PaymentEventTaken,
+    RefundKeyTaken,
+    RefundRefused,
     RequestKeyTaken,
     UserExists,
 )
@@ -53,6 +58,7 @@ from pluct_server.values.records import (
     GrantSource,
     GrantTerms,
     PriorRequest,
+    Refund,
     RequestKey,
     Spend,
     TokenClaims,
@@ -116,6 +122,8 @@ def _fingerprint(*parts: object) -> str:
 CREATE_USER = "create_user"
 ADMIN_GRANT = "admin_grant"
 VEND = "vend"
+REFUND = "refund"
+REFUND_REASON = "Refund"
 # What an admin grant is unless its caller says otherwise.
 ADMIN_TERMS = GrantTerms(GrantCategory.PROMOTIONAL)
 # The source label of pluct_credits_granted_total, by the kind of credit.
@@ -217,6 +225,43 @@ class Ledger:
         unknown user has 0.
         """
         return await self._store.balance(user_id)
+
+    async def refund(
+        self,
+        transaction_id: int,
+        amount: int,
+        reason: str | None,
+        request_id: str,
+        caller: Caller,
+    ) -> Refund:
+        """Give back `amount` of a spend (0: all that is left) to the grants it drew from.
+
+        A retry with the same request id is answered with the first refund, and gives back
+        nothing more; a spend refunded in full has its token revoked.
+        """
+        note = _note(reason, REFUND_REASON)
+        key = self._key(caller, REFUND, request_id, "refund", transaction_id, amount, note)
+        try:
+            refund = await self._store.refund(transaction_id, amount, note, caller.id, key)
+        except RefundRefused as refused:
+            if refused.why == "not_found":
+                raise NotFound(
+                    f"no transaction has id {transaction_id}", field="transaction_id"
+                ) from None
+            if refused.why == "not_a_spend":
+                raise NotASpend(transaction_id) from None
+            raise RefundExceedsSpend(transaction_id) from None
+        except RefundKeyTaken as taken:
+            assert key is not None
+            prior = await self._prior(taken.user_id, key)
+            if prior is None or prior.entry_id is None:
+                raise RequestIdReused() from None
+            entry = await self._store.transaction(taken.user_id, prior.entry_id)
+            if entry is None:
+                raise RequestIdReused() from None
+            return Refund(entry)
+        CREDITS_REFUNDED.inc(refund.entry.amount)
+        return refund
 
     async def write_off_expired_grants(self) -> int:
         """Write off the grants that expired since anything touched their users; return credits."""

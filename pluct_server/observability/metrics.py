@@ -62,6 +62,7 @@ CREDITS_GRANTED = Counter(
     ("source",),
 )
 CREDITS_SPENT = Counter("pluct_credits_spent_total", "Credits spent on tokens.")
+CREDITS_REFUNDED = Counter("pluct_credits_refunded_total", "Credits of spends given back.")
 CREDITS_EXPIRED = Counter(
     "pluct_credits_expired_total", "Credits of expired grants written off the balances."
 )

@@ -24,6 +24,10 @@ class Revocations:
         self._token_ids = self._token_ids | {jti}
         return times
 
+    def remember_token(self, jti: str) -> None:
+        """Refuse a token whose revocation another statement recorded (a full refund's) now."""
+        self._token_ids = self._token_ids | {jti}
+
     async def revoke_user(self, user_id: str, revoked_by: str) -> tuple[datetime, datetime]:
         """Revoke every token `user_id` holds now; return (revoke_time, expire_time)."""
         revoke_time, expire_time = await self._store.revoke(None, user_id, revoked_by, self._keep)

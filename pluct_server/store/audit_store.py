@@ -19,7 +19,8 @@ WITH books AS (
            sum(CASE WHEN type IN ('spend', 'expiration') THEN -amount ELSE amount END)
                AS ledger_sum,
            count(*) AS entries,
-           coalesce(sum(amount) FILTER (WHERE type = 'spend'), 0) AS spent,
+           coalesce(sum(CASE type WHEN 'spend' THEN amount WHEN 'refund' THEN -amount END), 0)
+               AS spent,
            count(*) FILTER (
                WHERE type = 'spend'
                  AND (token_id IS NULL OR amount < 1
@@ -29,10 +30,12 @@ WITH books AS (
       FROM ledger
      GROUP BY user_id
 ), drawn AS (
-    -- What spends took from each grant; spends from before grants took from the opening one.
-    SELECT l.user_id, d.grant_id, sum(d.amount) AS amount
+    -- What spends took from each grant, less what refunds gave back to it; spends from before
+    -- grants took from the opening one.
+    SELECT l.user_id, d.grant_id,
+           sum(CASE WHEN l.type = 'spend' THEN d.amount ELSE -d.amount END) AS amount
       FROM ledger l, unnest(l.draw_grant_ids, l.draw_amounts) AS d(grant_id, amount)
-     WHERE l.type = 'spend'
+     WHERE l.type IN ('spend', 'refund')
      GROUP BY l.user_id, d.grant_id
 ), expired AS (
     SELECT user_id, grant_id, sum(amount) AS amount FROM ledger

@@ -31,6 +31,7 @@ from pluct_server.values.records import (
     GrantTerms,
     PriorPayment,
     PriorRequest,
+    Refund,
     RequestKey,
     Spend,
     TokenClaims,
@@ -56,6 +57,22 @@ class PaymentEventTaken(Exception):
 
 class NoSuchFeature(Exception):
     """A vend named a feature that has no price."""
+
+
+class RefundRefused(Exception):
+    """A refund was not written: `why` is not_found, not_a_spend or exceeds."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class RefundKeyTaken(RequestKeyTaken):
+    """The refund's request key was claimed before; `user_id` is whose spend it named."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(user_id)
+        self.user_id = user_id
 
 
 # The constraints whose violation the domain needs to tell apart.
@@ -119,7 +136,7 @@ _PRIOR_REQUEST = """
 SELECT k.fingerprint, k.expire_time < now() AS expired,
        coalesce(u.initial_credits, 0) AS initial_credits,
        l.balance_after, l.token_id, l.token_issued_at, l.token_expires_at,
-       coalesce(l.feature, 'default') AS feature, l.amount, l.grant_id
+       coalesce(l.feature, 'default') AS feature, l.amount, l.grant_id, k.ledger_id
   FROM request_keys k
   LEFT JOIN users u ON u.user_id = k.user_id
   LEFT JOIN ledger l ON l.user_id = k.user_id AND l.id = k.ledger_id
@@ -155,14 +172,23 @@ SELECT {_LIVE_BALANCE} AS balance, soonest.expire_time, soonest.amount
 """
 
 _SWEEP = "SELECT users_swept, credits_expired FROM pluct_sweep_expired_grants($1)"
+
+# A refund, in one call of sql/pluct_refund.sql.
+_REFUND = """
+SELECT outcome, user_id, entry_id, refunded, expired, revoked_token
+  FROM pluct_refund($1, $2, $3, $4, $5, $6, $7, $8)
+"""
 _SWEEP_USERS = 50
 
 # The f-strings below only splice in fixed column lists; values always travel as $n parameters.
 # ruff: noqa: S608
 _TRANSACTION_COLUMNS = (
     "id, user_id, type, amount, balance_after, reason, created_at, actor, grant_id,"
-    " draw_grant_ids, draw_amounts"
+    " draw_grant_ids, draw_amounts, refunds_id"
 )
+_TRANSACTION = f"""
+SELECT {_TRANSACTION_COLUMNS} FROM ledger WHERE user_id = $1 AND id = $2
+"""
 
 _USER_TRANSACTIONS_FIRST = f"""
 SELECT {_TRANSACTION_COLUMNS} FROM ledger WHERE user_id = $1 ORDER BY id DESC LIMIT $2
@@ -349,6 +375,42 @@ class LedgerStore:
             int(row["balance_after"]), _grant_id(row["grant_id"]), expired=int(row["expired"])
         )
 
+    async def refund(
+        self, spend_id: int, amount: int, reason: str, actor: str, key: RequestKey | None
+    ) -> Refund:
+        """Give back `amount` of a spend (0: all that is left) to the grants it drew from.
+
+        Raises RefundRefused (nothing changed) or RefundKeyTaken.
+        """
+        scope, _, request_id, fingerprint, retention = _key_arguments(key)
+        row = await self._db.fetchrow(
+            _REFUND,
+            spend_id,
+            amount,
+            reason,
+            actor,
+            request_id,
+            scope,
+            fingerprint,
+            retention,
+            writes=True,
+        )
+        assert row is not None
+        if row["outcome"] == "taken":
+            raise RefundKeyTaken(row["user_id"])
+        if row["outcome"] != "refunded":
+            raise RefundRefused(row["outcome"])
+        if row["expired"]:
+            self._expired.inc(int(row["expired"]))
+        entry = await self.transaction(row["user_id"], row["entry_id"])
+        assert entry is not None
+        return Refund(entry, row["revoked_token"])
+
+    async def transaction(self, user_id: str, entry_id: int) -> Transaction | None:
+        """Return one ledger entry of `user_id`, None if it has none by that id."""
+        row = await self._db.fetchrow(_TRANSACTION, user_id, entry_id)
+        return None if row is None else _transaction(row)
+
     async def sweep_expired_grants(self) -> int:
         """Write off the expired grants of every user nobody touched since; return the credits.
 
@@ -421,6 +483,7 @@ class LedgerStore:
             balance_after=None if balance is None else int(balance),
             claims=claims,
             grant_id=_grant_id(row["grant_id"]),
+            entry_id=row["ledger_id"],
         )
 
     async def forget_expired_request(self, user_id: str, key: RequestKey) -> None:
@@ -526,6 +589,7 @@ def _transaction(row: asyncpg.Record) -> Transaction:
             )
         ),
         grant_id=_grant_id(row["grant_id"]),
+        refunds=row["refunds_id"],
     )
 
 

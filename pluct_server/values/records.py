@@ -110,9 +110,12 @@ class Transaction:
     reason: str | None
     timestamp: datetime
     actor: str | None = None
-    # A spend's draws, in order; the grant a credit made. Empty and None before grants.
+    # A spend's draws, in order (a refund's: where it gave back); the grant a credit made or an
+    # expiration wrote off. Empty and None before grants.
     draws: tuple[GrantDraw, ...] = ()
     grant_id: str | None = None
+    # The spend a refund gives back of.
+    refunds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,16 @@ class PriorRequest:
     claims: TokenClaims | None
     # The grant the earlier credit made (None for other requests, and before grants).
     grant_id: str | None = None
+    # The ledger entry the earlier request wrote (None when it wrote none).
+    entry_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Refund:
+    """A refund: its ledger entry, and the token it revoked (when it completed the spend's)."""
+
+    entry: Transaction
+    revoked_token: str | None = None
 
 
 @dataclass(frozen=True)

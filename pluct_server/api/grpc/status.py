@@ -25,6 +25,8 @@ GRPC_CODES: Mapping[type[errors.DomainError], grpc.StatusCode] = MappingProxyTyp
         errors.NotFound: grpc.StatusCode.NOT_FOUND,
         errors.InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
         errors.ReplayedTokenExpired: grpc.StatusCode.FAILED_PRECONDITION,
+        errors.NotASpend: grpc.StatusCode.FAILED_PRECONDITION,
+        errors.RefundExceedsSpend: grpc.StatusCode.FAILED_PRECONDITION,
         # Every limit, a share of calls in flight and a full server alike: nothing was done.
         errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
         errors.Unavailable: grpc.StatusCode.UNAVAILABLE,

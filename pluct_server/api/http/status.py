@@ -40,6 +40,9 @@ HTTP_STATUS_BY_REASON: Mapping[tuple[grpc.StatusCode, str], int] = MappingProxyT
         (grpc.StatusCode.DEADLINE_EXCEEDED, "OUTCOME_UNKNOWN"): 503,
         # A request that did not arrive in time, as the shim answers a body that never came.
         (grpc.StatusCode.DEADLINE_EXCEEDED, "REQUEST_TIMEOUT"): 408,
+        # A well-formed refund the spend's state refuses: a conflict with it, not a bad request.
+        (grpc.StatusCode.FAILED_PRECONDITION, "NOT_A_SPEND"): 409,
+        (grpc.StatusCode.FAILED_PRECONDITION, "REFUND_EXCEEDS_SPEND"): 409,
     }
 )
 

@@ -250,3 +250,23 @@ class ListPricesResponse(_message.Message):
     PRICES_FIELD_NUMBER: _ClassVar[int]
     prices: _containers.RepeatedCompositeFieldContainer[Price]
     def __init__(self, prices: _Optional[_Iterable[_Union[Price, _Mapping]]] = ...) -> None: ...
+
+class RefundSpendRequest(_message.Message):
+    __slots__ = ("transaction_id", "amount", "reason", "request_id")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: int
+    amount: int
+    reason: str
+    request_id: str
+    def __init__(self, transaction_id: _Optional[int] = ..., amount: _Optional[int] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RefundSpendResponse(_message.Message):
+    __slots__ = ("refund", "balance_after")
+    REFUND_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    refund: _ledger_pb2.Transaction
+    balance_after: int
+    def __init__(self, refund: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., balance_after: _Optional[int] = ...) -> None: ...

@@ -80,6 +80,11 @@ class AdminServiceStub:
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesRequest.SerializeToString,
                 response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesResponse.FromString,
                 _registered_method=True)
+        self.RefundSpend = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/RefundSpend',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendResponse.FromString,
+                _registered_method=True)
         self.AuditLedger = channel.unary_unary(
                 '/pluct.admin.v1.AdminService/AuditLedger',
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerRequest.SerializeToString,
@@ -154,6 +159,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RefundSpend(self, request, context):
+        """RefundSpend gives back credits of one spend, to the grants it drew from (last drawn first); what refunds of a spend give back never exceeds it, and a spend refunded in full revokes its token. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND (no such transaction), FAILED_PRECONDITION (not a spend: NOT_A_SPEND; more than is left to refund: REFUND_EXCEEDS_SPEND), RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AuditLedger(self, request, context):
         """AuditLedger checks every user against its ledger: balance = sum of entries, no negative balance, one token per spend. Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
         """
@@ -208,6 +220,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListPrices,
                     request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesRequest.FromString,
                     response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesResponse.SerializeToString,
+            ),
+            'RefundSpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundSpend,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendResponse.SerializeToString,
             ),
             'AuditLedger': grpc.unary_unary_rpc_method_handler(
                     servicer.AuditLedger,
@@ -459,6 +476,33 @@ class AdminService:
             '/pluct.admin.v1.AdminService/ListPrices',
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesRequest.SerializeToString,
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundSpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/RefundSpend',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpluct/credit/v1/ledger.proto\x12\x0fpluct.credit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x02\n\x0bTransaction\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12.\n\x04type\x18\x03 \x01(\x0e\x32 .pluct.credit.v1.TransactionType\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x06reason\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rbalance_after\x18\x07 \x01(\x03\x12\x19\n\x0c\x61\x63tor_key_id\x18\x08 \x01(\tH\x01\x88\x01\x01\x12/\n\x0bgrant_draws\x18\t \x03(\x0b\x32\x1a.pluct.credit.v1.GrantDraw\x12\x15\n\x08grant_id\x18\n \x01(\tH\x02\x88\x01\x01\x42\t\n\x07_reasonB\x0f\n\r_actor_key_idB\x0b\n\t_grant_id\"-\n\tGrantDraw\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03*\xf3\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1eTRANSACTION_TYPE_USER_CREATION\x10\x01\x12 \n\x1cTRANSACTION_TYPE_ADD_WEBHOOK\x10\x02\x12\x1e\n\x1aTRANSACTION_TYPE_ADMIN_ADD\x10\x03\x12\x1a\n\x16TRANSACTION_TYPE_SPEND\x10\x04\x12\x1f\n\x1bTRANSACTION_TYPE_EXPIRATION\x10\x05\x12\x1b\n\x17TRANSACTION_TYPE_REFUND\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpluct/credit/v1/ledger.proto\x12\x0fpluct.credit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x03\n\x0bTransaction\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12.\n\x04type\x18\x03 \x01(\x0e\x32 .pluct.credit.v1.TransactionType\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x06reason\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rbalance_after\x18\x07 \x01(\x03\x12\x19\n\x0c\x61\x63tor_key_id\x18\x08 \x01(\tH\x01\x88\x01\x01\x12/\n\x0bgrant_draws\x18\t \x03(\x0b\x32\x1a.pluct.credit.v1.GrantDraw\x12\x15\n\x08grant_id\x18\n \x01(\tH\x02\x88\x01\x01\x12$\n\x17refunded_transaction_id\x18\x0b \x01(\x03H\x03\x88\x01\x01\x42\t\n\x07_reasonB\x0f\n\r_actor_key_idB\x0b\n\t_grant_idB\x1a\n\x18_refunded_transaction_id\"-\n\tGrantDraw\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03*\xf3\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1eTRANSACTION_TYPE_USER_CREATION\x10\x01\x12 \n\x1cTRANSACTION_TYPE_ADD_WEBHOOK\x10\x02\x12\x1e\n\x1aTRANSACTION_TYPE_ADMIN_ADD\x10\x03\x12\x1a\n\x16TRANSACTION_TYPE_SPEND\x10\x04\x12\x1f\n\x1bTRANSACTION_TYPE_EXPIRATION\x10\x05\x12\x1b\n\x17TRANSACTION_TYPE_REFUND\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pluct.credit.v1.ledger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSACTIONTYPE']._serialized_start=472
-  _globals['_TRANSACTIONTYPE']._serialized_end=715
+  _globals['_TRANSACTIONTYPE']._serialized_start=538
+  _globals['_TRANSACTIONTYPE']._serialized_end=781
   _globals['_TRANSACTION']._serialized_start=83
-  _globals['_TRANSACTION']._serialized_end=422
-  _globals['_GRANTDRAW']._serialized_start=424
-  _globals['_GRANTDRAW']._serialized_end=469
+  _globals['_TRANSACTION']._serialized_end=488
+  _globals['_GRANTDRAW']._serialized_start=490
+  _globals['_GRANTDRAW']._serialized_end=535
 # @@protoc_insertion_point(module_scope)

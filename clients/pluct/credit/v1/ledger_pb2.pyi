@@ -28,7 +28,7 @@ TRANSACTION_TYPE_EXPIRATION: TransactionType
 TRANSACTION_TYPE_REFUND: TransactionType
 
 class Transaction(_message.Message):
-    __slots__ = ("id", "user_id", "type", "amount", "create_time", "reason", "balance_after", "actor_key_id", "grant_draws", "grant_id")
+    __slots__ = ("id", "user_id", "type", "amount", "create_time", "reason", "balance_after", "actor_key_id", "grant_draws", "grant_id", "refunded_transaction_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class Transaction(_message.Message):
     ACTOR_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     GRANT_DRAWS_FIELD_NUMBER: _ClassVar[int]
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REFUNDED_TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     user_id: str
     type: TransactionType
@@ -49,7 +50,8 @@ class Transaction(_message.Message):
     actor_key_id: str
     grant_draws: _containers.RepeatedCompositeFieldContainer[GrantDraw]
     grant_id: str
-    def __init__(self, id: _Optional[int] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[TransactionType, str]] = ..., amount: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., balance_after: _Optional[int] = ..., actor_key_id: _Optional[str] = ..., grant_draws: _Optional[_Iterable[_Union[GrantDraw, _Mapping]]] = ..., grant_id: _Optional[str] = ...) -> None: ...
+    refunded_transaction_id: int
+    def __init__(self, id: _Optional[int] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[TransactionType, str]] = ..., amount: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., balance_after: _Optional[int] = ..., actor_key_id: _Optional[str] = ..., grant_draws: _Optional[_Iterable[_Union[GrantDraw, _Mapping]]] = ..., grant_id: _Optional[str] = ..., refunded_transaction_id: _Optional[int] = ...) -> None: ...
 
 class GrantDraw(_message.Message):
     __slots__ = ("grant_id", "amount")

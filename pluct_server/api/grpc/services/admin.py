@@ -115,6 +115,22 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             grant_id=credited.grant_id or "",
         )
 
+    async def RefundSpend(
+        self, request: pb.RefundSpendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RefundSpendResponse:
+        """Give back credits of one spend to the grants it drew from."""
+        reason = request.reason if request.HasField("reason") else None
+        refund = await self._ledger.refund(
+            request.transaction_id, request.amount, reason, request.request_id, current_caller()
+        )
+        if refund.revoked_token is not None:
+            # Every replica learns it at its next refresh; this one refuses the token now.
+            self._revocations.remember_token(refund.revoked_token)
+        return pb.RefundSpendResponse(
+            refund=transaction_message(refund.entry, with_actor=True),
+            balance_after=refund.entry.balance_after,
+        )
+
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateApiKeyResponse:

@@ -82,6 +82,8 @@ def transaction_message(entry: Transaction, *, with_actor: bool = False) -> ledg
         message.grant_draws.add(grant_id=draw.grant_id, amount=draw.amount)
     if entry.grant_id is not None:
         message.grant_id = entry.grant_id
+    if entry.refunds is not None:
+        message.refunded_transaction_id = entry.refunds
     return message
 
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/credit/v1/ledger.proto.
  */
 export const file_pluct_credit_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("ChxwbHVjdC9jcmVkaXQvdjEvbGVkZ2VyLnByb3RvEg9wbHVjdC5jcmVkaXQudjEi0wIKC1RyYW5zYWN0aW9uEgoKAmlkGAEgASgDEg8KB3VzZXJfaWQYAiABKAkSLgoEdHlwZRgDIAEoDjIgLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvblR5cGUSDgoGYW1vdW50GAQgASgDEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgZyZWFzb24YBiABKAlIAIgBARIVCg1iYWxhbmNlX2FmdGVyGAcgASgDEhkKDGFjdG9yX2tleV9pZBgIIAEoCUgBiAEBEi8KC2dyYW50X2RyYXdzGAkgAygLMhoucGx1Y3QuY3JlZGl0LnYxLkdyYW50RHJhdxIVCghncmFudF9pZBgKIAEoCUgCiAEBQgkKB19yZWFzb25CDwoNX2FjdG9yX2tleV9pZEILCglfZ3JhbnRfaWQiLQoJR3JhbnREcmF3EhAKCGdyYW50X2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAyrzAQoPVHJhbnNhY3Rpb25UeXBlEiAKHFRSQU5TQUNUSU9OX1RZUEVfVU5TUEVDSUZJRUQQABIiCh5UUkFOU0FDVElPTl9UWVBFX1VTRVJfQ1JFQVRJT04QARIgChxUUkFOU0FDVElPTl9UWVBFX0FERF9XRUJIT09LEAISHgoaVFJBTlNBQ1RJT05fVFlQRV9BRE1JTl9BREQQAxIaChZUUkFOU0FDVElPTl9UWVBFX1NQRU5EEAQSHwobVFJBTlNBQ1RJT05fVFlQRV9FWFBJUkFUSU9OEAUSGwoXVFJBTlNBQ1RJT05fVFlQRV9SRUZVTkQQBmIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChxwbHVjdC9jcmVkaXQvdjEvbGVkZ2VyLnByb3RvEg9wbHVjdC5jcmVkaXQudjEilQMKC1RyYW5zYWN0aW9uEgoKAmlkGAEgASgDEg8KB3VzZXJfaWQYAiABKAkSLgoEdHlwZRgDIAEoDjIgLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvblR5cGUSDgoGYW1vdW50GAQgASgDEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgZyZWFzb24YBiABKAlIAIgBARIVCg1iYWxhbmNlX2FmdGVyGAcgASgDEhkKDGFjdG9yX2tleV9pZBgIIAEoCUgBiAEBEi8KC2dyYW50X2RyYXdzGAkgAygLMhoucGx1Y3QuY3JlZGl0LnYxLkdyYW50RHJhdxIVCghncmFudF9pZBgKIAEoCUgCiAEBEiQKF3JlZnVuZGVkX3RyYW5zYWN0aW9uX2lkGAsgASgDSAOIAQFCCQoHX3JlYXNvbkIPCg1fYWN0b3Jfa2V5X2lkQgsKCV9ncmFudF9pZEIaChhfcmVmdW5kZWRfdHJhbnNhY3Rpb25faWQiLQoJR3JhbnREcmF3EhAKCGdyYW50X2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAyrzAQoPVHJhbnNhY3Rpb25UeXBlEiAKHFRSQU5TQUNUSU9OX1RZUEVfVU5TUEVDSUZJRUQQABIiCh5UUkFOU0FDVElPTl9UWVBFX1VTRVJfQ1JFQVRJT04QARIgChxUUkFOU0FDVElPTl9UWVBFX0FERF9XRUJIT09LEAISHgoaVFJBTlNBQ1RJT05fVFlQRV9BRE1JTl9BREQQAxIaChZUUkFOU0FDVElPTl9UWVBFX1NQRU5EEAQSHwobVFJBTlNBQ1RJT05fVFlQRV9FWFBJUkFUSU9OEAUSGwoXVFJBTlNBQ1RJT05fVFlQRV9SRUZVTkQQBmIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Transaction is one append-only ledger entry.
@@ -77,7 +77,7 @@ export type Transaction = Message<"pluct.credit.v1.Transaction"> & {
   actorKeyId?: string | undefined;
 
   /**
-   * grant_draws are the grants a spend drew its credits from, in the order drawn; empty for other entries and for spends made before grants.
+   * grant_draws are the grants a spend drew its credits from, in the order drawn, or the grants a refund gave them back to; empty for other entries and for spends made before grants.
    *
    * @generated from field: repeated pluct.credit.v1.GrantDraw grant_draws = 9;
    */
@@ -89,6 +89,13 @@ export type Transaction = Message<"pluct.credit.v1.Transaction"> & {
    * @generated from field: optional string grant_id = 10;
    */
   grantId?: string | undefined;
+
+  /**
+   * refunded_transaction_id is the spend a refund gives credits back of; unset for other entries.
+   *
+   * @generated from field: optional int64 refunded_transaction_id = 11;
+   */
+  refundedTransactionId?: bigint | undefined;
 };
 
 /**
