@@ -119,8 +119,12 @@ async def fund(dsn: str) -> None:
             SELECT id, 100000000, 1
               FROM (SELECT 'u' || n AS id FROM generate_series(1, $1) n
                     UNION ALL SELECT 'hot') ids;
-            INSERT INTO ledger (user_id, type, amount, balance_after, reason, actor)
-            SELECT user_id, 'admin_add', balance, balance, 'bench funds', 'bench' FROM users;
+            -- One paid grant each, as an admin grant makes it, and its ledger entry.
+            INSERT INTO grants (user_id, category, priority, amount, remaining, source)
+            SELECT user_id, 'paid', 50, balance, balance, 'admin' FROM users;
+            INSERT INTO ledger (user_id, type, amount, balance_after, reason, actor, grant_id)
+            SELECT user_id, 'admin_add', amount, amount, 'bench funds', 'bench', grant_id
+              FROM grants;
             """.replace("$1", str(USERS))
         )
         # Statistics, as a database in service has them, before anything is timed.

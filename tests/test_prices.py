@@ -161,20 +161,35 @@ UNAUTHENTICATED = (grpc.StatusCode.UNAUTHENTICATED, "MISSING_CREDENTIALS")
 PERMISSION_DENIED = (grpc.StatusCode.PERMISSION_DENIED, "MISSING_SCOPE")
 
 
-async def test_prices_are_closed_to_keyless_callers_even_in_open_mode(database_dsn, tmp_path):
+async def test_every_new_rpc_is_closed_to_keyless_callers_even_in_open_mode(
+    database_dsn, tmp_path
+):
+    from pluct.admin.v1 import admin_service_pb2_grpc
+    from pluct.credit.v1 import credit_service_pb2_grpc
+
     settings = settings_for_test(tmp_path, caller_auth="open")
     async with (
         running_server(settings, database_dsn) as server,
         grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
     ):
-        from pluct.admin.v1 import admin_service_pb2_grpc
+        admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+        user_id = await funded(credit, 3)  # open mode: a keyless caller may still sign up
+        before = await ledger_of(database_dsn, user_id)
 
-        stub = admin_service_pb2_grpc.AdminServiceStub(channel)
-        await refused(stub.ListPrices(admin_pb.ListPricesRequest()), *UNAUTHENTICATED)
+        await refused(admin.ListPrices(admin_pb.ListPricesRequest()), *UNAUTHENTICATED)
         await refused(
-            stub.SetPrice(admin_pb.SetPriceRequest(feature=new_feature(), credits=1)),
+            admin.SetPrice(admin_pb.SetPriceRequest(feature=new_feature(), credits=1)),
             *UNAUTHENTICATED,
         )
+        await refused(
+            credit.ListGrants(credit_pb.ListGrantsRequest(user_id=user_id)), *UNAUTHENTICATED
+        )
+        await refused(
+            admin.RefundSpend(admin_pb.RefundSpendRequest(transaction_id=1)), *UNAUTHENTICATED
+        )
+
+        assert await ledger_of(database_dsn, user_id) == before
 
 
 async def test_prices_over_http(http, admin):
