@@ -166,6 +166,18 @@ def _wake(sleeper: asyncio.Future[None]) -> None:
         sleeper.set_result(None)
 
 
+async def schema_before(conn: asyncpg.Connection, version: int) -> None:
+    """Bring an empty database to the schema as it stood before migration `version`."""
+    from pluct_server.store.migrate import _apply, apply_functions, load_functions, load_migrations
+
+    async with conn.transaction():
+        await apply_functions(conn, load_functions())
+    for migration in load_migrations():
+        if migration.version < version:
+            async with conn.transaction():
+                await _apply(conn, migration)
+
+
 def clock_of(server: PluctServer) -> MovableClock:
     """Return the clock running_server gave `server`, for the test to move."""
     assert isinstance(server.clock, MovableClock), "a server of running_server"

@@ -16,7 +16,6 @@ from pluct.credit.v1 import grant_pb2, ledger_pb2
 from pluct.token.v1 import token_service_pb2 as token_pb
 
 from pluct_server.store.database import Database
-from pluct_server.store.migrate import _apply, apply_functions, load_functions, load_migrations
 from pluct_server.store.migrate import migrate as migrate_all
 from tests.http_support import ADMIN_HEADERS, call
 from tests.support import (
@@ -27,6 +26,7 @@ from tests.support import (
     ledger_of,
     new_request_id,
     new_user_id,
+    schema_before,
     scratch_database,
 )
 
@@ -306,12 +306,7 @@ async def test_balances_from_before_grants_become_one_opening_grant_each(request
     async with scratch_database(server_url) as dsn:
         conn = await asyncpg.connect(dsn)
         try:
-            async with conn.transaction():
-                await apply_functions(conn, load_functions())
-            for migration in load_migrations():
-                if migration.version < 10:
-                    async with conn.transaction():
-                        await _apply(conn, migration)
+            await schema_before(conn, 10)
             # As the service before grants wrote them: credits in, and spends of one.
             await conn.execute(
                 "INSERT INTO users (user_id, balance, transaction_count, total_spent) VALUES"

@@ -20,9 +20,6 @@ from pluct_server.app.server import PluctServer
 from pluct_server.security import webhooks
 from pluct_server.store.database import Database
 from pluct_server.store.migrate import (
-    _apply,
-    apply_functions,
-    load_functions,
     load_migrations,
     migrate,
 )
@@ -37,6 +34,7 @@ from tests.support import (
     new_request_id,
     new_user_id,
     running_server,
+    schema_before,
     scratch_database,
     settings_for_test,
 )
@@ -265,13 +263,7 @@ async def test_the_migration_keeps_every_paid_event_and_the_first_of_each(reques
     async with scratch_database(server_url) as dsn:
         conn = await asyncpg.connect(dsn)
         try:
-            before = [m for m in load_migrations() if m.version < 8]
-            assert [m.version for m in before] == list(range(1, 8))
-            async with conn.transaction():
-                await apply_functions(conn, load_functions())
-            for migration in before:
-                async with conn.transaction():
-                    await _apply(conn, migration)
+            await schema_before(conn, 8)
             # One event paid through two channels; one event paid to two users; one alone.
             await _old_payment(conn, "alice", 5, "webhook", "evt_twice")
             await _old_payment(conn, "alice", 5, "a1b2c3d4e5f60718", "evt_twice")

@@ -161,9 +161,7 @@ UNAUTHENTICATED = (grpc.StatusCode.UNAUTHENTICATED, "MISSING_CREDENTIALS")
 PERMISSION_DENIED = (grpc.StatusCode.PERMISSION_DENIED, "MISSING_SCOPE")
 
 
-async def test_every_new_rpc_is_closed_to_keyless_callers_even_in_open_mode(
-    database_dsn, tmp_path
-):
+async def test_every_new_rpc_is_closed_to_keyless_callers_even_in_open_mode(database_dsn, tmp_path):
     from pluct.admin.v1 import admin_service_pb2_grpc
     from pluct.credit.v1 import credit_service_pb2_grpc
 
