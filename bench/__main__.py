@@ -39,6 +39,7 @@ from bench.report import (
     EMPTY,
     PGBENCH,
     PGBENCH_HOT,
+    PGBENCH_THREE,
     SHIM_BALANCE,
     SHIM_VEND,
     VALIDATE,
@@ -47,13 +48,16 @@ from bench.report import (
     render,
     write_chart,
 )
-from bench.workloads import pgbench_script, wrk_script
+from bench.workloads import THREE_GRANT_FEATURE, pgbench_script, wrk_script
 from pluct_server.runtime.embedded_postgres import postgres_tool
 from pluct_server.values.settings import Settings
 
 OUT = Path(__file__).parent / "out"
 ADMIN = (("authorization", f"Bearer {SECRETS['ADMIN_SECRET']}"),)
 USERS = 10_000
+# One-credit grants per user of the three-grant spend: 20 vends each, several times what a run
+# of every concurrency needs.
+ONE_CREDIT_GRANTS = 60
 SPREAD_PROCESSES = 16
 # A database serves its peak with a few clients per core, and the workers' pools need the rest
 # of max_connections: pgbench runs 256 in flight as 64 clients.
@@ -110,7 +114,11 @@ class Progress:
 
 
 async def fund(dsn: str) -> None:
-    """Give 10,000 users and one hot user enough credits for every vend of the run."""
+    """Give every user of the run enough credits for every vend it makes.
+
+    10,000 users and one hot user hold one large grant each; 10,000 more hold one-credit grants,
+    so that each of their 3-credit vends draws from three.
+    """
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
@@ -119,13 +127,24 @@ async def fund(dsn: str) -> None:
             SELECT id, 100000000, 1
               FROM (SELECT 'u' || n AS id FROM generate_series(1, $1) n
                     UNION ALL SELECT 'hot') ids;
-            -- One paid grant each, as an admin grant makes it, and its ledger entry.
+            INSERT INTO users (user_id, balance, transaction_count)
+            SELECT 't' || n, $2, $2 FROM generate_series(1, $1) n;
+            -- Paid grants, as an admin grant makes them, and their ledger entries.
             INSERT INTO grants (user_id, category, priority, amount, remaining, source)
-            SELECT user_id, 'paid', 50, balance, balance, 'admin' FROM users;
+            SELECT user_id, 'paid', 50, balance, balance, 'admin'
+              FROM users WHERE user_id NOT LIKE 't%';
+            INSERT INTO grants (user_id, category, priority, amount, remaining, source)
+            SELECT user_id, 'paid', 50, 1, 1, 'admin'
+              FROM users, generate_series(1, $2) WHERE user_id LIKE 't%';
             INSERT INTO ledger (user_id, type, amount, balance_after, reason, actor, grant_id)
-            SELECT user_id, 'admin_add', amount, amount, 'bench funds', 'bench', grant_id
+            SELECT user_id, 'admin_add', amount,
+                   sum(amount) OVER (PARTITION BY user_id ORDER BY grant_id), 'bench funds',
+                   'bench', grant_id
               FROM grants;
+            INSERT INTO prices (feature, credits) VALUES ('$3', 3);
             """.replace("$1", str(USERS))
+            .replace("$2", str(ONE_CREDIT_GRANTS))
+            .replace("$3", THREE_GRANT_FEATURE)
         )
         # Statistics, as a database in service has them, before anything is timed.
         await conn.execute("ANALYZE")
@@ -279,6 +298,7 @@ async def run(plan: Plan) -> Path:
             (SHIM_BALANCE, http_load("read"), True),
             (PGBENCH, db_load("uniform"), False),
             (PGBENCH_HOT, db_load("hot"), False),
+            (PGBENCH_THREE, db_load("three"), False),
         ]
         progress = Progress(len(workloads) * len(plan.concurrencies) + 1, plan.seconds)
         if plan.warm_up:

@@ -20,6 +20,7 @@ SHIM_VEND = "POST /vend-token (shim)"
 SHIM_BALANCE = "GET balance (shim)"
 PGBENCH = "pgbench: the spend, 10,000 users"
 PGBENCH_HOT = "pgbench: the spend, one hot user"
+PGBENCH_THREE = "pgbench: a 3-credit spend over three grants"
 
 P99_GOAL_MS = 10.0
 RSS_GOAL_MIB = 100.0
@@ -133,6 +134,8 @@ def render(
         f"At half of peak, clients saw vends answered in p50 {_ms(half.percentile_ms(50))} ms "
         f"and p99 {_ms(half.percentile_ms(99))} ms. {inside}",
         "",
+        _grants_line(results),
+        "",
         "## Every run",
         "",
         "| Workload | In flight | Requests/s | p50 ms | p99 ms | Failed | CPU µs/req | RSS MiB |",
@@ -161,6 +164,20 @@ def render(
         "the README on remembered tokens); a token's first check costs its signature too.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _grants_line(results: Sequence[Measurement]) -> str:
+    """Say what a spend that draws from three grants costs beside one that draws from one."""
+    one = peak(results, PGBENCH)
+    three = max(
+        (r for r in results if r.workload == PGBENCH_THREE and r.concurrency == one.concurrency),
+        key=lambda r: r.throughput,
+    )
+    return (
+        f"A spend drawing from three grants (a 3-credit feature, one-credit grants) runs at "
+        f"{three.throughput:,.0f}/s against {one.throughput:,.0f}/s for one drawing from one "
+        f"grant, both at {one.concurrency} clients: {three.throughput / one.throughput:.2f} of it."
+    )
 
 
 def _ms(value: float) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# A feature of three credits, bought by users whose grants hold one credit each.
+THREE_GRANT_FEATURE = "bench.three"
+
 # wrk plays many mobile clients behind one trusted proxy: a random user and client address for
 # every request, so no counter or row is hotter than it would be in production.
 _CLIENT = """
@@ -44,14 +47,20 @@ def pgbench_script(path: Path, spread: str, users: int) -> Path:
 
     The service runs the same statement (pluct_spend_batch) with every vend that arrived
     together; here each carries one, as an unbatched spend would: the database's own ceiling.
+    `uniform` and `hot` buy the default feature (one credit, from one grant); `three` buys a
+    3-credit feature from users whose grants hold one credit each, so every vend spans three.
     """
-    user = "'u' || :uid" if spread == "uniform" else "'hot'"
-    lines = [f"\\set uid random(1, {users})"] if spread == "uniform" else []
+    user, feature = {
+        "uniform": ("'u' || :uid", "default"),
+        "hot": ("'hot'", "default"),
+        "three": ("'t' || :uid", THREE_GRANT_FEATURE),
+    }[spread]
+    lines = [] if spread == "hot" else [f"\\set uid random(1, {users})"]
     lines.append(
         "SELECT * FROM pluct_spend_batch("
         f"ARRAY[{user}], ARRAY['bench'], ARRAY[NULL]::text[], ARRAY[NULL]::text[], "
         "ARRAY[gen_random_uuid()], ARRAY[now()], ARRAY[now() + interval '60 seconds'], "
-        "ARRAY[NULL]::interval[], ARRAY['default'], "
+        f"ARRAY[NULL]::interval[], ARRAY['{feature}'], "
         # The per-user vend counter, charged as the service charges it.
         f"ARRAY[0], ARRAY[{user}], ARRAY['vend'], ARRAY[0.000001], ARRAY[0.999999]);"
     )

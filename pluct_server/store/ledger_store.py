@@ -156,7 +156,7 @@ _PURGE_EXPIRED_KEYS = "DELETE FROM request_keys WHERE expire_time < now()"
 _LIVE_BALANCE = """
 u.balance - coalesce((SELECT sum(g.remaining) FROM grants g
                        WHERE u.next_expire_time <= now() AND g.user_id = u.user_id
-                         AND g.remaining > 0 AND g.expire_time <= now()), 0)"""
+                         AND g.drawable AND g.expire_time <= now()), 0)"""
 
 # The balance, and what remains of the grants that expire soonest (none when nothing will).
 _BALANCE = f"""
@@ -164,7 +164,7 @@ SELECT {_LIVE_BALANCE} AS balance, soonest.expire_time, soonest.amount
   FROM users u
   LEFT JOIN LATERAL (
       SELECT g.expire_time, sum(g.remaining) AS amount FROM grants g
-       WHERE u.next_expire_time IS NOT NULL AND g.user_id = u.user_id AND g.remaining > 0
+       WHERE u.next_expire_time IS NOT NULL AND g.user_id = u.user_id AND g.drawable
          AND g.expire_time > now()
        GROUP BY g.expire_time ORDER BY g.expire_time LIMIT 1
   ) soonest ON true

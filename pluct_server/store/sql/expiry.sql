@@ -17,7 +17,7 @@ DECLARE
 BEGIN
     SELECT balance INTO balance_now FROM users WHERE user_id = p_user;
     FOR lot IN SELECT grant_id, remaining FROM grants
-                WHERE user_id = p_user AND remaining > 0 AND expire_time <= now()
+                WHERE user_id = p_user AND drawable AND expire_time <= now()
                 ORDER BY expire_time, grant_id
     LOOP
         balance_now := balance_now - lot.remaining;
@@ -33,7 +33,7 @@ BEGIN
            transaction_count = transaction_count + entries,
            last_activity_at = CASE WHEN entries > 0 THEN now() ELSE last_activity_at END,
            next_expire_time = (SELECT min(g.expire_time) FROM grants g
-                                WHERE g.user_id = p_user AND g.remaining > 0
+                                WHERE g.user_id = p_user AND g.drawable
                                   AND g.expire_time > now())
      WHERE user_id = p_user;
     RETURN expired;

@@ -110,7 +110,7 @@ BEGIN
            transaction_count = u.transaction_count + 1,
            last_activity_at = now(),
            next_expire_time = (SELECT min(g.expire_time) FROM grants g
-                                WHERE g.user_id = u.user_id AND g.remaining > 0)
+                                WHERE g.user_id = u.user_id AND g.drawable)
      WHERE u.user_id = pluct_refund.user_id
     RETURNING u.balance INTO balance_after;
     INSERT INTO ledger (user_id, type, amount, balance_after, reason, request_id, actor,

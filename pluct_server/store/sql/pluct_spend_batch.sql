@@ -25,7 +25,10 @@ CREATE OR REPLACE FUNCTION pluct_spend_batch(
     p_charge_steps      float8[],
     p_charge_tolerances float8[]
 ) RETURNS TABLE (item int, outcome text, balance_after bigint, charged int, expired bigint)
-LANGUAGE plpgsql AS $$
+-- Every statement here finds its rows by key, so one plan fits every call. Left to choose, the
+-- planner kept planning some of them afresh on every call (their estimated custom cost beats
+-- the generic one), which cost more than all of the grants' draw.
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     n int := coalesce(array_length(p_users, 1), 0);
     i int;
@@ -156,25 +159,34 @@ BEGIN
         -- The credits come out of the user's grants in the one draw order: priority, the
         -- soonest expiry (never last), promotional before paid, oldest first. The balance is
         -- the sum of what remains of them, so they always cover a spend the balance allows.
-        -- Most spends fit in the first grant: one statement takes them from it.
+        -- Most spends fit in the first grant: one statement takes them from it, found through
+        -- the draw-order index and updated where it lies (its ctid: no second index lookup;
+        -- nothing else moves this user's grants while its row is locked).
         UPDATE grants g
            SET remaining = g.remaining - price
-         WHERE g.user_id = p_users[i] AND g.remaining >= price
-           AND g.grant_id = (
-               SELECT f.grant_id FROM grants f
-                WHERE f.user_id = p_users[i] AND f.remaining > 0
+         WHERE g.ctid = (
+               SELECT f.ctid FROM grants f
+                WHERE f.user_id = p_users[i] AND f.drawable
                   AND (f.expire_time IS NULL OR f.expire_time > now())
                 ORDER BY f.priority, f.expire_time, f.category = 'paid', f.grant_id
                 LIMIT 1)
+           AND g.remaining >= price
         RETURNING ARRAY[g.grant_id], ARRAY[price::bigint] INTO draw_ids, draw_amounts;
         IF NOT FOUND THEN
-        WITH ordered AS (
-            SELECT g.grant_id, g.remaining,
-                   sum(g.remaining) OVER (ORDER BY g.priority, g.expire_time,
-                                          g.category = 'paid', g.grant_id) AS through
+        -- Otherwise each grant in the draw order gives what it has until the price is met.
+        -- Each holds at least one credit, so the first `price` of them are all it can take.
+        WITH first AS (
+            SELECT g.grant_id, g.remaining, g.priority, g.expire_time, g.category
               FROM grants g
-             WHERE g.user_id = p_users[i] AND g.remaining > 0
+             WHERE g.user_id = p_users[i] AND g.drawable
                AND (g.expire_time IS NULL OR g.expire_time > now())
+             ORDER BY g.priority, g.expire_time, g.category = 'paid', g.grant_id
+             LIMIT price
+        ), ordered AS (
+            SELECT f.grant_id, f.remaining,
+                   sum(f.remaining) OVER (ORDER BY f.priority, f.expire_time,
+                                          f.category = 'paid', f.grant_id) AS through
+              FROM first f
         ), drawn AS (
             UPDATE grants g
                SET remaining = g.remaining - least(o.remaining, price - (o.through - o.remaining))
