@@ -161,10 +161,11 @@ BEGIN
         -- the sum of what remains of them, so they always cover a spend the balance allows.
         -- Most spends fit in the first grant: one statement takes them from it, found through
         -- the draw-order index and updated where it lies (its ctid: no second index lookup;
-        -- nothing else moves this user's grants while its row is locked).
+        -- nothing else moves this user's grants while its row is locked). The user's id stays
+        -- in the statement, so that, sharded by user, it still runs on that user's shard only.
         UPDATE grants g
            SET remaining = g.remaining - price
-         WHERE g.ctid = (
+         WHERE g.user_id = p_users[i] AND g.ctid = (
                SELECT f.ctid FROM grants f
                 WHERE f.user_id = p_users[i] AND f.drawable
                   AND (f.expire_time IS NULL OR f.expire_time > now())
