@@ -248,8 +248,24 @@ SELECT u.user_id, u.balance, coalesce(g.remaining, 0) AS granted
 """
 
 
+# Every ledger entry since events began has exactly one event, and every event its entry.
+EVENT_MISMATCHES = """
+SELECT l.user_id, l.id AS transaction_id, count(e.event_id) AS events
+  FROM ledger l LEFT JOIN events e ON e.user_id = l.user_id AND e.transaction_id = l.id
+ WHERE l.id >= (SELECT min(transaction_id) FROM events)
+ GROUP BY l.user_id, l.id
+HAVING count(e.event_id) <> 1
+UNION ALL
+SELECT e.user_id, e.transaction_id, 0 AS events
+  FROM events e LEFT JOIN ledger l ON l.user_id = e.user_id AND l.id = e.transaction_id
+ WHERE l.id IS NULL
+"""
+
+
 async def ledger_mismatches(dsn: str) -> list[dict[str, object]]:
-    """Return every user whose balance, count or spend total disagrees with its ledger or grants."""
+    """Return every user whose balance, count or spend total disagrees with its ledger or grants,
+    and every ledger entry without its one event.
+    """
     conn = await asyncpg.connect(dsn)
     try:
         if await conn.fetchval("SELECT to_regclass('users')") is None:
@@ -257,6 +273,8 @@ async def ledger_mismatches(dsn: str) -> list[dict[str, object]]:
         found = [dict(row) for row in await conn.fetch(LEDGER_MISMATCHES)]
         if await conn.fetchval("SELECT to_regclass('grants')") is not None:
             found += [dict(row) for row in await conn.fetch(GRANT_MISMATCHES)]
+        if await conn.fetchval("SELECT to_regclass('events')") is not None:
+            found += [dict(row) for row in await conn.fetch(EVENT_MISMATCHES)]
         return found
     finally:
         await conn.close()

@@ -396,6 +396,9 @@ async def test_audit_exits_one_and_names_the_users_whose_books_disagree(producti
         # explain, and a grant that lost credits no spend took.
         await credited(conn, "tampered", balance=7, credit=2, remaining=2)
         await credited(conn, "drained", balance=3, credit=3, remaining=1)
+        # And an entry whose event is gone: nobody outside would ever hear of it.
+        await credited(conn, "unheard", balance=4, credit=4, remaining=4)
+        await conn.execute("DELETE FROM events WHERE user_id = 'unheard'")
         dirty = run_command("audit", env, tmp_path)
     finally:
         await conn.close()
@@ -407,6 +410,7 @@ async def test_audit_exits_one_and_names_the_users_whose_books_disagree(producti
         "drained: balance 3, ledger 3: balance differs from what remains of the grants; "
         "a grant whose remainder differs from what was drawn from it"
     ) in dirty.stdout
+    assert "unheard: balance 4, ledger 4: a ledger entry without its one event" in dirty.stdout
     assert "honest" not in dirty.stdout
 
 

@@ -52,6 +52,8 @@ def findings(books: Books) -> tuple[str, ...]:
         found.append("balance differs from what remains of the grants")
     if books.odd_grants:
         found.append("a grant whose remainder differs from what was drawn from it")
+    if books.unevented:
+        found.append("a ledger entry without its one event")
     return tuple(found)
 
 

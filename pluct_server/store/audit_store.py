@@ -59,15 +59,24 @@ WITH books AS (
       LEFT JOIN expired ex ON ex.user_id = g.user_id AND ex.grant_id = g.grant_id
       LEFT JOIN undrawn un ON un.user_id = g.user_id
      GROUP BY g.user_id
+), evented AS (
+    SELECT l.user_id, count(*) FILTER (WHERE e.n IS DISTINCT FROM 1) AS unevented
+      FROM ledger l
+      LEFT JOIN (SELECT user_id, transaction_id, count(*) AS n FROM events GROUP BY 1, 2) e
+             ON e.user_id = l.user_id AND e.transaction_id = l.id
+     WHERE l.id >= (SELECT min(transaction_id) FROM events)
+     GROUP BY l.user_id
 )
 SELECT u.user_id, u.balance, u.transaction_count, u.total_spent,
        coalesce(b.ledger_sum, 0) AS ledger_sum, coalesce(b.entries, 0) AS entries,
        coalesce(b.spent, 0) AS spent, coalesce(b.odd_spends, 0) AS odd_spends,
        coalesce(b.reused_tokens, 0) AS reused_tokens,
-       coalesce(g.remaining, 0) AS granted, coalesce(g.odd_grants, 0) AS odd_grants
+       coalesce(g.remaining, 0) AS granted, coalesce(g.odd_grants, 0) AS odd_grants,
+       coalesce(ev.unevented, 0) AS unevented
   FROM users u
   LEFT JOIN books b ON b.user_id = u.user_id
   LEFT JOIN lots g ON g.user_id = u.user_id
+  LEFT JOIN evented ev ON ev.user_id = u.user_id
  WHERE u.balance < 0
     OR u.balance <> coalesce(b.ledger_sum, 0)
     OR u.transaction_count <> coalesce(b.entries, 0)
@@ -76,6 +85,7 @@ SELECT u.user_id, u.balance, u.transaction_count, u.total_spent,
     OR coalesce(b.reused_tokens, 0) > 0
     OR u.balance <> coalesce(g.remaining, 0)
     OR coalesce(g.odd_grants, 0) > 0
+    OR coalesce(ev.unevented, 0) > 0
  ORDER BY u.user_id
  LIMIT $1
 """
@@ -98,6 +108,8 @@ class Books:
     # What remains of the user's grants, and how many grants disagree with their draws.
     granted: int = 0
     odd_grants: int = 0
+    # Entries written since events began without exactly one event.
+    unevented: int = 0
 
 
 class AuditStore:
@@ -127,4 +139,5 @@ def _books(row: asyncpg.Record) -> Books:
         reused_tokens=int(row["reused_tokens"]),
         granted=int(row["granted"]),
         odd_grants=int(row["odd_grants"]),
+        unevented=int(row["unevented"]),
     )
