@@ -166,6 +166,12 @@ async def test_command_line_grants_that_expire_and_refunds(server, user_id):
     assert json.loads(refunded)["refund"]["refunded_transaction_id"] == spend["id"]
     assert json.loads(refunded)["balance_after"] == "3"
     assert bad == 2 and "not a duration" in why
+    _, events, _ = await cli(server, "events", user_id, ADMIN_SECRET=ADMIN_SECRET)
+    assert [e["type"] for e in json.loads(events)["events"]] == [
+        "credits.refunded",
+        "credits.spent",
+        "credits.granted",
+    ]
 
 
 def test_the_command_line_offers_exactly_the_scopes_a_key_may_hold():

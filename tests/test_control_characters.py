@@ -114,6 +114,7 @@ def valid_requests(user_id: str, key_id: str, spend_id: int = 1) -> dict[str, Me
         "AdminService.RevokeApiKey": admin_pb.RevokeApiKeyRequest(key_id=key_id),
         "AdminService.RevokeTokens": admin_pb.RevokeTokensRequest(user_id=user_id),
         "AdminService.SetPrice": admin_pb.SetPriceRequest(feature="controls", credits=2),
+        "AdminService.ListEvents": admin_pb.ListEventsRequest(user_id=user_id),
         "AdminService.RefundSpend": admin_pb.RefundSpendRequest(
             transaction_id=spend_id, amount=1, reason="job failed", request_id=new_request_id()
         ),

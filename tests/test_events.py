@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -17,6 +19,7 @@ from pluct.token.v1 import token_service_pb2 as token_pb
 
 from pluct_server.store.database import Database
 from pluct_server.store.migrate import migrate as migrate_all
+from tests.http_support import ADMIN_HEADERS, call
 from tests.support import (
     ADMIN_METADATA,
     WEBHOOK_METADATA,
@@ -216,3 +219,102 @@ async def test_events_begin_with_the_migration_that_makes_them(request):
 
     assert len(entries) == 2
     assert events == [("credits.granted", entries[1])]
+
+
+# --- listing them ---------------------------------------------------------------------------
+
+
+async def test_list_events_gives_each_event_with_the_body_a_receiver_gets(credit, admin, token):
+    user_id = await user_with(credit, 5)
+    feature = await priced(admin, 3)
+    vended = await token.VendToken(token_pb.VendTokenRequest(user_id=user_id, feature=feature))
+    history = await credit.ListTransactions(credit_pb.ListTransactionsRequest(user_id=user_id))
+    spend, granted = history.transactions[0], history.transactions[1]
+    refunded = await admin.RefundSpend(
+        admin_pb.RefundSpendRequest(transaction_id=spend.id, amount=1), metadata=ADMIN_METADATA
+    )
+    refund_of = refunded.refund
+
+    listed = await admin.ListEvents(
+        admin_pb.ListEventsRequest(user_id=user_id), metadata=ADMIN_METADATA
+    )
+
+    assert [e.type for e in listed.events] == [
+        "credits.refunded",
+        "credits.spent",
+        "credits.granted",
+    ]
+    assert [e.transaction_id for e in listed.events] == [refund_of.id, spend.id, granted.id]
+    assert [e.sequence for e in listed.events] == [refund_of.id, spend.id, granted.id]
+    assert listed.next_page_token == ""
+    bodies = [json.loads(e.payload) for e in listed.events]
+    for event, body in zip(listed.events, bodies, strict=True):
+        assert body["type"] == event.type
+        moment = datetime.fromisoformat(body["timestamp"])
+        assert moment == event.create_time.ToDatetime(tzinfo=UTC)
+        assert body["timestamp"].endswith("Z")
+    common = {"user_id": user_id}
+    assert bodies[1]["data"] == {
+        **common,
+        "transaction_id": spend.id,
+        "sequence": spend.id,
+        "amount": 3,
+        "balance_after": 2,
+        "feature": feature,
+        "credits_charged": 3,
+        "token_id": vended.token_id,
+    }
+    assert bodies[0]["data"] == {
+        **common,
+        "transaction_id": refund_of.id,
+        "sequence": refund_of.id,
+        "amount": 1,
+        "balance_after": 3,
+        "refunded_transaction_id": spend.id,
+    }
+    grants = await credit.ListGrants(credit_pb.ListGrantsRequest(user_id=user_id))
+    assert bodies[2]["data"] == {
+        **common,
+        "transaction_id": granted.id,
+        "sequence": granted.id,
+        "amount": 5,
+        "balance_after": 5,
+        "grant_id": grants.grants[0].grant_id,
+        "source": "signup",
+    }
+
+
+async def test_events_page_newest_first_without_skipping_or_repeating(credit, admin, token):
+    user_id = await user_with(credit, 7)
+    for _ in range(6):
+        await token.VendToken(token_pb.VendTokenRequest(user_id=user_id))
+    seen: list[str] = []
+    page_token = ""
+    while True:
+        page = await admin.ListEvents(
+            admin_pb.ListEventsRequest(user_id=user_id, page_size=3, page_token=page_token),
+            metadata=ADMIN_METADATA,
+        )
+        seen += [e.event_id for e in page.events]
+        page_token = page.next_page_token
+        if not page_token:
+            break
+
+    assert len(seen) == len(set(seen)) == 7
+    assert [int(e) for e in seen] == sorted((int(e) for e in seen), reverse=True)
+
+
+async def test_events_over_http_need_the_admin_secret(http, credit):
+    user_id = await user_with(credit, 2)
+
+    stranger = await call(http, "GET", f"/admin/users/{user_id}/events")
+    answer = await call(http, "GET", f"/admin/users/{user_id}/events", headers=ADMIN_HEADERS)
+    bad = await call(http, "GET", "/admin/users/a%00b/events", headers=ADMIN_HEADERS)
+
+    assert stranger.status == 401
+    assert answer.status == 200, answer.body
+    (event,) = answer.body["events"]
+    assert event["type"] == "credits.granted"
+    assert json.loads(event["payload"])["data"]["amount"] == 2
+    assert bad.status == 400
+    assert "user" in json.dumps(bad.body).lower()

@@ -46,6 +46,7 @@ ADDED_ROUTES = {
     "PUT /admin/prices/{feature}",
     "GET /user/{userId}/grants",
     "POST /admin/refunds",
+    "GET /admin/users/{userId}/events",
 }
 SERVED_ROUTES = CONTRACT_ROUTES | ADDED_ROUTES
 

@@ -186,6 +186,9 @@ async def test_every_new_rpc_is_closed_to_keyless_callers_even_in_open_mode(data
         await refused(
             admin.RefundSpend(admin_pb.RefundSpendRequest(transaction_id=1)), *UNAUTHENTICATED
         )
+        await refused(
+            admin.ListEvents(admin_pb.ListEventsRequest(user_id=user_id)), *UNAUTHENTICATED
+        )
 
         assert await ledger_of(database_dsn, user_id) == before
 

@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
         "--expires", type=_duration, help="when what remains expires, from now: 30d, 12h, 90m"
     )
     commands.add_parser("grants", help="list a user's grants").add_argument("user_id")
+    commands.add_parser(
+        "events", help="list a user's events, newest first, as receivers get them (admin)"
+    ).add_argument("user_id")
     give_back = commands.add_parser("refund", help="give back credits of a spend (admin)")
     give_back.add_argument("transaction_id", type=int, help="the spend's ledger id")
     give_back.add_argument("--amount", type=int, default=0, help="default: all that is left")
@@ -134,6 +137,8 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> object:
             )
         if args.command == "grants":
             return await client.grants(args.user_id)
+        if args.command == "events":
+            return await client.events(args.user_id)
         if args.command == "prices":
             return await client.list_prices()
         if args.command == "price":

@@ -225,6 +225,18 @@ class PluctClient:
         )
         return reply
 
+    async def events(
+        self, user_id: str, page_size: int = 0, page_token: str = ""
+    ) -> admin_pb.ListEventsResponse:
+        """Return one page of a user's events, newest first, each with its webhook body (admin)."""
+        request = admin_pb.ListEventsRequest(
+            user_id=user_id, page_size=page_size, page_token=page_token
+        )
+        reply: admin_pb.ListEventsResponse = await self._call(
+            self._admin.ListEvents, request, self._bearer_md
+        )
+        return reply
+
     async def refund(
         self,
         transaction_id: int,

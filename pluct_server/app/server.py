@@ -24,6 +24,7 @@ from pluct_server.api.http import Gateway, Guards, HttpLimits
 from pluct_server.app.health import HealthMonitor
 from pluct_server.app.maintenance import Maintenance
 from pluct_server.app.tls import grpc_server_credentials, http_ssl_context
+from pluct_server.domain.events import Events
 from pluct_server.domain.ledger import Ledger
 from pluct_server.domain.prices import Prices
 from pluct_server.domain.vending import TokenVendor
@@ -39,6 +40,7 @@ from pluct_server.store.api_key_store import ApiKeyStore
 from pluct_server.store.audit_store import AuditStore
 from pluct_server.store.database import Database
 from pluct_server.store.errors import DatabaseUnavailable
+from pluct_server.store.event_store import EventStore
 from pluct_server.store.grants import grant_serving_role
 from pluct_server.store.ledger_store import LedgerStore
 from pluct_server.store.limit_store import LimitStore
@@ -289,6 +291,7 @@ class PluctServer:
                 self.revocations,
                 AuditStore(self.database),
                 Prices(PriceStore(self.database)),
+                Events(EventStore(self.database)),
             ),
         )
         credit_service_pb2_grpc.add_CreditServiceServicer_to_server(servicers[0], server)

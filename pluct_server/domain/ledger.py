@@ -28,6 +28,7 @@ from pluct_server.domain.pagination import (
     decode_page_token,
     encode_page_token,
     id_position,
+    one_page,
     time_and_name_position,
     xid_and_id_position,
 )
@@ -440,11 +441,8 @@ class Ledger:
         size = clamp_page_size(page_size, *GRANTS_PAGE)
         before_id = id_position(decode_page_token(page_token, GRANTS_LISTING, user_id))
         rows = await self._store.grants(user_id, size + 1, before_id)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_page_token(GRANTS_LISTING, user_id, [int(rows[-1].grant_id)])
-        return GrantPage(rows, token)
+        page, token = one_page(rows, size, GRANTS_LISTING, user_id, lambda g: int(g.grant_id))
+        return GrantPage(page, token)
 
     async def followed_transactions(
         self, user_id: str | None, page_size: int, page_token: str

@@ -7,7 +7,7 @@ import binascii
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pluct_server.domain.errors import InvalidArgument
 
@@ -15,6 +15,7 @@ from pluct_server.domain.errors import InvalidArgument
 # is gone, and its caller is told so, not merely that the token is wrong.
 _REPLACED_LISTINGS = {"users_by_create_time": "users"}
 _BIGINT_LIMIT = 2**63
+Row = TypeVar("Row")
 
 
 def clamp_page_size(requested: int, default: int, maximum: int) -> int:
@@ -57,6 +58,19 @@ def decode_page_token(token: str, listing: str, scope: str | None) -> list[Any] 
 
 def _not_ours() -> InvalidArgument:
     return InvalidArgument("page_token", "page_token is not a token this list returned")
+
+
+def one_page(
+    rows: list[Row], size: int, listing: str, scope: str | None, last_id: Callable[[Row], int]
+) -> tuple[list[Row], str]:
+    """Cut a fetch of up to `size` + 1 rows to a page; return it and the next page's token.
+
+    The extra row only says that there is a next page: the token resumes after the page's last.
+    """
+    if len(rows) <= size:
+        return rows, ""
+    page = rows[:size]
+    return page, encode_page_token(listing, scope, [last_id(page[-1])])
 
 
 def _bigint(value: object, minimum: int) -> int:

@@ -119,6 +119,26 @@ class Transaction:
 
 
 @dataclass(frozen=True)
+class Event:
+    """What happened to a user's credits: one ledger entry, as the services that listen hear it."""
+
+    event_id: str
+    type: str
+    create_time: datetime
+    user_id: str
+    transaction_id: int
+    entry_type: EntryType
+    amount: int
+    balance_after: int
+    # What the entry's type says beside: a spend's feature and token, the grant a credit made
+    # or an expiration wrote off, the spend a refund gives back of.
+    feature: str | None = None
+    token_id: str | None = None
+    grant_id: str | None = None
+    refunds: int | None = None
+
+
+@dataclass(frozen=True)
 class UserSummary:
     """One user's account as admins see it."""
 

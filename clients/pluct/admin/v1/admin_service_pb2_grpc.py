@@ -85,6 +85,11 @@ class AdminServiceStub:
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendRequest.SerializeToString,
                 response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendResponse.FromString,
                 _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/ListEvents',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
         self.AuditLedger = channel.unary_unary(
                 '/pluct.admin.v1.AdminService/AuditLedger',
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerRequest.SerializeToString,
@@ -166,6 +171,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvents(self, request, context):
+        """ListEvents pages through one user's events, newest first: one per ledger entry, written with it, each with the JSON body a webhook receiver gets for it. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AuditLedger(self, request, context):
         """AuditLedger checks every user against its ledger: balance = sum of entries, no negative balance, one token per spend. Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
         """
@@ -225,6 +237,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RefundSpend,
                     request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendRequest.FromString,
                     response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsResponse.SerializeToString,
             ),
             'AuditLedger': grpc.unary_unary_rpc_method_handler(
                     servicer.AuditLedger,
@@ -503,6 +520,33 @@ class AdminService:
             '/pluct.admin.v1.AdminService/RefundSpend',
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendRequest.SerializeToString,
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.RefundSpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/ListEvents',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

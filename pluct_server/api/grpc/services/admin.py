@@ -13,6 +13,7 @@ from pluct_server.api.grpc.services.convert import (
     transaction_message,
 )
 from pluct_server.domain.audit import audit
+from pluct_server.domain.events import Events, payload, sequence
 from pluct_server.domain.ledger import ADMIN_TERMS, Ledger
 from pluct_server.domain.prices import Prices
 from pluct_server.security.api_keys import ApiKeys
@@ -32,12 +33,14 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
         revocations: Revocations,
         audits: AuditStore,
         prices: Prices,
+        events: Events,
     ) -> None:
         self._ledger = ledger
         self._keys = keys
         self._revocations = revocations
         self._audits = audits
         self._prices = prices
+        self._events = events
 
     async def SetPrice(
         self, request: pb.SetPriceRequest, context: grpc.aio.ServicerContext
@@ -95,6 +98,25 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             transactions=[transaction_message(e, with_actor=True) for e in page.transactions],
             next_page_token=page.next_page_token,
         )
+
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListEventsResponse:
+        """Return one page of a user's events, newest first, each with its webhook body."""
+        page = await self._events.of_user(request.user_id, request.page_size, request.page_token)
+        events = [
+            pb.Event(
+                event_id=event.event_id,
+                type=event.type,
+                create_time=timestamp(event.create_time),
+                user_id=event.user_id,
+                transaction_id=event.transaction_id,
+                sequence=sequence(event),
+                payload=payload(event),
+            )
+            for event in page.events
+        ]
+        return pb.ListEventsResponse(events=events, next_page_token=page.next_page_token)
 
     async def AddCredits(
         self, request: pb.AddCreditsRequest, context: grpc.aio.ServicerContext
