@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -14,8 +14,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from pluct.admin.v1 import admin_service_pb2 as admin_pb
 from pluct.credit.v1 import credit_service_pb2 as credit_pb
-from pluct.credit.v1 import ledger_pb2
+from pluct.credit.v1 import credit_service_pb2_grpc, ledger_pb2
 from pluct.token.v1 import token_service_pb2 as token_pb
+from pluct.token.v1 import token_service_pb2_grpc
 
 from pluct_server.store.database import Database
 from pluct_server.store.migrate import migrate as migrate_all
@@ -24,10 +25,13 @@ from tests.support import (
     ADMIN_METADATA,
     WEBHOOK_METADATA,
     external_database_url,
+    ledger_mismatches,
     new_request_id,
     new_user_id,
+    running_server,
     schema_before,
     scratch_database,
+    settings_for_test,
     time_passes_for_grants,
 )
 
@@ -318,3 +322,63 @@ async def test_events_over_http_need_the_admin_secret(http, credit):
     assert json.loads(event["payload"])["data"]["amount"] == 2
     assert bad.status == 400
     assert "user" in json.dumps(bad.body).lower()
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+async def test_events_older_than_the_retention_go_and_their_entries_stay(request, tmp_path):
+    server_url = external_database_url() or request.getfixturevalue("embedded_postgres").dsn
+    settings = settings_for_test(tmp_path, events_retention=timedelta(hours=1))
+    async with (
+        scratch_database(server_url) as dsn,
+        running_server(settings, dsn) as own,
+        grpc.aio.insecure_channel(f"127.0.0.1:{own.grpc_port}") as channel,
+    ):
+        credit = credit_service_pb2_grpc.CreditServiceStub(channel)
+        token = token_service_pb2_grpc.TokenServiceStub(channel)
+        for user_id in ("early", "late"):
+            await credit.CreateUser(
+                credit_pb.CreateUserRequest(user_id=user_id, initial_credits=2),
+                metadata=ADMIN_METADATA,
+            )
+            await token.VendToken(
+                token_pb.VendTokenRequest(user_id=user_id), metadata=ADMIN_METADATA
+            )
+            if user_id == "early":
+                await time_passes_for_history(dsn, 2 * HOUR)
+        own.clock.advance(61)  # the next purge round is due
+
+        async def early_events() -> int:
+            events, _ = await events_and_entries(dsn, "early")
+            return len(events)
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while await early_events() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+        early = await events_and_entries(dsn, "early")
+        late = await events_and_entries(dsn, "late")
+        mismatches = await ledger_mismatches(dsn)
+
+    assert early[0] == [] and len(early[1]) == 2
+    assert [kind for kind, _ in late[0]] == ["credits.granted", "credits.spent"]
+    assert mismatches == []
+
+
+async def time_passes_for_history(dsn: str, seconds: float) -> None:
+    """Move every ledger entry and event written so far `seconds` into the past."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            # The owner may lift the ledger's append-only trigger; nothing else ever does.
+            await conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+            await conn.execute(
+                "UPDATE ledger SET created_at = created_at - make_interval(secs => $1)", seconds
+            )
+            await conn.execute(
+                "UPDATE events SET create_time = create_time - make_interval(secs => $1)", seconds
+            )
+            await conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+    finally:
+        await conn.close()

@@ -239,6 +239,7 @@ class PluctServer:
             clock=self.clock,
             signup_credits_ttl=settings.signup_credits_ttl,
         )
+        events = Events(EventStore(self.database), settings.events_retention)
         maintenance = Maintenance(
             # Expired grants are written off within a round of expiring, whoever touches them.
             refreshers=[
@@ -252,6 +253,7 @@ class PluctServer:
                 ledger.forget_expired_requests,
                 self.revocations.purge,
                 authenticator.forget_expired_holds,
+                events.forget_old,
             ],
             refresh_seconds=settings.cache_refresh_seconds,
             clock=self.clock,
@@ -291,7 +293,7 @@ class PluctServer:
                 self.revocations,
                 AuditStore(self.database),
                 Prices(PriceStore(self.database)),
-                Events(EventStore(self.database)),
+                events,
             ),
         )
         credit_service_pb2_grpc.add_CreditServiceServicer_to_server(servicers[0], server)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pluct_server.domain.pagination import (
     clamp_page_size,
@@ -74,10 +74,15 @@ def payload(event: Event) -> str:
 
 
 class Events:
-    """Lists what happened to a user's credits."""
+    """Lists what happened to a user's credits, and forgets it after the retention."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, retention: timedelta) -> None:
         self._store = store
+        self._retention = retention
+
+    async def forget_old(self) -> int:
+        """Delete the events older than the retention; return how many."""
+        return await self._store.purge(self._retention)
 
     async def of_user(self, user_id: str, page_size: int, page_token: str) -> EventPage:
         """Return one page of a user's events, newest first."""

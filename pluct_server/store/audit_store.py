@@ -12,7 +12,8 @@ from pluct_server.store.database import Database
 # ledger says; when its ledger holds a spend that did not buy one token for a whole price (a
 # default spend, or one from before features, is exactly one credit, any spend at least one);
 # when its balance is not what remains of its grants; or when a grant's remainder is not its
-# amount less what spends drew from it.
+# amount less what spends drew from it; or when an entry written since the oldest event kept
+# (an event's time is its entry's, and events go oldest first) has not exactly one event.
 _PROBLEMS = """
 WITH books AS (
     SELECT user_id,
@@ -64,7 +65,7 @@ WITH books AS (
       FROM ledger l
       LEFT JOIN (SELECT user_id, transaction_id, count(*) AS n FROM events GROUP BY 1, 2) e
              ON e.user_id = l.user_id AND e.transaction_id = l.id
-     WHERE l.id >= (SELECT min(transaction_id) FROM events)
+     WHERE l.created_at >= (SELECT min(create_time) FROM events)
      GROUP BY l.user_id
 )
 SELECT u.user_id, u.balance, u.transaction_count, u.total_spent,

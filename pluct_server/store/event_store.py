@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import asyncpg
 
 from pluct_server.store.database import Database
@@ -20,6 +22,10 @@ SELECT e.event_id, e.type, e.create_time, e.user_id, e.transaction_id,
 """
 
 
+# Whole seconds, as PLUCT_EVENTS_RETENTION is given: events older than that go.
+_PURGE = "DELETE FROM events WHERE create_time < now() - make_interval(secs => $1)"
+
+
 class EventStore:
     """Reads events."""
 
@@ -29,6 +35,11 @@ class EventStore:
     async def of_user(self, user_id: str, limit: int, before_id: int | None) -> list[Event]:
         """Return up to `limit` of a user's events older than `before_id`, newest first."""
         return [_event(row) for row in await self._db.fetch(_EVENTS, user_id, limit, before_id)]
+
+    async def purge(self, retention: timedelta) -> int:
+        """Delete every event older than `retention`; return how many."""
+        status = await self._db.execute(_PURGE, retention.total_seconds())
+        return int(status.rsplit(" ", 1)[-1])
 
 
 def _event(row: asyncpg.Record) -> Event:

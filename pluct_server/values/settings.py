@@ -248,6 +248,8 @@ class Settings:
     request_id_retention: timedelta = _declared(
         "PLUCT_REQUEST_ID_RETENTION", timedelta(hours=24), _duration
     )
+    # How long events are kept; the ledger entries they tell of are kept for ever.
+    events_retention: timedelta = _declared("PLUCT_EVENTS_RETENTION", timedelta(days=30), _duration)
     # How long a user's initial credits last; None (unset): for ever.
     signup_credits_ttl: timedelta | None = _declared("PLUCT_SIGNUP_CREDITS_TTL", None, _duration)
     webhook_legacy_secret: bool = _declared("PLUCT_WEBHOOK_LEGACY_SECRET", True, _switch)
