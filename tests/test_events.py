@@ -23,6 +23,7 @@ from pluct_server.store.migrate import migrate as migrate_all
 from tests.http_support import ADMIN_HEADERS, call
 from tests.support import (
     ADMIN_METADATA,
+    clock_of,
     WEBHOOK_METADATA,
     external_database_url,
     ledger_mismatches,
@@ -347,7 +348,7 @@ async def test_events_older_than_the_retention_go_and_their_entries_stay(request
             )
             if user_id == "early":
                 await time_passes_for_history(dsn, 2 * HOUR)
-        own.clock.advance(61)  # the next purge round is due
+        clock_of(own).advance(61)  # the next purge round is due
 
         async def early_events() -> int:
             events, _ = await events_and_entries(dsn, "early")
