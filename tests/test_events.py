@@ -23,8 +23,8 @@ from pluct_server.store.migrate import migrate as migrate_all
 from tests.http_support import ADMIN_HEADERS, call
 from tests.support import (
     ADMIN_METADATA,
-    clock_of,
     WEBHOOK_METADATA,
+    clock_of,
     external_database_url,
     ledger_mismatches,
     new_request_id,
