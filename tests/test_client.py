@@ -174,6 +174,33 @@ async def test_command_line_grants_that_expire_and_refunds(server, user_id):
     ]
 
 
+async def test_command_line_manages_webhook_endpoints(server):
+    url = "https://hooks.example.com/cli"
+    _, made, _ = await cli(
+        server, "webhooks", "create", url, "--event", "credits.spent", "--threshold", "10",
+        ADMIN_SECRET=ADMIN_SECRET,
+    )  # fmt: skip
+    endpoint = json.loads(made)["endpoint"]
+    _, rotated, _ = await cli(
+        server, "webhooks", "rotate-secret", endpoint["endpoint_id"], ADMIN_SECRET=ADMIN_SECRET
+    )
+    _, listed, _ = await cli(server, "webhooks", "list", ADMIN_SECRET=ADMIN_SECRET)
+    _, removed, _ = await cli(
+        server, "webhooks", "delete", endpoint["endpoint_id"], ADMIN_SECRET=ADMIN_SECRET
+    )
+    gone, _, why = await cli(
+        server, "webhooks", "delete", endpoint["endpoint_id"], ADMIN_SECRET=ADMIN_SECRET
+    )
+
+    assert (endpoint["url"], endpoint["event_types"]) == (url, ["credits.spent"])
+    assert json.loads(made)["secret"].startswith("whsec_")
+    assert json.loads(rotated)["secret"] != json.loads(made)["secret"]
+    assert endpoint["endpoint_id"] in {e["endpoint_id"] for e in json.loads(listed)["endpoints"]}
+    assert json.loads(made)["secret"] not in listed
+    assert json.loads(removed)["endpoint"]["endpoint_id"] == endpoint["endpoint_id"]
+    assert (gone, why.split(":")[0]) == (1, "NOT_FOUND")
+
+
 def test_the_command_line_offers_exactly_the_scopes_a_key_may_hold():
     from pluct_client.__main__ import SCOPES
 

@@ -54,7 +54,9 @@ async def stored(db: Any) -> tuple[Any, ...]:
         "SELECT (SELECT count(*) FROM users), (SELECT max(id) FROM ledger),"
         " (SELECT count(*) FROM request_keys), (SELECT count(*) FROM api_keys),"
         " (SELECT count(revoke_time) FROM api_keys), (SELECT count(*) FROM token_revocations),"
-        " (SELECT count(*) FROM prices), (SELECT sum(version) FROM prices)"
+        " (SELECT count(*) FROM prices), (SELECT sum(version) FROM prices),"
+        " (SELECT count(*) FROM webhook_endpoints),"
+        " (SELECT count(previous_secret) FROM webhook_endpoints)"
     )
     return tuple(row)
 
@@ -115,6 +117,13 @@ def valid_requests(user_id: str, key_id: str, spend_id: int = 1) -> dict[str, Me
         "AdminService.RevokeTokens": admin_pb.RevokeTokensRequest(user_id=user_id),
         "AdminService.SetPrice": admin_pb.SetPriceRequest(feature="controls", credits=2),
         "AdminService.ListEvents": admin_pb.ListEventsRequest(user_id=user_id),
+        "AdminService.CreateWebhookEndpoint": admin_pb.CreateWebhookEndpointRequest(
+            url="https://hooks.example.com/pluct", event_types=["credits.spent"]
+        ),
+        "AdminService.DeleteWebhookEndpoint": admin_pb.DeleteWebhookEndpointRequest(
+            endpoint_id="1"
+        ),
+        "AdminService.RotateWebhookSecret": admin_pb.RotateWebhookSecretRequest(endpoint_id="1"),
         "AdminService.RefundSpend": admin_pb.RefundSpendRequest(
             transaction_id=spend_id, amount=1, reason="job failed", request_id=new_request_id()
         ),

@@ -25,6 +25,7 @@ EXPECTED = [
     (errors.RequestTimeout(10), grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.NotFound("no such key"), grpc.StatusCode.NOT_FOUND),
     (errors.FeatureNotFound("export"), grpc.StatusCode.NOT_FOUND),
+    (errors.WebhookEndpointNotFound("7"), grpc.StatusCode.NOT_FOUND),
     (errors.NotASpend(7), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.RefundExceedsSpend(7), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ReplayedTokenExpired(), grpc.StatusCode.FAILED_PRECONDITION),

@@ -47,6 +47,10 @@ ADDED_ROUTES = {
     "GET /user/{userId}/grants",
     "POST /admin/refunds",
     "GET /admin/users/{userId}/events",
+    "POST /admin/webhook-endpoints",
+    "GET /admin/webhook-endpoints",
+    "DELETE /admin/webhook-endpoints/{endpointId}",
+    "POST /admin/webhook-endpoints/{endpointId}/rotate-secret",
 }
 SERVED_ROUTES = CONTRACT_ROUTES | ADDED_ROUTES
 

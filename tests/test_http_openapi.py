@@ -70,7 +70,10 @@ async def test_every_documented_operation_is_served(http, document):
             json_body={} if verb == "POST" else None,
             headers={**ADMIN_HEADERS, **WEBHOOK_HEADERS},
         )
-        assert reply.status not in (404, 405), (verb, path, reply.body)
+        # A route that is not served answers 404 NOT_FOUND; a served one may still find no
+        # such thing (WEBHOOK_ENDPOINT_NOT_FOUND, ...), which is a reason of its own.
+        route_missing = reply.status == 404 and reply.body.get("reason") == "NOT_FOUND"
+        assert reply.status != 405 and not route_missing, (verb, path, reply.body)
 
 
 async def test_undocumented_methods_are_405_with_the_documented_allow(http, document):

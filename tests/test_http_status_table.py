@@ -32,6 +32,7 @@ EXPECTED = [
     (errors.RequestTimeout(10), 408, None),
     (errors.NotFound("no API key has id 0123"), 404, None),
     (errors.FeatureNotFound("export"), 404, None),
+    (errors.WebhookEndpointNotFound("7"), 404, None),
     (errors.NotASpend(7), 409, None),
     (errors.RefundExceedsSpend(7), 409, None),
     (errors.ReplayedTokenExpired(), 400, None),

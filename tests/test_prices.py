@@ -189,6 +189,22 @@ async def test_every_new_rpc_is_closed_to_keyless_callers_even_in_open_mode(data
         await refused(
             admin.ListEvents(admin_pb.ListEventsRequest(user_id=user_id)), *UNAUTHENTICATED
         )
+        endpoint = "https://hooks.example.com/pluct"
+        await refused(
+            admin.CreateWebhookEndpoint(admin_pb.CreateWebhookEndpointRequest(url=endpoint)),
+            *UNAUTHENTICATED,
+        )
+        await refused(
+            admin.ListWebhookEndpoints(admin_pb.ListWebhookEndpointsRequest()), *UNAUTHENTICATED
+        )
+        await refused(
+            admin.DeleteWebhookEndpoint(admin_pb.DeleteWebhookEndpointRequest(endpoint_id="1")),
+            *UNAUTHENTICATED,
+        )
+        await refused(
+            admin.RotateWebhookSecret(admin_pb.RotateWebhookSecretRequest(endpoint_id="1")),
+            *UNAUTHENTICATED,
+        )
 
         assert await ledger_of(database_dsn, user_id) == before
 

@@ -105,6 +105,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     key_commands.add_parser("list", help="list keys, newest first")
     key_commands.add_parser("revoke", help="revoke a key").add_argument("key_id")
+    hooks = commands.add_parser("webhooks", help="where events are sent (admin)")
+    hook_commands = hooks.add_subparsers(dest="hook_command", required=True)
+    hook = hook_commands.add_parser("create", help="add an endpoint; its secret is printed once")
+    hook.add_argument("url", help="https://... (public hosts only in production)")
+    hook.add_argument("--event", action="append", help="an event type to send; default: all")
+    hook.add_argument(
+        "--threshold", action="append", type=int, help="a balance whose crossing it hears of"
+    )
+    hook_commands.add_parser("list", help="list endpoints, oldest first")
+    hook_commands.add_parser("delete", help="remove an endpoint").add_argument("endpoint_id")
+    hook_commands.add_parser(
+        "rotate-secret", help="a new secret, printed once; the old one signs a day more"
+    ).add_argument("endpoint_id")
     revoke = commands.add_parser("revoke-tokens", help="revoke a token or a user's tokens (admin)")
     target = revoke.add_mutually_exclusive_group(required=True)
     target.add_argument("--jti", help="one token, by its jti (token_id)")
@@ -151,6 +164,14 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> object:
             if args.key_command == "list":
                 return await client.list_api_keys()
             return await client.revoke_api_key(args.key_id)
+        if args.command == "webhooks":
+            if args.hook_command == "create":
+                return await client.create_webhook_endpoint(args.url, args.event, args.threshold)
+            if args.hook_command == "list":
+                return await client.list_webhook_endpoints()
+            if args.hook_command == "delete":
+                return await client.delete_webhook_endpoint(args.endpoint_id)
+            return await client.rotate_webhook_secret(args.endpoint_id)
         if args.command == "revoke-tokens":
             return await client.revoke_tokens(jti=args.jti, user_id=args.user)
         if args.command == "jwks":

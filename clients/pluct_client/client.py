@@ -275,6 +275,44 @@ class PluctClient:
         reply: admin_pb.RevokeApiKeyResponse = await self._call(self._admin.RevokeApiKey, request)
         return reply
 
+    async def create_webhook_endpoint(
+        self, url: str, event_types: list[str] | None = None, thresholds: list[int] | None = None
+    ) -> admin_pb.CreateWebhookEndpointResponse:
+        """Make a webhook endpoint; its secret is in this answer only (needs the admin scope)."""
+        request = admin_pb.CreateWebhookEndpointRequest(
+            url=url, event_types=event_types or [], balance_thresholds=thresholds or []
+        )
+        reply: admin_pb.CreateWebhookEndpointResponse = await self._call(
+            self._admin.CreateWebhookEndpoint, request
+        )
+        return reply
+
+    async def list_webhook_endpoints(self) -> admin_pb.ListWebhookEndpointsResponse:
+        """Return every webhook endpoint, oldest first, without secrets (needs the admin scope)."""
+        request = admin_pb.ListWebhookEndpointsRequest()
+        reply: admin_pb.ListWebhookEndpointsResponse = await self._call(
+            self._admin.ListWebhookEndpoints, request
+        )
+        return reply
+
+    async def delete_webhook_endpoint(
+        self, endpoint_id: str
+    ) -> admin_pb.DeleteWebhookEndpointResponse:
+        """Remove a webhook endpoint (needs the admin scope)."""
+        request = admin_pb.DeleteWebhookEndpointRequest(endpoint_id=endpoint_id)
+        reply: admin_pb.DeleteWebhookEndpointResponse = await self._call(
+            self._admin.DeleteWebhookEndpoint, request
+        )
+        return reply
+
+    async def rotate_webhook_secret(self, endpoint_id: str) -> admin_pb.RotateWebhookSecretResponse:
+        """Give an endpoint a new secret, shown once; the old one signs a day more (admin)."""
+        request = admin_pb.RotateWebhookSecretRequest(endpoint_id=endpoint_id)
+        reply: admin_pb.RotateWebhookSecretResponse = await self._call(
+            self._admin.RotateWebhookSecret, request
+        )
+        return reply
+
     async def revoke_tokens(
         self, *, jti: str | None = None, user_id: str | None = None
     ) -> admin_pb.RevokeTokensResponse:

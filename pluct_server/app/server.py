@@ -28,6 +28,7 @@ from pluct_server.domain.events import Events
 from pluct_server.domain.ledger import Ledger
 from pluct_server.domain.prices import Prices
 from pluct_server.domain.vending import TokenVendor
+from pluct_server.domain.webhooks import WebhookEndpoints
 from pluct_server.observability.metrics import flush_counts
 from pluct_server.observability.tracing import flush_traces, server_interceptors, tracing_wanted
 from pluct_server.security.api_keys import ApiKeys
@@ -48,6 +49,7 @@ from pluct_server.store.migrate import migrate
 from pluct_server.store.price_store import PriceStore
 from pluct_server.store.revocation_store import RevocationStore
 from pluct_server.store.spend_batch import SpendBatcher
+from pluct_server.store.webhook_endpoint_store import WebhookEndpointStore
 from pluct_server.values.clock import SYSTEM_CLOCK, Clock
 from pluct_server.values.settings import Settings
 
@@ -294,6 +296,9 @@ class PluctServer:
                 AuditStore(self.database),
                 Prices(PriceStore(self.database)),
                 events,
+                WebhookEndpoints(
+                    WebhookEndpointStore(self.database), settings.private_webhook_urls
+                ),
             ),
         )
         credit_service_pb2_grpc.add_CreditServiceServicer_to_server(servicers[0], server)

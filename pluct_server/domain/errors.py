@@ -158,6 +158,18 @@ class FeatureNotFound(NotFound):
         )
 
 
+class WebhookEndpointNotFound(NotFound):
+    """A call named a webhook endpoint that does not exist."""
+
+    reason = "WEBHOOK_ENDPOINT_NOT_FOUND"
+
+    def __init__(self, endpoint_id: str) -> None:
+        super().__init__(
+            f"no webhook endpoint {endpoint_id!r} (AdminService.ListWebhookEndpoints lists them)",
+            field="endpoint_id",
+        )
+
+
 class NotASpend(DomainError):
     """A refund named a ledger entry that is not a spend."""
 

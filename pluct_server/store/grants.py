@@ -30,6 +30,7 @@ SERVING_PRIVILEGES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         # Written by the ledger's trigger as the role that writes the entry; purged after
         # their retention.
         "events": ("SELECT", "INSERT", "DELETE"),
+        "webhook_endpoints": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "schema_migrations": ("SELECT",),
         "schema_functions": ("SELECT",),
     }

@@ -168,6 +168,18 @@ class TokenClaims:
 
 
 @dataclass(frozen=True)
+class WebhookEndpoint:
+    """A URL that events are sent to; its secret is never part of it."""
+
+    endpoint_id: str
+    url: str
+    event_types: tuple[str, ...]
+    balance_thresholds: tuple[int, ...]
+    create_time: datetime
+    disabled: bool
+
+
+@dataclass(frozen=True)
 class Price:
     """What a token for one feature costs; version counts its changes."""
 

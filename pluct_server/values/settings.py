@@ -250,6 +250,11 @@ class Settings:
     )
     # How long events are kept; the ledger entries they tell of are kept for ever.
     events_retention: timedelta = _declared("PLUCT_EVENTS_RETENTION", timedelta(days=30), _duration)
+    # Whether webhook endpoints may be http:// or private addresses; None (unset): only in
+    # dev mode (the embedded database), never in production.
+    events_allow_private_urls: bool | None = _declared(
+        "PLUCT_EVENTS_ALLOW_PRIVATE_URLS", None, _switch
+    )
     # How long a user's initial credits last; None (unset): for ever.
     signup_credits_ttl: timedelta | None = _declared("PLUCT_SIGNUP_CREDITS_TTL", None, _duration)
     webhook_legacy_secret: bool = _declared("PLUCT_WEBHOOK_LEGACY_SECRET", True, _switch)
@@ -308,6 +313,13 @@ class Settings:
     def production(self) -> bool:
         """Tell whether the server runs against an external database (and so needs real secrets)."""
         return self.database_url is not None
+
+    @property
+    def private_webhook_urls(self) -> bool:
+        """Tell whether webhook endpoints may be http:// or private addresses."""
+        if self.events_allow_private_urls is not None:
+            return self.events_allow_private_urls
+        return not self.production
 
     @property
     def jwt_secrets(self) -> tuple[str, ...]:

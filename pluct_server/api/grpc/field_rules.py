@@ -35,6 +35,11 @@ PATTERN_WORDS: Mapping[str, str] = MappingProxyType(
             "must not be empty or contain control, format (invisible) or whitespace characters"
         ),
         r"^[^\p{Cc}]*$": "must not contain control characters",
+        r"^https?://([^\p{Cc}\p{Cf}\p{Z}/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+        r"([/?#][^\p{Cc}\p{Cf}\p{Z}]*)?$": (
+            "must be an http or https URL with a host, without credentials, spaces or control "
+            "characters"
+        ),
         r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$": (
             "must not contain control characters other than tab, line feed and carriage return"
         ),
@@ -117,8 +122,8 @@ def _field_violation(violation: protovalidate.Violation) -> FieldViolation:
 
 def _path_element(element: Any) -> str:
     """Return one step of a field path: `name`, or `name[i]` for an item of a list."""
-    return (
-        f"{element.field_name}[{element.index}]"
-        if element.has_field("index")
-        else element.field_name
-    )
+    # The subscript is a oneof (index, or a map's key) that protovalidate gives as field/value.
+    subscript = element.subscript
+    if subscript is None:
+        return str(element.field_name)
+    return f"{element.field_name}[{subscript.value}]"

@@ -18,8 +18,15 @@ _CATEGORY = re.compile(r"\\p\{(\w+)\}")
 
 def rules_schema(field: FieldDescriptor) -> dict[str, Any]:
     """Return the JSON Schema keywords that say a field's rules (for one value of it)."""
-    rules = rules_of(field)
+    return _value_schema(rules_of(field))
+
+
+def _value_schema(rules: Any) -> dict[str, Any]:
+    """Return the JSON Schema keywords of one value's buf.validate rules."""
     kind = rules.WhichOneof("type")
+    if kind == "repeated" and rules.repeated.HasField("items"):
+        # A list's rules for each of its items.
+        return _value_schema(rules.repeated.items)
     schema: dict[str, Any] = {}
     if kind == "string":
         text = rules.string
@@ -31,6 +38,8 @@ def rules_schema(field: FieldDescriptor) -> dict[str, Any]:
             schema["pattern"] = ecma_pattern(text.pattern)
         if text.not_in:
             schema["not"] = {"enum": list(text.not_in)}
+        if getattr(text, "in"):
+            schema["enum"] = list(getattr(text, "in"))
     elif kind in _NUMBER_RULES:
         number = getattr(rules, kind)
         if number.HasField("gte"):
@@ -43,9 +52,16 @@ def rules_schema(field: FieldDescriptor) -> dict[str, Any]:
 def list_schema(field: FieldDescriptor) -> dict[str, Any]:
     """Return the JSON Schema keywords that say a repeated field's rules about its length."""
     rules = rules_of(field)
-    if rules.WhichOneof("type") == "repeated" and rules.repeated.HasField("min_items"):
-        return {"minItems": rules.repeated.min_items}
-    return {}
+    if rules.WhichOneof("type") != "repeated":
+        return {}
+    said: dict[str, Any] = {}
+    if rules.repeated.HasField("min_items"):
+        said["minItems"] = rules.repeated.min_items
+    if rules.repeated.HasField("max_items"):
+        said["maxItems"] = rules.repeated.max_items
+    if rules.repeated.unique:
+        said["uniqueItems"] = True
+    return said
 
 
 def is_required(field: FieldDescriptor) -> bool:

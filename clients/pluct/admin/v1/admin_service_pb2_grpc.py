@@ -90,6 +90,26 @@ class AdminServiceStub:
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.CreateWebhookEndpoint = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/CreateWebhookEndpoint',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateWebhookEndpointRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateWebhookEndpointResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookEndpoints = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/ListWebhookEndpoints',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListWebhookEndpointsRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListWebhookEndpointsResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhookEndpoint = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/DeleteWebhookEndpoint',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.DeleteWebhookEndpointRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.DeleteWebhookEndpointResponse.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/pluct.admin.v1.AdminService/RotateWebhookSecret',
+                request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretResponse.FromString,
+                _registered_method=True)
         self.AuditLedger = channel.unary_unary(
                 '/pluct.admin.v1.AdminService/AuditLedger',
                 request_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.AuditLedgerRequest.SerializeToString,
@@ -178,6 +198,34 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWebhookEndpoint(self, request, context):
+        """CreateWebhookEndpoint registers a URL that events are sent to, and returns its signing secret, once. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (a URL that is not https, or names a loopback, private, link-local or metadata address; an unknown event type; a threshold below 1), RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookEndpoints(self, request, context):
+        """ListWebhookEndpoints lists every webhook endpoint, oldest first, without their secrets. Errors: UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhookEndpoint(self, request, context):
+        """DeleteWebhookEndpoint removes a webhook endpoint; nothing more is sent to it. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """RotateWebhookSecret gives an endpoint a new signing secret, returned once; the previous one signs beside it for 24 hours. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AuditLedger(self, request, context):
         """AuditLedger checks every user against its ledger: balance = sum of entries, no negative balance, one token per spend. Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
         """
@@ -242,6 +290,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsRequest.FromString,
                     response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'CreateWebhookEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhookEndpoint,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateWebhookEndpointRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateWebhookEndpointResponse.SerializeToString,
+            ),
+            'ListWebhookEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookEndpoints,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListWebhookEndpointsRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListWebhookEndpointsResponse.SerializeToString,
+            ),
+            'DeleteWebhookEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhookEndpoint,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.DeleteWebhookEndpointRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.DeleteWebhookEndpointResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=pluct_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretResponse.SerializeToString,
             ),
             'AuditLedger': grpc.unary_unary_rpc_method_handler(
                     servicer.AuditLedger,
@@ -547,6 +615,114 @@ class AdminService:
             '/pluct.admin.v1.AdminService/ListEvents',
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsRequest.SerializeToString,
             pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhookEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/CreateWebhookEndpoint',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateWebhookEndpointRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.CreateWebhookEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/ListWebhookEndpoints',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListWebhookEndpointsRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.ListWebhookEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhookEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/DeleteWebhookEndpoint',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.DeleteWebhookEndpointRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.DeleteWebhookEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pluct.admin.v1.AdminService/RotateWebhookSecret',
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+            pluct_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

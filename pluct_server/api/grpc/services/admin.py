@@ -16,11 +16,12 @@ from pluct_server.domain.audit import audit
 from pluct_server.domain.events import Events, payload, sequence
 from pluct_server.domain.ledger import ADMIN_TERMS, Ledger
 from pluct_server.domain.prices import Prices
+from pluct_server.domain.webhooks import WebhookEndpoints
 from pluct_server.security.api_keys import ApiKeys
 from pluct_server.security.callers import current_caller
 from pluct_server.security.revocations import Revocations
 from pluct_server.store.audit_store import AuditStore
-from pluct_server.values.records import ApiKeyRecord, GrantTerms, Price
+from pluct_server.values.records import ApiKeyRecord, GrantTerms, Price, WebhookEndpoint
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
@@ -34,6 +35,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
         audits: AuditStore,
         prices: Prices,
         events: Events,
+        endpoints: WebhookEndpoints,
     ) -> None:
         self._ledger = ledger
         self._keys = keys
@@ -41,6 +43,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
         self._audits = audits
         self._prices = prices
         self._events = events
+        self._endpoints = endpoints
 
     async def SetPrice(
         self, request: pb.SetPriceRequest, context: grpc.aio.ServicerContext
@@ -117,6 +120,36 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             for event in page.events
         ]
         return pb.ListEventsResponse(events=events, next_page_token=page.next_page_token)
+
+    async def CreateWebhookEndpoint(
+        self, request: pb.CreateWebhookEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateWebhookEndpointResponse:
+        """Make a webhook endpoint; its secret is in this answer alone."""
+        endpoint, secret = await self._endpoints.create(
+            request.url, list(request.event_types), list(request.balance_thresholds)
+        )
+        return pb.CreateWebhookEndpointResponse(endpoint=_endpoint_message(endpoint), secret=secret)
+
+    async def ListWebhookEndpoints(
+        self, request: pb.ListWebhookEndpointsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWebhookEndpointsResponse:
+        """Return every webhook endpoint, oldest first, without secrets."""
+        endpoints = [_endpoint_message(e) for e in await self._endpoints.all()]
+        return pb.ListWebhookEndpointsResponse(endpoints=endpoints)
+
+    async def DeleteWebhookEndpoint(
+        self, request: pb.DeleteWebhookEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteWebhookEndpointResponse:
+        """Remove a webhook endpoint."""
+        removed = await self._endpoints.delete(request.endpoint_id)
+        return pb.DeleteWebhookEndpointResponse(endpoint=_endpoint_message(removed))
+
+    async def RotateWebhookSecret(
+        self, request: pb.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RotateWebhookSecretResponse:
+        """Give an endpoint a new secret; the previous one signs beside it for a day."""
+        endpoint, secret = await self._endpoints.rotate(request.endpoint_id)
+        return pb.RotateWebhookSecretResponse(endpoint=_endpoint_message(endpoint), secret=secret)
 
     async def AddCredits(
         self, request: pb.AddCreditsRequest, context: grpc.aio.ServicerContext
@@ -237,4 +270,15 @@ def _price_message(price: Price) -> pb.Price:
         credits=price.credits,
         version=price.version,
         update_time=timestamp(price.update_time),
+    )
+
+
+def _endpoint_message(endpoint: WebhookEndpoint) -> pb.WebhookEndpoint:
+    return pb.WebhookEndpoint(
+        endpoint_id=endpoint.endpoint_id,
+        url=endpoint.url,
+        event_types=endpoint.event_types,
+        balance_thresholds=endpoint.balance_thresholds,
+        create_time=timestamp(endpoint.create_time),
+        disabled=endpoint.disabled,
     )

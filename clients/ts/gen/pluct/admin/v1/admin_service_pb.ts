@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pluct/admin/v1/admin_service.proto.
  */
 export const file_pluct_admin_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwbHVjdC9hZG1pbi92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEg5wbHVjdC5hZG1pbi52MSLBAQoEVXNlchIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSGQoRdHJhbnNhY3Rpb25fY291bnQYAyABKAMSEwoLdG90YWxfc3BlbnQYBCABKAMSNgoSbGFzdF9hY3Rpdml0eV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKEExpc3RVc2Vyc1JlcXVlc3QSGgoJcGFnZV9zaXplGAEgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEEjIKBW9yZGVyGAMgASgOMhkucGx1Y3QuYWRtaW4udjEuVXNlck9yZGVyQgi6SAWCAQIQASJRChFMaXN0VXNlcnNSZXNwb25zZRIjCgV1c2VycxgBIAMoCzIULnBsdWN0LmFkbWluLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJItQBChdMaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSOAoHdXNlcl9pZBgDIAEoCUIiukgfch0QARhkMhdeW15ccHtDY31ccHtDZn1ccHtafV0qJEgAiAEBEjkKBW9yZGVyGAQgASgOMiAucGx1Y3QuYWRtaW4udjEuVHJhbnNhY3Rpb25PcmRlckIIukgFggECEAFCCgoIX3VzZXJfaWQiZwoYTGlzdFRyYW5zYWN0aW9uc1Jlc3BvbnNlEjIKDHRyYW5zYWN0aW9ucxgBIAMoCzIcLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiggMKEUFkZENyZWRpdHNSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokEhoKBmFtb3VudBgCIAEoA0IKukgHIgUYkE4oARJICgZyZWFzb24YAyABKAlCM7pIMHIuGPQDMileW15ceDAwLVx4MDhceDBiXHgwY1x4MGUtXHgxZlx4N2YtXHg5Zl0qJEgAiAEBEioKCnJlcXVlc3RfaWQYBCABKAlCFrpIE3IRGIABMgxeW15ccHtDY31dKiQSOgoIY2F0ZWdvcnkYBSABKA4yHi5wbHVjdC5jcmVkaXQudjEuR3JhbnRDYXRlZ29yeUIIukgFggECEAESIAoIcHJpb3JpdHkYBiABKAVCCbpIBhoEGGQoAEgBiAEBEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIJCgdfcmVhc29uQgsKCV9wcmlvcml0eSJMChJBZGRDcmVkaXRzUmVzcG9uc2USDwoHdXNlcl9pZBgBIAEoCRITCgtuZXdfYmFsYW5jZRgCIAEoAxIQCghncmFudF9pZBgDIAEoCSKsAQoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEg4KBnNjb3BlcxgDIAMoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBiABKAkimQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSaAoEbmFtZRgBIAEoCUJaukhXyAEBclIYZDJOXlteXHB7Q2N9XHB7Q2Z9XHB7Wmx9XHB7WnB9XSpbXlxwe0NjfVxwe0NmfVxwe1p9XVteXHB7Q2N9XHB7Q2Z9XHB7Wmx9XHB7WnB9XSokEhgKBnNjb3BlcxgCIAMoCUIIukgFkgECCAEiTwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USDgoGc2VjcmV0GAEgASgJEicKB2FwaV9rZXkYAiABKAsyFi5wbHVjdC5hZG1pbi52MS5BcGlLZXkiTgoSTGlzdEFwaUtleXNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJYChNMaXN0QXBpS2V5c1Jlc3BvbnNlEigKCGFwaV9rZXlzGAEgAygLMhYucGx1Y3QuYWRtaW4udjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI8ChNSZXZva2VBcGlLZXlSZXF1ZXN0EiUKBmtleV9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsxNn0kIj8KFFJldm9rZUFwaUtleVJlc3BvbnNlEicKB2FwaV9rZXkYASABKAsyFi5wbHVjdC5hZG1pbi52MS5BcGlLZXkikQEKE1Jldm9rZVRva2Vuc1JlcXVlc3QSMgoDanRpGAEgASgJQiO6SCByHhABGIABMhdeW15ccHtDY31ccHtDZn1ccHtafV0rJEgAEjUKB3VzZXJfaWQYAiABKAlCIrpIH3IdEAEYZDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiRIAEIPCgZ0YXJnZXQSBbpIAggBIngKFFJldm9rZVRva2Vuc1Jlc3BvbnNlEi8KC3Jldm9rZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFAoSQXVkaXRMZWRnZXJSZXF1ZXN0Il0KE0F1ZGl0TGVkZ2VyUmVzcG9uc2USFQoNdXNlcnNfY2hlY2tlZBgBIAEoAxIvCghwcm9ibGVtcxgCIAMoCzIdLnBsdWN0LmFkbWluLnYxLkxlZGdlclByb2JsZW0iVwoNTGVkZ2VyUHJvYmxlbRIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEgoKbGVkZ2VyX3N1bRgDIAEoAxIQCghmaW5kaW5ncxgEIAMoCSJrCgVQcmljZRIPCgdmZWF0dXJlGAEgASgJEg8KB2NyZWRpdHMYAiABKAMSDwoHdmVyc2lvbhgDIAEoAxIvCgt1cGRhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiaQoPU2V0UHJpY2VSZXF1ZXN0EjkKB2ZlYXR1cmUYASABKAlCKLpIJcgBAXIgGD8yE15bYS16XVthLXowLTlfLi1dKiRaB2RlZmF1bHQSGwoHY3JlZGl0cxgCIAEoA0IKukgHIgUYkE4oASI4ChBTZXRQcmljZVJlc3BvbnNlEiQKBXByaWNlGAEgASgLMhUucGx1Y3QuYWRtaW4udjEuUHJpY2UiEwoRTGlzdFByaWNlc1JlcXVlc3QiOwoSTGlzdFByaWNlc1Jlc3BvbnNlEiUKBnByaWNlcxgBIAMoCzIVLnBsdWN0LmFkbWluLnYxLlByaWNlIqQBCgVFdmVudBIQCghldmVudF9pZBgBIAEoCRIMCgR0eXBlGAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VyX2lkGAQgASgJEhYKDnRyYW5zYWN0aW9uX2lkGAUgASgDEhAKCHNlcXVlbmNlGAYgASgDEg8KB3BheWxvYWQYByABKAkigwEKEUxpc3RFdmVudHNSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokEhoKCXBhZ2Vfc2l6ZRgCIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAMgASgJQgi6SAVyAxiABCJUChJMaXN0RXZlbnRzUmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUucGx1Y3QuYWRtaW4udjEuRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJItIBChJSZWZ1bmRTcGVuZFJlcXVlc3QSHwoOdHJhbnNhY3Rpb25faWQYASABKANCB7pIBCICKAESGgoGYW1vdW50GAIgASgDQgq6SAciBRiQTigAEkgKBnJlYXNvbhgDIAEoCUIzukgwci4Y9AMyKV5bXlx4MDAtXHgwOFx4MGJceDBjXHgwZS1ceDFmXHg3Zi1ceDlmXSokSACIAQESKgoKcmVxdWVzdF9pZBgEIAEoCUIWukgTchEYgAEyDF5bXlxwe0NjfV0qJEIJCgdfcmVhc29uIloKE1JlZnVuZFNwZW5kUmVzcG9uc2USLAoGcmVmdW5kGAEgASgLMhwucGx1Y3QuY3JlZGl0LnYxLlRyYW5zYWN0aW9uEhUKDWJhbGFuY2VfYWZ0ZXIYAiABKAMqZAoJVXNlck9yZGVyEhoKFlVTRVJfT1JERVJfVU5TUEVDSUZJRUQQABIbChdVU0VSX09SREVSX05FV0VTVF9GSVJTVBABEh4KGlVTRVJfT1JERVJfUkVDRU5UX0FDVElWSVRZEAIqfQoQVHJhbnNhY3Rpb25PcmRlchIhCh1UUkFOU0FDVElPTl9PUkRFUl9VTlNQRUNJRklFRBAAEiIKHlRSQU5TQUNUSU9OX09SREVSX05FV0VTVF9GSVJTVBABEiIKHlRSQU5TQUNUSU9OX09SREVSX09MREVTVF9GSVJTVBACMv4KCgxBZG1pblNlcnZpY2USdQoJTGlzdFVzZXJzEiAucGx1Y3QuYWRtaW4udjEuTGlzdFVzZXJzUmVxdWVzdBohLnBsdWN0LmFkbWluLnYxLkxpc3RVc2Vyc1Jlc3BvbnNlIiPS8xgECAYQA4LT5JMCFWIFdXNlcnMSDC9hZG1pbi91c2VycxKYAQoQTGlzdFRyYW5zYWN0aW9ucxInLnBsdWN0LmFkbWluLnYxLkxpc3RUcmFuc2FjdGlvbnNSZXF1ZXN0GigucGx1Y3QuYWRtaW4udjEuTGlzdFRyYW5zYWN0aW9uc1Jlc3BvbnNlIjHS8xgECAYQA4LT5JMCI2IMdHJhbnNhY3Rpb25zEhMvYWRtaW4vdHJhbnNhY3Rpb25zEnoKCkFkZENyZWRpdHMSIS5wbHVjdC5hZG1pbi52MS5BZGRDcmVkaXRzUmVxdWVzdBoiLnBsdWN0LmFkbWluLnYxLkFkZENyZWRpdHNSZXNwb25zZSIl0vMYBAgGEAOC0+STAhc6ASoiEi9hZG1pbi9jcmVkaXRzL2FkZBJjCgxDcmVhdGVBcGlLZXkSIy5wbHVjdC5hZG1pbi52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiQucGx1Y3QuYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2UiCNLzGAQIBhADEmAKC0xpc3RBcGlLZXlzEiIucGx1Y3QuYWRtaW4udjEuTGlzdEFwaUtleXNSZXF1ZXN0GiMucGx1Y3QuYWRtaW4udjEuTGlzdEFwaUtleXNSZXNwb25zZSII0vMYBAgGEAMSYwoMUmV2b2tlQXBpS2V5EiMucGx1Y3QuYWRtaW4udjEuUmV2b2tlQXBpS2V5UmVxdWVzdBokLnBsdWN0LmFkbWluLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlIgjS8xgECAYQAxJjCgxSZXZva2VUb2tlbnMSIy5wbHVjdC5hZG1pbi52MS5SZXZva2VUb2tlbnNSZXF1ZXN0GiQucGx1Y3QuYWRtaW4udjEuUmV2b2tlVG9rZW5zUmVzcG9uc2UiCNLzGAQIBhADEnkKCFNldFByaWNlEh8ucGx1Y3QuYWRtaW4udjEuU2V0UHJpY2VSZXF1ZXN0GiAucGx1Y3QuYWRtaW4udjEuU2V0UHJpY2VSZXNwb25zZSIq0vMYBAgGEAOC0+STAhw6ASoaFy9hZG1pbi9wcmljZXMve2ZlYXR1cmV9EnIKCkxpc3RQcmljZXMSIS5wbHVjdC5hZG1pbi52MS5MaXN0UHJpY2VzUmVxdWVzdBoiLnBsdWN0LmFkbWluLnYxLkxpc3RQcmljZXNSZXNwb25zZSId0vMYBAgCEAOC0+STAg8SDS9hZG1pbi9wcmljZXMSeQoLUmVmdW5kU3BlbmQSIi5wbHVjdC5hZG1pbi52MS5SZWZ1bmRTcGVuZFJlcXVlc3QaIy5wbHVjdC5hZG1pbi52MS5SZWZ1bmRTcGVuZFJlc3BvbnNlIiHS8xgECAYQA4LT5JMCEzoBKiIOL2FkbWluL3JlZnVuZHMSggEKCkxpc3RFdmVudHMSIS5wbHVjdC5hZG1pbi52MS5MaXN0RXZlbnRzUmVxdWVzdBoiLnBsdWN0LmFkbWluLnYxLkxpc3RFdmVudHNSZXNwb25zZSIt0vMYBAgGEAOC0+STAh8SHS9hZG1pbi91c2Vycy97dXNlcl9pZH0vZXZlbnRzEmAKC0F1ZGl0TGVkZ2VyEiIucGx1Y3QuYWRtaW4udjEuQXVkaXRMZWRnZXJSZXF1ZXN0GiMucGx1Y3QuYWRtaW4udjEuQXVkaXRMZWRnZXJSZXNwb25zZSII0vMYBAgGEANiBnByb3RvMw", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth, file_pluct_credit_v1_grant, file_pluct_credit_v1_ledger]);
+  fileDesc("CiJwbHVjdC9hZG1pbi92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEg5wbHVjdC5hZG1pbi52MSLBAQoEVXNlchIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSGQoRdHJhbnNhY3Rpb25fY291bnQYAyABKAMSEwoLdG90YWxfc3BlbnQYBCABKAMSNgoSbGFzdF9hY3Rpdml0eV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKEExpc3RVc2Vyc1JlcXVlc3QSGgoJcGFnZV9zaXplGAEgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEEjIKBW9yZGVyGAMgASgOMhkucGx1Y3QuYWRtaW4udjEuVXNlck9yZGVyQgi6SAWCAQIQASJRChFMaXN0VXNlcnNSZXNwb25zZRIjCgV1c2VycxgBIAMoCzIULnBsdWN0LmFkbWluLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJItQBChdMaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSOAoHdXNlcl9pZBgDIAEoCUIiukgfch0QARhkMhdeW15ccHtDY31ccHtDZn1ccHtafV0qJEgAiAEBEjkKBW9yZGVyGAQgASgOMiAucGx1Y3QuYWRtaW4udjEuVHJhbnNhY3Rpb25PcmRlckIIukgFggECEAFCCgoIX3VzZXJfaWQiZwoYTGlzdFRyYW5zYWN0aW9uc1Jlc3BvbnNlEjIKDHRyYW5zYWN0aW9ucxgBIAMoCzIcLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiggMKEUFkZENyZWRpdHNSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokEhoKBmFtb3VudBgCIAEoA0IKukgHIgUYkE4oARJICgZyZWFzb24YAyABKAlCM7pIMHIuGPQDMileW15ceDAwLVx4MDhceDBiXHgwY1x4MGUtXHgxZlx4N2YtXHg5Zl0qJEgAiAEBEioKCnJlcXVlc3RfaWQYBCABKAlCFrpIE3IRGIABMgxeW15ccHtDY31dKiQSOgoIY2F0ZWdvcnkYBSABKA4yHi5wbHVjdC5jcmVkaXQudjEuR3JhbnRDYXRlZ29yeUIIukgFggECEAESIAoIcHJpb3JpdHkYBiABKAVCCbpIBhoEGGQoAEgBiAEBEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIJCgdfcmVhc29uQgsKCV9wcmlvcml0eSJMChJBZGRDcmVkaXRzUmVzcG9uc2USDwoHdXNlcl9pZBgBIAEoCRITCgtuZXdfYmFsYW5jZRgCIAEoAxIQCghncmFudF9pZBgDIAEoCSKsAQoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEg4KBnNjb3BlcxgDIAMoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBiABKAkimQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSaAoEbmFtZRgBIAEoCUJaukhXyAEBclIYZDJOXlteXHB7Q2N9XHB7Q2Z9XHB7Wmx9XHB7WnB9XSpbXlxwe0NjfVxwe0NmfVxwe1p9XVteXHB7Q2N9XHB7Q2Z9XHB7Wmx9XHB7WnB9XSokEhgKBnNjb3BlcxgCIAMoCUIIukgFkgECCAEiTwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USDgoGc2VjcmV0GAEgASgJEicKB2FwaV9rZXkYAiABKAsyFi5wbHVjdC5hZG1pbi52MS5BcGlLZXkiTgoSTGlzdEFwaUtleXNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJYChNMaXN0QXBpS2V5c1Jlc3BvbnNlEigKCGFwaV9rZXlzGAEgAygLMhYucGx1Y3QuYWRtaW4udjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI8ChNSZXZva2VBcGlLZXlSZXF1ZXN0EiUKBmtleV9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsxNn0kIj8KFFJldm9rZUFwaUtleVJlc3BvbnNlEicKB2FwaV9rZXkYASABKAsyFi5wbHVjdC5hZG1pbi52MS5BcGlLZXkikQEKE1Jldm9rZVRva2Vuc1JlcXVlc3QSMgoDanRpGAEgASgJQiO6SCByHhABGIABMhdeW15ccHtDY31ccHtDZn1ccHtafV0rJEgAEjUKB3VzZXJfaWQYAiABKAlCIrpIH3IdEAEYZDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiRIAEIPCgZ0YXJnZXQSBbpIAggBIngKFFJldm9rZVRva2Vuc1Jlc3BvbnNlEi8KC3Jldm9rZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFAoSQXVkaXRMZWRnZXJSZXF1ZXN0Il0KE0F1ZGl0TGVkZ2VyUmVzcG9uc2USFQoNdXNlcnNfY2hlY2tlZBgBIAEoAxIvCghwcm9ibGVtcxgCIAMoCzIdLnBsdWN0LmFkbWluLnYxLkxlZGdlclByb2JsZW0iVwoNTGVkZ2VyUHJvYmxlbRIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEgoKbGVkZ2VyX3N1bRgDIAEoAxIQCghmaW5kaW5ncxgEIAMoCSJrCgVQcmljZRIPCgdmZWF0dXJlGAEgASgJEg8KB2NyZWRpdHMYAiABKAMSDwoHdmVyc2lvbhgDIAEoAxIvCgt1cGRhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiaQoPU2V0UHJpY2VSZXF1ZXN0EjkKB2ZlYXR1cmUYASABKAlCKLpIJcgBAXIgGD8yE15bYS16XVthLXowLTlfLi1dKiRaB2RlZmF1bHQSGwoHY3JlZGl0cxgCIAEoA0IKukgHIgUYkE4oASI4ChBTZXRQcmljZVJlc3BvbnNlEiQKBXByaWNlGAEgASgLMhUucGx1Y3QuYWRtaW4udjEuUHJpY2UiEwoRTGlzdFByaWNlc1JlcXVlc3QiOwoSTGlzdFByaWNlc1Jlc3BvbnNlEiUKBnByaWNlcxgBIAMoCzIVLnBsdWN0LmFkbWluLnYxLlByaWNlIqQBCgVFdmVudBIQCghldmVudF9pZBgBIAEoCRIMCgR0eXBlGAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VyX2lkGAQgASgJEhYKDnRyYW5zYWN0aW9uX2lkGAUgASgDEhAKCHNlcXVlbmNlGAYgASgDEg8KB3BheWxvYWQYByABKAkigwEKEUxpc3RFdmVudHNSZXF1ZXN0EjQKB3VzZXJfaWQYASABKAlCI7pIIMgBAXIbGGQyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokEhoKCXBhZ2Vfc2l6ZRgCIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAMgASgJQgi6SAVyAxiABCJUChJMaXN0RXZlbnRzUmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUucGx1Y3QuYWRtaW4udjEuRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIqcBCg9XZWJob29rRW5kcG9pbnQSEwoLZW5kcG9pbnRfaWQYASABKAkSCwoDdXJsGAIgASgJEhMKC2V2ZW50X3R5cGVzGAMgAygJEhoKEmJhbGFuY2VfdGhyZXNob2xkcxgEIAMoAxIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZGlzYWJsZWQYBiABKAgi1gIKHENyZWF0ZVdlYmhvb2tFbmRwb2ludFJlcXVlc3QSgwEKA3VybBgBIAEoCUJ2ukhzyAEBcm4YgBAyaV5odHRwcz86Ly8oW15ccHtDY31ccHtDZn1ccHtafS8/I0A6XFtcXV0rfFxbWzAtOUEtRmEtZjouXStcXSkoOlswLTldezEsNX0pPyhbLz8jXVteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKik/JBKBAQoLZXZlbnRfdHlwZXMYAiADKAlCbLpIaZIBZhAQGAEiYHJeGEAyF15bXlxwe0NjfVxwe0NmfVxwe1p9XSokUg9jcmVkaXRzLmdyYW50ZWRSDWNyZWRpdHMuc3BlbnRSD2NyZWRpdHMuZXhwaXJlZFIQY3JlZGl0cy5yZWZ1bmRlZBIsChJiYWxhbmNlX3RocmVzaG9sZHMYAyADKANCELpIDZIBChAQGAEiBCICKAEiYgodQ3JlYXRlV2ViaG9va0VuZHBvaW50UmVzcG9uc2USMQoIZW5kcG9pbnQYASABKAsyHy5wbHVjdC5hZG1pbi52MS5XZWJob29rRW5kcG9pbnQSDgoGc2VjcmV0GAIgASgJIh0KG0xpc3RXZWJob29rRW5kcG9pbnRzUmVxdWVzdCJSChxMaXN0V2ViaG9va0VuZHBvaW50c1Jlc3BvbnNlEjIKCWVuZHBvaW50cxgBIAMoCzIfLnBsdWN0LmFkbWluLnYxLldlYmhvb2tFbmRwb2ludCJYChxEZWxldGVXZWJob29rRW5kcG9pbnRSZXF1ZXN0EjgKC2VuZHBvaW50X2lkGAEgASgJQiO6SCDIAQFyGxggMhdeW15ccHtDY31ccHtDZn1ccHtafV0qJCJSCh1EZWxldGVXZWJob29rRW5kcG9pbnRSZXNwb25zZRIxCghlbmRwb2ludBgBIAEoCzIfLnBsdWN0LmFkbWluLnYxLldlYmhvb2tFbmRwb2ludCJWChpSb3RhdGVXZWJob29rU2VjcmV0UmVxdWVzdBI4CgtlbmRwb2ludF9pZBgBIAEoCUIjukggyAEBchsYIDIXXlteXHB7Q2N9XHB7Q2Z9XHB7Wn1dKiQiYAobUm90YXRlV2ViaG9va1NlY3JldFJlc3BvbnNlEjEKCGVuZHBvaW50GAEgASgLMh8ucGx1Y3QuYWRtaW4udjEuV2ViaG9va0VuZHBvaW50Eg4KBnNlY3JldBgCIAEoCSLSAQoSUmVmdW5kU3BlbmRSZXF1ZXN0Eh8KDnRyYW5zYWN0aW9uX2lkGAEgASgDQge6SAQiAigBEhoKBmFtb3VudBgCIAEoA0IKukgHIgUYkE4oABJICgZyZWFzb24YAyABKAlCM7pIMHIuGPQDMileW15ceDAwLVx4MDhceDBiXHgwY1x4MGUtXHgxZlx4N2YtXHg5Zl0qJEgAiAEBEioKCnJlcXVlc3RfaWQYBCABKAlCFrpIE3IRGIABMgxeW15ccHtDY31dKiRCCQoHX3JlYXNvbiJaChNSZWZ1bmRTcGVuZFJlc3BvbnNlEiwKBnJlZnVuZBgBIAEoCzIcLnBsdWN0LmNyZWRpdC52MS5UcmFuc2FjdGlvbhIVCg1iYWxhbmNlX2FmdGVyGAIgASgDKmQKCVVzZXJPcmRlchIaChZVU0VSX09SREVSX1VOU1BFQ0lGSUVEEAASGwoXVVNFUl9PUkRFUl9ORVdFU1RfRklSU1QQARIeChpVU0VSX09SREVSX1JFQ0VOVF9BQ1RJVklUWRACKn0KEFRyYW5zYWN0aW9uT3JkZXISIQodVFJBTlNBQ1RJT05fT1JERVJfVU5TUEVDSUZJRUQQABIiCh5UUkFOU0FDVElPTl9PUkRFUl9ORVdFU1RfRklSU1QQARIiCh5UUkFOU0FDVElPTl9PUkRFUl9PTERFU1RfRklSU1QQAjKmEAoMQWRtaW5TZXJ2aWNlEnUKCUxpc3RVc2VycxIgLnBsdWN0LmFkbWluLnYxLkxpc3RVc2Vyc1JlcXVlc3QaIS5wbHVjdC5hZG1pbi52MS5MaXN0VXNlcnNSZXNwb25zZSIj0vMYBAgGEAOC0+STAhViBXVzZXJzEgwvYWRtaW4vdXNlcnMSmAEKEExpc3RUcmFuc2FjdGlvbnMSJy5wbHVjdC5hZG1pbi52MS5MaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBooLnBsdWN0LmFkbWluLnYxLkxpc3RUcmFuc2FjdGlvbnNSZXNwb25zZSIx0vMYBAgGEAOC0+STAiNiDHRyYW5zYWN0aW9ucxITL2FkbWluL3RyYW5zYWN0aW9ucxJ6CgpBZGRDcmVkaXRzEiEucGx1Y3QuYWRtaW4udjEuQWRkQ3JlZGl0c1JlcXVlc3QaIi5wbHVjdC5hZG1pbi52MS5BZGRDcmVkaXRzUmVzcG9uc2UiJdLzGAQIBhADgtPkkwIXOgEqIhIvYWRtaW4vY3JlZGl0cy9hZGQSYwoMQ3JlYXRlQXBpS2V5EiMucGx1Y3QuYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBokLnBsdWN0LmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlIgjS8xgECAYQAxJgCgtMaXN0QXBpS2V5cxIiLnBsdWN0LmFkbWluLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBojLnBsdWN0LmFkbWluLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiCNLzGAQIBhADEmMKDFJldm9rZUFwaUtleRIjLnBsdWN0LmFkbWluLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaJC5wbHVjdC5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXNwb25zZSII0vMYBAgGEAMSYwoMUmV2b2tlVG9rZW5zEiMucGx1Y3QuYWRtaW4udjEuUmV2b2tlVG9rZW5zUmVxdWVzdBokLnBsdWN0LmFkbWluLnYxLlJldm9rZVRva2Vuc1Jlc3BvbnNlIgjS8xgECAYQAxJ5CghTZXRQcmljZRIfLnBsdWN0LmFkbWluLnYxLlNldFByaWNlUmVxdWVzdBogLnBsdWN0LmFkbWluLnYxLlNldFByaWNlUmVzcG9uc2UiKtLzGAQIBhADgtPkkwIcOgEqGhcvYWRtaW4vcHJpY2VzL3tmZWF0dXJlfRJyCgpMaXN0UHJpY2VzEiEucGx1Y3QuYWRtaW4udjEuTGlzdFByaWNlc1JlcXVlc3QaIi5wbHVjdC5hZG1pbi52MS5MaXN0UHJpY2VzUmVzcG9uc2UiHdLzGAQIAhADgtPkkwIPEg0vYWRtaW4vcHJpY2VzEnkKC1JlZnVuZFNwZW5kEiIucGx1Y3QuYWRtaW4udjEuUmVmdW5kU3BlbmRSZXF1ZXN0GiMucGx1Y3QuYWRtaW4udjEuUmVmdW5kU3BlbmRSZXNwb25zZSIh0vMYBAgGEAOC0+STAhM6ASoiDi9hZG1pbi9yZWZ1bmRzEoIBCgpMaXN0RXZlbnRzEiEucGx1Y3QuYWRtaW4udjEuTGlzdEV2ZW50c1JlcXVlc3QaIi5wbHVjdC5hZG1pbi52MS5MaXN0RXZlbnRzUmVzcG9uc2UiLdLzGAQIBhADgtPkkwIfEh0vYWRtaW4vdXNlcnMve3VzZXJfaWR9L2V2ZW50cxKhAQoVQ3JlYXRlV2ViaG9va0VuZHBvaW50EiwucGx1Y3QuYWRtaW4udjEuQ3JlYXRlV2ViaG9va0VuZHBvaW50UmVxdWVzdBotLnBsdWN0LmFkbWluLnYxLkNyZWF0ZVdlYmhvb2tFbmRwb2ludFJlc3BvbnNlIivS8xgECAYQA4LT5JMCHToBKiIYL2FkbWluL3dlYmhvb2stZW5kcG9pbnRzEpsBChRMaXN0V2ViaG9va0VuZHBvaW50cxIrLnBsdWN0LmFkbWluLnYxLkxpc3RXZWJob29rRW5kcG9pbnRzUmVxdWVzdBosLnBsdWN0LmFkbWluLnYxLkxpc3RXZWJob29rRW5kcG9pbnRzUmVzcG9uc2UiKNLzGAQIBhADgtPkkwIaEhgvYWRtaW4vd2ViaG9vay1lbmRwb2ludHMSrAEKFURlbGV0ZVdlYmhvb2tFbmRwb2ludBIsLnBsdWN0LmFkbWluLnYxLkRlbGV0ZVdlYmhvb2tFbmRwb2ludFJlcXVlc3QaLS5wbHVjdC5hZG1pbi52MS5EZWxldGVXZWJob29rRW5kcG9pbnRSZXNwb25zZSI20vMYBAgGEAOC0+STAigqJi9hZG1pbi93ZWJob29rLWVuZHBvaW50cy97ZW5kcG9pbnRfaWR9ErQBChNSb3RhdGVXZWJob29rU2VjcmV0EioucGx1Y3QuYWRtaW4udjEuUm90YXRlV2ViaG9va1NlY3JldFJlcXVlc3QaKy5wbHVjdC5hZG1pbi52MS5Sb3RhdGVXZWJob29rU2VjcmV0UmVzcG9uc2UiRNLzGAQIBhADgtPkkwI2IjQvYWRtaW4vd2ViaG9vay1lbmRwb2ludHMve2VuZHBvaW50X2lkfS9yb3RhdGUtc2VjcmV0EmAKC0F1ZGl0TGVkZ2VyEiIucGx1Y3QuYWRtaW4udjEuQXVkaXRMZWRnZXJSZXF1ZXN0GiMucGx1Y3QuYWRtaW4udjEuQXVkaXRMZWRnZXJSZXNwb25zZSII0vMYBAgGEANiBnByb3RvMw", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_pluct_api_v1_auth, file_pluct_credit_v1_grant, file_pluct_credit_v1_ledger]);
 
 /**
  * User is one user's account summary.
@@ -922,6 +922,252 @@ export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PUR
   messageDesc(file_pluct_admin_v1_admin_service, 26);
 
 /**
+ * WebhookEndpoint is a URL that events are sent to, signed as Standard Webhooks defines.
+ *
+ * @generated from message pluct.admin.v1.WebhookEndpoint
+ */
+export type WebhookEndpoint = Message<"pluct.admin.v1.WebhookEndpoint"> & {
+  /**
+   * endpoint_id identifies the endpoint: an opaque string.
+   *
+   * @generated from field: string endpoint_id = 1;
+   */
+  endpointId: string;
+
+  /**
+   * url is where events are POSTed.
+   *
+   * @generated from field: string url = 2;
+   */
+  url: string;
+
+  /**
+   * event_types are the types sent to the endpoint; empty means every type.
+   *
+   * @generated from field: repeated string event_types = 3;
+   */
+  eventTypes: string[];
+
+  /**
+   * balance_thresholds are the balances whose crossing the endpoint hears of.
+   *
+   * @generated from field: repeated int64 balance_thresholds = 4;
+   */
+  balanceThresholds: bigint[];
+
+  /**
+   * create_time is when the endpoint was made.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * disabled is true when nothing is sent to the endpoint.
+   *
+   * @generated from field: bool disabled = 6;
+   */
+  disabled: boolean;
+};
+
+/**
+ * Describes the message pluct.admin.v1.WebhookEndpoint.
+ * Use `create(WebhookEndpointSchema)` to create a new message.
+ */
+export const WebhookEndpointSchema: GenMessage<WebhookEndpoint> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 27);
+
+/**
+ * CreateWebhookEndpointRequest describes the endpoint to make.
+ *
+ * @generated from message pluct.admin.v1.CreateWebhookEndpointRequest
+ */
+export type CreateWebhookEndpointRequest = Message<"pluct.admin.v1.CreateWebhookEndpointRequest"> & {
+  /**
+   * url is where events are POSTed: https, and not a loopback, private, link-local or metadata address.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * event_types are the types to send (credits.granted, credits.spent, credits.expired, credits.refunded); empty means every type.
+   *
+   * @generated from field: repeated string event_types = 2;
+   */
+  eventTypes: string[];
+
+  /**
+   * balance_thresholds are balances (1 or more) whose crossing the endpoint hears of.
+   *
+   * @generated from field: repeated int64 balance_thresholds = 3;
+   */
+  balanceThresholds: bigint[];
+};
+
+/**
+ * Describes the message pluct.admin.v1.CreateWebhookEndpointRequest.
+ * Use `create(CreateWebhookEndpointRequestSchema)` to create a new message.
+ */
+export const CreateWebhookEndpointRequestSchema: GenMessage<CreateWebhookEndpointRequest> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 28);
+
+/**
+ * CreateWebhookEndpointResponse is the endpoint made, and its secret.
+ *
+ * @generated from message pluct.admin.v1.CreateWebhookEndpointResponse
+ */
+export type CreateWebhookEndpointResponse = Message<"pluct.admin.v1.CreateWebhookEndpointResponse"> & {
+  /**
+   * endpoint is the endpoint made.
+   *
+   * @generated from field: pluct.admin.v1.WebhookEndpoint endpoint = 1;
+   */
+  endpoint?: WebhookEndpoint | undefined;
+
+  /**
+   * secret signs every delivery: whsec_ and the base64 of 32 random bytes. Shown once; keep it.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message pluct.admin.v1.CreateWebhookEndpointResponse.
+ * Use `create(CreateWebhookEndpointResponseSchema)` to create a new message.
+ */
+export const CreateWebhookEndpointResponseSchema: GenMessage<CreateWebhookEndpointResponse> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 29);
+
+/**
+ * ListWebhookEndpointsRequest asks for every webhook endpoint.
+ *
+ * @generated from message pluct.admin.v1.ListWebhookEndpointsRequest
+ */
+export type ListWebhookEndpointsRequest = Message<"pluct.admin.v1.ListWebhookEndpointsRequest"> & {
+};
+
+/**
+ * Describes the message pluct.admin.v1.ListWebhookEndpointsRequest.
+ * Use `create(ListWebhookEndpointsRequestSchema)` to create a new message.
+ */
+export const ListWebhookEndpointsRequestSchema: GenMessage<ListWebhookEndpointsRequest> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 30);
+
+/**
+ * ListWebhookEndpointsResponse lists every webhook endpoint, oldest first.
+ *
+ * @generated from message pluct.admin.v1.ListWebhookEndpointsResponse
+ */
+export type ListWebhookEndpointsResponse = Message<"pluct.admin.v1.ListWebhookEndpointsResponse"> & {
+  /**
+   * endpoints are every webhook endpoint, oldest first, without secrets.
+   *
+   * @generated from field: repeated pluct.admin.v1.WebhookEndpoint endpoints = 1;
+   */
+  endpoints: WebhookEndpoint[];
+};
+
+/**
+ * Describes the message pluct.admin.v1.ListWebhookEndpointsResponse.
+ * Use `create(ListWebhookEndpointsResponseSchema)` to create a new message.
+ */
+export const ListWebhookEndpointsResponseSchema: GenMessage<ListWebhookEndpointsResponse> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 31);
+
+/**
+ * DeleteWebhookEndpointRequest names the endpoint to remove.
+ *
+ * @generated from message pluct.admin.v1.DeleteWebhookEndpointRequest
+ */
+export type DeleteWebhookEndpointRequest = Message<"pluct.admin.v1.DeleteWebhookEndpointRequest"> & {
+  /**
+   * endpoint_id is the endpoint to remove.
+   *
+   * @generated from field: string endpoint_id = 1;
+   */
+  endpointId: string;
+};
+
+/**
+ * Describes the message pluct.admin.v1.DeleteWebhookEndpointRequest.
+ * Use `create(DeleteWebhookEndpointRequestSchema)` to create a new message.
+ */
+export const DeleteWebhookEndpointRequestSchema: GenMessage<DeleteWebhookEndpointRequest> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 32);
+
+/**
+ * DeleteWebhookEndpointResponse is the endpoint removed.
+ *
+ * @generated from message pluct.admin.v1.DeleteWebhookEndpointResponse
+ */
+export type DeleteWebhookEndpointResponse = Message<"pluct.admin.v1.DeleteWebhookEndpointResponse"> & {
+  /**
+   * endpoint is the endpoint as it was.
+   *
+   * @generated from field: pluct.admin.v1.WebhookEndpoint endpoint = 1;
+   */
+  endpoint?: WebhookEndpoint | undefined;
+};
+
+/**
+ * Describes the message pluct.admin.v1.DeleteWebhookEndpointResponse.
+ * Use `create(DeleteWebhookEndpointResponseSchema)` to create a new message.
+ */
+export const DeleteWebhookEndpointResponseSchema: GenMessage<DeleteWebhookEndpointResponse> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 33);
+
+/**
+ * RotateWebhookSecretRequest names the endpoint whose secret to replace.
+ *
+ * @generated from message pluct.admin.v1.RotateWebhookSecretRequest
+ */
+export type RotateWebhookSecretRequest = Message<"pluct.admin.v1.RotateWebhookSecretRequest"> & {
+  /**
+   * endpoint_id is the endpoint whose secret to replace.
+   *
+   * @generated from field: string endpoint_id = 1;
+   */
+  endpointId: string;
+};
+
+/**
+ * Describes the message pluct.admin.v1.RotateWebhookSecretRequest.
+ * Use `create(RotateWebhookSecretRequestSchema)` to create a new message.
+ */
+export const RotateWebhookSecretRequestSchema: GenMessage<RotateWebhookSecretRequest> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 34);
+
+/**
+ * RotateWebhookSecretResponse is the endpoint's new secret.
+ *
+ * @generated from message pluct.admin.v1.RotateWebhookSecretResponse
+ */
+export type RotateWebhookSecretResponse = Message<"pluct.admin.v1.RotateWebhookSecretResponse"> & {
+  /**
+   * endpoint is the endpoint.
+   *
+   * @generated from field: pluct.admin.v1.WebhookEndpoint endpoint = 1;
+   */
+  endpoint?: WebhookEndpoint | undefined;
+
+  /**
+   * secret is the new secret, shown once; the previous one also signs for 24 hours.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message pluct.admin.v1.RotateWebhookSecretResponse.
+ * Use `create(RotateWebhookSecretResponseSchema)` to create a new message.
+ */
+export const RotateWebhookSecretResponseSchema: GenMessage<RotateWebhookSecretResponse> = /*@__PURE__*/
+  messageDesc(file_pluct_admin_v1_admin_service, 35);
+
+/**
  * RefundSpendRequest names the spend to give credits back of, and how many.
  *
  * @generated from message pluct.admin.v1.RefundSpendRequest
@@ -961,7 +1207,7 @@ export type RefundSpendRequest = Message<"pluct.admin.v1.RefundSpendRequest"> & 
  * Use `create(RefundSpendRequestSchema)` to create a new message.
  */
 export const RefundSpendRequestSchema: GenMessage<RefundSpendRequest> = /*@__PURE__*/
-  messageDesc(file_pluct_admin_v1_admin_service, 27);
+  messageDesc(file_pluct_admin_v1_admin_service, 36);
 
 /**
  * RefundSpendResponse is the refund written.
@@ -989,7 +1235,7 @@ export type RefundSpendResponse = Message<"pluct.admin.v1.RefundSpendResponse"> 
  * Use `create(RefundSpendResponseSchema)` to create a new message.
  */
 export const RefundSpendResponseSchema: GenMessage<RefundSpendResponse> = /*@__PURE__*/
-  messageDesc(file_pluct_admin_v1_admin_service, 28);
+  messageDesc(file_pluct_admin_v1_admin_service, 37);
 
 /**
  * UserOrder is the order ListUsers lists users in.
@@ -1174,6 +1420,46 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListEventsRequestSchema;
     output: typeof ListEventsResponseSchema;
+  },
+  /**
+   * CreateWebhookEndpoint registers a URL that events are sent to, and returns its signing secret, once. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (a URL that is not https, or names a loopback, private, link-local or metadata address; an unknown event type; a threshold below 1), RESOURCE_EXHAUSTED, UNAVAILABLE.
+   *
+   * @generated from rpc pluct.admin.v1.AdminService.CreateWebhookEndpoint
+   */
+  createWebhookEndpoint: {
+    methodKind: "unary";
+    input: typeof CreateWebhookEndpointRequestSchema;
+    output: typeof CreateWebhookEndpointResponseSchema;
+  },
+  /**
+   * ListWebhookEndpoints lists every webhook endpoint, oldest first, without their secrets. Errors: UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+   *
+   * @generated from rpc pluct.admin.v1.AdminService.ListWebhookEndpoints
+   */
+  listWebhookEndpoints: {
+    methodKind: "unary";
+    input: typeof ListWebhookEndpointsRequestSchema;
+    output: typeof ListWebhookEndpointsResponseSchema;
+  },
+  /**
+   * DeleteWebhookEndpoint removes a webhook endpoint; nothing more is sent to it. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE.
+   *
+   * @generated from rpc pluct.admin.v1.AdminService.DeleteWebhookEndpoint
+   */
+  deleteWebhookEndpoint: {
+    methodKind: "unary";
+    input: typeof DeleteWebhookEndpointRequestSchema;
+    output: typeof DeleteWebhookEndpointResponseSchema;
+  },
+  /**
+   * RotateWebhookSecret gives an endpoint a new signing secret, returned once; the previous one signs beside it for 24 hours. Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE.
+   *
+   * @generated from rpc pluct.admin.v1.AdminService.RotateWebhookSecret
+   */
+  rotateWebhookSecret: {
+    methodKind: "unary";
+    input: typeof RotateWebhookSecretRequestSchema;
+    output: typeof RotateWebhookSecretResponseSchema;
   },
   /**
    * AuditLedger checks every user against its ledger: balance = sum of entries, no negative balance, one token per spend. Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.

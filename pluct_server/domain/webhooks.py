@@ -1,0 +1,119 @@
+"""Webhook endpoints: where events go, each URL checked, each secret made here and shown once."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import secrets
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from pluct_server.domain.errors import InvalidArgument, WebhookEndpointNotFound
+from pluct_server.store.webhook_endpoint_store import WebhookEndpointStore
+from pluct_server.values.records import WebhookEndpoint
+
+# Standard Webhooks' secret: whsec_ and the base64 of the key's bytes.
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32
+# After a rotation both secrets sign, so a receiver can switch without missing a delivery.
+SECRET_OVERLAP = timedelta(hours=24)
+
+
+def new_secret() -> str:
+    """Return a fresh signing secret."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def checked_url(url: str, allow_private: bool) -> str:
+    """Return `url` if events may be sent there; refuse it with INVALID_ARGUMENT otherwise.
+
+    Without `allow_private`, only https to a public host: a name is checked again for the
+    addresses it resolves to when a delivery connects, as a name can change what it points at.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise InvalidArgument("url", "url is not a URL") from None
+    schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in schemes:
+        raise InvalidArgument("url", f"url must start with {' or '.join(schemes)}://")
+    host = parts.hostname
+    if not host:
+        raise InvalidArgument("url", "url names no host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidArgument("url", "url must not carry credentials: the signature proves us")
+    if port == 0:
+        raise InvalidArgument("url", "url names port 0")
+    if not allow_private and not public_host(host):
+        raise InvalidArgument(
+            "url",
+            "url names a loopback, private, link-local or metadata address; events go to "
+            "public hosts only (PLUCT_EVENTS_ALLOW_PRIVATE_URLS allows others)",
+        )
+    return url
+
+
+def public_host(host: str) -> bool:
+    """Tell whether a URL's host may be public: not local by name, not a non-global address."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return False
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return True  # a name: what it resolves to is checked when connecting
+    return public_address(address)
+
+
+def public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Tell whether events may go to `address`: only a globally routable one."""
+    # Never loopback, private, link-local (the cloud metadata address among them), shared or
+    # reserved; an IPv4 address written as IPv6 is judged as itself.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global
+
+
+class WebhookEndpoints:
+    """Makes, lists, removes and re-keys the endpoints events go to."""
+
+    def __init__(self, store: WebhookEndpointStore, allow_private: bool) -> None:
+        self._store = store
+        self._allow_private = allow_private
+
+    async def create(
+        self, url: str, event_types: list[str], thresholds: list[int]
+    ) -> tuple[WebhookEndpoint, str]:
+        """Make an endpoint; return it and its secret, which is shown this once."""
+        # The event types and thresholds were checked by the field rules (the protos' `in`).
+        checked_url(url, self._allow_private)
+        secret = new_secret()
+        endpoint = await self._store.create(url, event_types, sorted(thresholds), secret)
+        return endpoint, secret
+
+    async def all(self) -> list[WebhookEndpoint]:
+        """Return every endpoint, oldest first."""
+        return await self._store.all()
+
+    async def delete(self, endpoint_id: str) -> WebhookEndpoint:
+        """Remove an endpoint; return it as it was."""
+        removed = await self._store.delete(_endpoint_key(endpoint_id))
+        if removed is None:
+            raise WebhookEndpointNotFound(endpoint_id)
+        return removed
+
+    async def rotate(self, endpoint_id: str) -> tuple[WebhookEndpoint, str]:
+        """Give an endpoint a new secret, shown this once; the old one signs a day more."""
+        secret = new_secret()
+        endpoint = await self._store.rotate(_endpoint_key(endpoint_id), secret, SECRET_OVERLAP)
+        if endpoint is None:
+            raise WebhookEndpointNotFound(endpoint_id)
+        return endpoint, secret
+
+
+def _endpoint_key(endpoint_id: str) -> int:
+    """Return the row an endpoint id names; an id we never gave out names none."""
+    if not (endpoint_id.isascii() and endpoint_id.isdigit()) or not 0 < int(endpoint_id) < 2**63:
+        raise WebhookEndpointNotFound(endpoint_id)
+    return int(endpoint_id)
