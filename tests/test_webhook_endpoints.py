@@ -170,6 +170,12 @@ PRIVATE_URLS = [
     "https://[fe80::1]/pluct",
     "https://[fd00:ec2::254]/pluct",
     "https://[::ffff:127.0.0.1]/pluct",
+    # 127.0.0.1 and 10.0.0.1 as resolvers still read them.
+    "https://2130706433/pluct",
+    "https://0x7f000001/pluct",
+    "https://0177.0.0.1/pluct",
+    "https://127.1/pluct",
+    "https://10.1/pluct",
 ]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import secrets
+import socket
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -17,6 +19,8 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 # After a rotation both secrets sign, so a receiver can switch without missing a delivery.
 SECRET_OVERLAP = timedelta(hours=24)
+# Digits, hex digits, x and dots only: what inet_aton may read as an IPv4 address.
+_LEGACY_IPV4 = re.compile(r"^[0-9a-fx.]+$")
 
 
 def new_secret() -> str:
@@ -62,8 +66,25 @@ def public_host(host: str) -> bool:
     try:
         address = ipaddress.ip_address(name)
     except ValueError:
-        return True  # a name: what it resolves to is checked when connecting
+        legacy = _legacy_ipv4(name)
+        if legacy is None:
+            return True  # a name: what it resolves to is for the sender to check
+        address = legacy
     return public_address(address)
+
+
+def _legacy_ipv4(name: str) -> ipaddress.IPv4Address | None:
+    """Return the address of an IPv4 host written as resolvers still read it, or None.
+
+    2130706433, 0x7f000001, 0177.0.0.1 and 127.1 all reach 127.0.0.1 through getaddrinfo;
+    each must be judged as the address it is, not waved through as a name.
+    """
+    if not _LEGACY_IPV4.match(name):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(name))
+    except OSError:
+        return None
 
 
 def public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
