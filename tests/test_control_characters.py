@@ -56,7 +56,7 @@ async def stored(db: Any) -> tuple[Any, ...]:
         " (SELECT count(revoke_time) FROM api_keys), (SELECT count(*) FROM token_revocations),"
         " (SELECT count(*) FROM prices), (SELECT sum(version) FROM prices),"
         " (SELECT count(*) FROM webhook_endpoints),"
-        " (SELECT count(previous_secret) FROM webhook_endpoints)"
+        " (SELECT sum(cardinality(previous_secrets)) FROM webhook_endpoints)"
     )
     return tuple(row)
 

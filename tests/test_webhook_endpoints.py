@@ -55,7 +55,8 @@ async def stored_secrets(dsn: str, endpoint_id: str) -> asyncpg.Record:
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow(
-            "SELECT secret, previous_secret, previous_secret_expire_time - now() AS overlap"
+            "SELECT secret, previous_secrets,"
+            " array(SELECT t - now() FROM unnest(previous_secret_expire_times) t) AS overlaps"
             " FROM webhook_endpoints WHERE endpoint_id = $1",
             int(endpoint_id),
         )
@@ -85,19 +86,21 @@ async def test_an_endpoint_is_made_with_a_secret_shown_once(admin):
     assert made.secret.encode() not in everything.SerializeToString()
 
 
-async def test_a_rotated_secret_signs_beside_the_old_one_for_a_day(admin, database_dsn):
+async def test_a_rotated_secret_signs_beside_the_old_ones_for_a_day(admin, database_dsn):
     made = await create(admin)
+    rotate = admin_pb.RotateWebhookSecretRequest(endpoint_id=made.endpoint.endpoint_id)
 
-    rotated = await admin.RotateWebhookSecret(
-        admin_pb.RotateWebhookSecretRequest(endpoint_id=made.endpoint.endpoint_id),
-        metadata=ADMIN_METADATA,
-    )
+    rotated = await admin.RotateWebhookSecret(rotate, metadata=ADMIN_METADATA)
+    again = await admin.RotateWebhookSecret(rotate, metadata=ADMIN_METADATA)
 
     row = await stored_secrets(database_dsn, made.endpoint.endpoint_id)
-    assert rotated.endpoint == made.endpoint
-    assert len(key_of(rotated.secret)) == 32 and rotated.secret != made.secret
-    assert (row["secret"], row["previous_secret"]) == (rotated.secret, made.secret)
-    assert timedelta(hours=23, minutes=59) < row["overlap"] <= timedelta(hours=24)
+    assert rotated.endpoint == again.endpoint == made.endpoint
+    assert len(key_of(rotated.secret)) == 32
+    assert len({made.secret, rotated.secret, again.secret}) == 3
+    # A second rotation within the day drops neither secret it replaced.
+    assert row["secret"] == again.secret
+    assert row["previous_secrets"] == [made.secret, rotated.secret]
+    assert all(timedelta(hours=23, minutes=59) < o <= timedelta(hours=24) for o in row["overlaps"])
 
 
 async def test_a_deleted_endpoint_is_gone_and_an_unknown_one_is_not_found(admin):
@@ -176,6 +179,17 @@ PRIVATE_URLS = [
     "https://0177.0.0.1/pluct",
     "https://127.1/pluct",
     "https://10.1/pluct",
+    # Look-alike digits and dots that resolvers fold into 127.0.0.1 and 169.254.169.254.
+    "https://\uff11\uff12\uff17.\uff10.\uff10.\uff11/pluct",
+    "https://127\u30020\u30020\u30021/pluct",
+    "https://\uff11\uff16\uff19.\uff12\uff15\uff14.\uff11\uff16\uff19.\uff12\uff15\uff14/",
+    # IPv6 addresses that carry a private IPv4 one, and ranges never a receiver.
+    "https://[::127.0.0.1]/pluct",
+    "https://[::ffff:0:7f00:1]/pluct",
+    "https://[64:ff9b::a9fe:a9fe]/",
+    "https://[2002:a9fe:a9fe::]/",
+    "https://[fec0::1]/pluct",
+    "https://[ff02::1]/pluct",
 ]
 
 

@@ -19,6 +19,14 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 # After a rotation both secrets sign, so a receiver can switch without missing a delivery.
 SECRET_OVERLAP = timedelta(hours=24)
+# IPv6 ranges whose last 32 bits are an IPv4 address: compatible, translated, NAT64.
+_CARRIES_IPV4 = tuple(
+    ipaddress.IPv6Network(net) for net in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96")
+)
+# Never a receiver: local-use NAT64, Teredo, deprecated site-local.
+_REFUSED_IPV6 = tuple(
+    ipaddress.IPv6Network(net) for net in ("64:ff9b:1::/48", "2001::/32", "fec0::/10")
+)
 # Digits, hex digits, x and dots only: what inet_aton may read as an IPv4 address.
 _LEGACY_IPV4 = re.compile(r"^[0-9a-fx.]+$")
 
@@ -43,8 +51,11 @@ def checked_url(url: str, allow_private: bool) -> str:
     if parts.scheme not in schemes:
         raise InvalidArgument("url", f"url must start with {' or '.join(schemes)}://")
     host = parts.hostname
-    if not host:
+    if not host or not host.strip("."):
         raise InvalidArgument("url", "url names no host")
+    if not host.isascii():
+        # Resolvers fold full-width digits and other look-alikes into addresses (127.0.0.1).
+        raise InvalidArgument("url", "url must name an ASCII host: an international name in xn--")
     if parts.username is not None or parts.password is not None:
         raise InvalidArgument("url", "url must not carry credentials: the signature proves us")
     if port == 0:
@@ -89,11 +100,18 @@ def _legacy_ipv4(name: str) -> ipaddress.IPv4Address | None:
 
 def public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Tell whether events may go to `address`: only a globally routable one."""
-    # Never loopback, private, link-local (the cloud metadata address among them), shared or
-    # reserved; an IPv4 address written as IPv6 is judged as itself.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global
+    # Never loopback, private, link-local (the cloud metadata address among them), shared,
+    # reserved or multicast. An IPv6 address that carries an IPv4 one (mapped, compatible,
+    # translated, NAT64, 6to4) is judged as the address it reaches.
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_multicast or any(address in net for net in _REFUSED_IPV6):
+            return False
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and any(address in net for net in _CARRIES_IPV4):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return public_address(embedded)
+    return address.is_global and not address.is_multicast
 
 
 class WebhookEndpoints:

@@ -18,11 +18,21 @@ VALUES ($1, $2, $3, $4) RETURNING {_COLUMNS}
 """
 _LIST = f"SELECT {_COLUMNS} FROM webhook_endpoints ORDER BY endpoint_id"
 _DELETE = f"DELETE FROM webhook_endpoints WHERE endpoint_id = $1 RETURNING {_COLUMNS}"
-# The secret being replaced keeps signing for `overlap`, so receivers can switch without a gap.
+# The secret being replaced keeps signing for `overlap`, so receivers can switch without a gap,
+# beside any replaced before whose time is not up; those whose time is up are dropped.
 _ROTATE = f"""
-UPDATE webhook_endpoints
-   SET previous_secret = secret, previous_secret_expire_time = now() + $3::interval, secret = $2
- WHERE endpoint_id = $1
+UPDATE webhook_endpoints e
+   SET (previous_secrets, previous_secret_expire_times) = (
+           SELECT array_agg(kept.secret ORDER BY kept.until),
+                  array_agg(kept.until ORDER BY kept.until)
+             FROM (SELECT p.secret, p.until
+                     FROM unnest(e.previous_secrets, e.previous_secret_expire_times)
+                          AS p(secret, until)
+                    WHERE p.until > now()
+                   UNION ALL
+                   SELECT e.secret, now() + $3::interval) AS kept),
+       secret = $2
+ WHERE e.endpoint_id = $1
 RETURNING {_COLUMNS}
 """
 
@@ -37,7 +47,7 @@ class WebhookEndpointStore:
         self, url: str, event_types: list[str], thresholds: list[int], secret: str
     ) -> WebhookEndpoint:
         """Store a new endpoint with its secret; return it."""
-        row = await self._db.fetchrow(_CREATE, url, event_types, thresholds, secret)
+        row = await self._db.fetchrow(_CREATE, url, event_types, thresholds, secret, writes=True)
         assert row is not None
         return _endpoint(row)
 
@@ -47,14 +57,14 @@ class WebhookEndpointStore:
 
     async def delete(self, endpoint_id: int) -> WebhookEndpoint | None:
         """Remove an endpoint; return it as it was, or None when there is none."""
-        row = await self._db.fetchrow(_DELETE, endpoint_id)
+        row = await self._db.fetchrow(_DELETE, endpoint_id, writes=True)
         return None if row is None else _endpoint(row)
 
     async def rotate(
         self, endpoint_id: int, secret: str, overlap: timedelta
     ) -> WebhookEndpoint | None:
         """Give an endpoint `secret`; the one it replaces signs for `overlap` more."""
-        row = await self._db.fetchrow(_ROTATE, endpoint_id, secret, overlap)
+        row = await self._db.fetchrow(_ROTATE, endpoint_id, secret, overlap, writes=True)
         return None if row is None else _endpoint(row)
 
 

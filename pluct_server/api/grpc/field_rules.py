@@ -35,10 +35,10 @@ PATTERN_WORDS: Mapping[str, str] = MappingProxyType(
             "must not be empty or contain control, format (invisible) or whitespace characters"
         ),
         r"^[^\p{Cc}]*$": "must not contain control characters",
-        r"^https?://([^\p{Cc}\p{Cf}\p{Z}/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+        r"^https?://([A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
         r"([/?#][^\p{Cc}\p{Cf}\p{Z}]*)?$": (
-            "must be an http or https URL with a host, without credentials, spaces or control "
-            "characters"
+            "must be an http or https URL with an ASCII host (an international name in its "
+            "xn-- form), without credentials, spaces or control characters"
         ),
         r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$": (
             "must not contain control characters other than tab, line feed and carriage return"

@@ -7,11 +7,12 @@ CREATE TABLE webhook_endpoints (
     event_types        text[]      NOT NULL DEFAULT '{}',
     balance_thresholds bigint[]    NOT NULL DEFAULT '{}',
     -- whsec_ and the base64 of 32 random bytes. Kept as it is given, because every delivery is
-    -- signed with it; after a rotation the previous one signs beside it until it expires.
-    secret                      text        NOT NULL,
-    previous_secret             text,
-    previous_secret_expire_time timestamptz,
+    -- signed with it; after a rotation each secret it replaced signs beside it until its time
+    -- is up, however many rotations come in between.
+    secret                      text          NOT NULL,
+    previous_secrets            text[]        NOT NULL DEFAULT '{}',
+    previous_secret_expire_times timestamptz[] NOT NULL DEFAULT '{}',
     disabled           boolean     NOT NULL DEFAULT false,
     create_time        timestamptz NOT NULL DEFAULT now(),
-    CHECK ((previous_secret IS NULL) = (previous_secret_expire_time IS NULL))
+    CHECK (cardinality(previous_secrets) = cardinality(previous_secret_expire_times))
 );
