@@ -190,7 +190,7 @@ async def _audit(dsn: str, settings: Settings) -> int:
     )
     await database.open()
     try:
-        report = await audit(AuditStore(database))
+        report = await audit(AuditStore(database, settings.events_retention))
     finally:
         await database.close()
     for problem in report.problems:

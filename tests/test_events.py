@@ -383,3 +383,27 @@ async def time_passes_for_history(dsn: str, seconds: float) -> None:
             await conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
     finally:
         await conn.close()
+
+
+async def test_a_temporary_table_named_events_never_takes_a_ledger_entrys_event(
+    server, serving_dsn, database_dsn
+):
+    user_id = new_user_id("diverted")
+    conn = await asyncpg.connect(serving_dsn)  # as the role the server serves as
+    try:
+        await conn.execute(
+            "CREATE TEMP TABLE events (user_id text, event_id bigint, type text,"
+            " transaction_id bigint, create_time timestamptz)"
+        )
+        await conn.execute(
+            "SELECT * FROM pluct_credit($1, 4, 'admin_add', 'diverted?', 'tests',"
+            " 'promotional', 50, 'admin', NULL, NULL, false, NULL, NULL, NULL, NULL)",
+            user_id,
+        )
+        diverted = await conn.fetchval("SELECT count(*) FROM pg_temp.events")
+    finally:
+        await conn.close()
+
+    events, entries = await events_and_entries(database_dsn, user_id)
+    assert diverted == 0
+    assert events == [("credits.granted", entries[0])]

@@ -39,6 +39,13 @@ FORBIDDEN = [
     "LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
     "ALTER TABLE ledger OWNER TO CURRENT_USER",
     "INSERT INTO schema_migrations (version, name) VALUES (999, 'x')",
+    # Events are written and purged by the owner's functions alone: none forged, none lost.
+    "INSERT INTO events (user_id, type, transaction_id, create_time)"
+    " VALUES ('x', 'credits.granted', 1, now())",
+    "DELETE FROM events",
+    "UPDATE events SET type = 'credits.granted'",
+    "CREATE OR REPLACE FUNCTION ledger_writes_event() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
 ]
 
 

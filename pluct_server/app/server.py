@@ -293,7 +293,7 @@ class PluctServer:
                 ledger,
                 self.api_keys,
                 self.revocations,
-                AuditStore(self.database),
+                AuditStore(self.database, settings.events_retention),
                 Prices(PriceStore(self.database)),
                 events,
                 WebhookEndpoints(

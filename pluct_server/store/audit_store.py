@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 
@@ -12,8 +13,8 @@ from pluct_server.store.database import Database
 # ledger says; when its ledger holds a spend that did not buy one token for a whole price (a
 # default spend, or one from before features, is exactly one credit, any spend at least one);
 # when its balance is not what remains of its grants; or when a grant's remainder is not its
-# amount less what spends drew from it; or when an entry written since the oldest event kept
-# (an event's time is its entry's, and events go oldest first) has not exactly one event.
+# amount less what spends drew from it; or when an entry written since events began and within
+# their retention (an event's time is its entry's) has not exactly one event.
 _PROBLEMS = """
 WITH books AS (
     SELECT user_id,
@@ -65,7 +66,9 @@ WITH books AS (
       FROM ledger l
       LEFT JOIN (SELECT user_id, transaction_id, count(*) AS n FROM events GROUP BY 1, 2) e
              ON e.user_id = l.user_id AND e.transaction_id = l.id
-     WHERE l.created_at >= (SELECT min(create_time) FROM events)
+     WHERE l.created_at >= greatest(
+               (SELECT applied_at FROM schema_migrations WHERE version = $2),
+               now() - make_interval(secs => $3))
      GROUP BY l.user_id
 )
 SELECT u.user_id, u.balance, u.transaction_count, u.total_spent,
@@ -113,16 +116,23 @@ class Books:
     unevented: int = 0
 
 
+# The migration that began events: entries before it have none.
+EVENTS_BEGAN = 14
+
+
 class AuditStore:
     """Reads the users whose books disagree."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, events_retention: timedelta) -> None:
         self._db = database
+        self._events_retention = events_retention
 
     async def disagreeing(self, limit: int) -> tuple[int, list[Books]]:
         """Return how many users there are, and up to `limit` whose books disagree."""
         users = await self._db.fetchrow(_USERS)
-        rows = await self._db.fetch(_PROBLEMS, limit)
+        rows = await self._db.fetch(
+            _PROBLEMS, limit, EVENTS_BEGAN, self._events_retention.total_seconds()
+        )
         assert users is not None
         return int(users[0]), [_books(row) for row in rows]
 

@@ -22,8 +22,9 @@ SELECT e.event_id, e.type, e.create_time, e.user_id, e.transaction_id,
 """
 
 
-# Whole seconds, as PLUCT_EVENTS_RETENTION is given: events older than that go.
-_PURGE = "DELETE FROM events WHERE create_time < now() - make_interval(secs => $1)"
+# Whole seconds, as PLUCT_EVENTS_RETENTION is given: events older than that go (through the
+# owner's function: the serving role may not delete events itself).
+_PURGE = "SELECT pluct_purge_events(make_interval(secs => $1))"
 
 
 class EventStore:
@@ -38,8 +39,9 @@ class EventStore:
 
     async def purge(self, retention: timedelta) -> int:
         """Delete every event older than `retention`; return how many."""
-        status = await self._db.execute(_PURGE, retention.total_seconds())
-        return int(status.rsplit(" ", 1)[-1])
+        row = await self._db.fetchrow(_PURGE, retention.total_seconds(), writes=True)
+        assert row is not None
+        return int(row[0])
 
 
 def _event(row: asyncpg.Record) -> Event:

@@ -27,9 +27,9 @@ SERVING_PRIVILEGES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "prices": ("SELECT", "INSERT", "UPDATE"),
         # Grants are never deleted: what a user was given, and what became of it, stays.
         "grants": ("SELECT", "INSERT", "UPDATE"),
-        # Written by the ledger's trigger as the role that writes the entry; purged after
-        # their retention.
-        "events": ("SELECT", "INSERT", "DELETE"),
+        # Written by the ledger's trigger and purged by pluct_purge_events, both as the owner:
+        # a server only reads them.
+        "events": ("SELECT",),
         "webhook_endpoints": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "schema_migrations": ("SELECT",),
         "schema_functions": ("SELECT",),

@@ -121,6 +121,12 @@ async def apply_functions(conn: asyncpg.Connection, functions: list[FunctionFile
             await conn.execute(_SCHEMA_FUNCTIONS)
             # Bodies are checked as they run, against the schema migrations are about to make.
             await conn.execute("SET LOCAL check_function_bodies = off")
+            # What a SECURITY DEFINER function's `SET search_path FROM CURRENT` keeps: this
+            # schema, then pg_temp, so a caller's temporary table never stands in for ours.
+            await conn.execute(
+                "SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp',"
+                " true)"
+            )
             await conn.execute(function.sql, timeout=_MIGRATION_TIMEOUT_SECONDS)
         except asyncpg.InsufficientPrivilegeError as error:
             raise MigrationNotAllowed(
