@@ -38,6 +38,7 @@ from bench.report import (
     CREDIT,
     EMPTY,
     PGBENCH,
+    PGBENCH_BEFORE,
     PGBENCH_HOT,
     PGBENCH_THREE,
     SHIM_BALANCE,
@@ -48,9 +49,15 @@ from bench.report import (
     render,
     write_chart,
 )
-from bench.workloads import THREE_GRANT_FEATURE, pgbench_script, wrk_script
+from bench.workloads import (
+    THREE_GRANT_FEATURE,
+    pgbench_before_script,
+    pgbench_script,
+    wrk_script,
+)
 from pluct_server.runtime.embedded_postgres import postgres_tool
 from pluct_server.values.settings import Settings
+from tests.support import schema_before, scratch_database
 
 OUT = Path(__file__).parent / "out"
 ADMIN = (("authorization", f"Bearer {SECRETS['ADMIN_SECRET']}"),)
@@ -152,6 +159,27 @@ async def fund(dsn: str) -> None:
         await conn.close()
 
 
+# The migration that brought prices and, after it, grants: the baseline stops before it.
+FIRST_GRANTS_MIGRATION = 9
+BEFORE_GRANTS_SQL = Path(__file__).with_name("sql") / "spend_before_grants.sql"
+
+
+async def fund_before_grants(dsn: str) -> None:
+    """Migrate a database as far as before grants, with the spend of then; fund its users."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await schema_before(conn, FIRST_GRANTS_MIGRATION)
+        await conn.execute(BEFORE_GRANTS_SQL.read_text(encoding="utf-8"))
+        await conn.execute(
+            "INSERT INTO users (user_id, balance, transaction_count)"
+            " SELECT 'u' || n, 100000000, 0 FROM generate_series(1, $1) n",
+            USERS,
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
 async def caller_key(service: Service) -> tuple[str, str]:
     """Make the API key an internal caller would use; return its secret and a vended token."""
     async with grpc.aio.insecure_channel(service.grpc_target) as channel:
@@ -246,8 +274,10 @@ async def run(plan: Plan) -> Path:
     async with (
         postgres_server() as server_url,
         running_service(server_url, SERVICE_SETTINGS) as service,
+        scratch_database(server_url) as before_grants_dsn,
     ):
         await fund(service.dsn)
+        await fund_before_grants(before_grants_dsn)
         secret, token = await caller_key(service)
         workers = len(workers_of(service))
         bodies = _bodies(raw, token)
@@ -278,11 +308,11 @@ async def run(plan: Plan) -> Path:
                 log=raw / f"http-{name}-{c}.txt",
             )  # fmt: skip
 
-        def db_load(name: str) -> Load:
-            script = pgbench_script(raw / f"spend-{name}.sql", name, USERS)
+        def db_load(name: str, script: Path | None = None, dsn: str | None = None) -> Load:
+            script = script or pgbench_script(raw / f"spend-{name}.sql", name, USERS)
             return lambda c: pgbench(
-                service.dsn, script, concurrency=min(c, PGBENCH_MAX_CLIENTS), seconds=plan.seconds,
-                log_dir=raw / f"pgbench-{name}-{c}", tool=pgbench_tool,
+                dsn or service.dsn, script, concurrency=min(c, PGBENCH_MAX_CLIENTS),
+                seconds=plan.seconds, log_dir=raw / f"pgbench-{name}-{c}", tool=pgbench_tool,
             )  # fmt: skip
 
         token_service = "pluct.token.v1.TokenService"
@@ -299,6 +329,15 @@ async def run(plan: Plan) -> Path:
             (PGBENCH, db_load("uniform"), False),
             (PGBENCH_HOT, db_load("hot"), False),
             (PGBENCH_THREE, db_load("three"), False),
+            (
+                PGBENCH_BEFORE,
+                db_load(
+                    "before-grants",
+                    pgbench_before_script(raw / "spend-before-grants.sql", USERS),
+                    before_grants_dsn,
+                ),
+                False,
+            ),
         ]
         progress = Progress(len(workloads) * len(plan.concurrencies) + 1, plan.seconds)
         if plan.warm_up:

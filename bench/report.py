@@ -21,6 +21,7 @@ SHIM_BALANCE = "GET balance (shim)"
 PGBENCH = "pgbench: the spend, 10,000 users"
 PGBENCH_HOT = "pgbench: the spend, one hot user"
 PGBENCH_THREE = "pgbench: a 3-credit spend over three grants"
+PGBENCH_BEFORE = "pgbench: the spend before grants, 10,000 users"
 
 P99_GOAL_MS = 10.0
 RSS_GOAL_MIB = 100.0
@@ -61,6 +62,14 @@ def ratios(results: Sequence[Measurement], half: Measurement) -> list[Ratio]:
             0.8,
             f"{vend.throughput:,.0f} / min(pgbench {database.throughput:,.0f}, "
             f"empty RPC {empty.throughput:,.0f})",
+        ),
+        Ratio(
+            "spend from one grant: database cost / before grants",
+            _at_peak_of(results, PGBENCH_BEFORE, database) / database.throughput,
+            1.2,
+            f"{_at_peak_of(results, PGBENCH_BEFORE, database):,.0f} / "
+            f"{database.throughput:,.0f} spends/s at {database.concurrency} clients",
+            higher_is_better=False,
         ),
         Ratio(
             "hot vend / spread vend",
@@ -166,17 +175,23 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def _at_peak_of(results: Sequence[Measurement], workload: str, peak_run: Measurement) -> float:
+    """Return `workload`'s throughput at the concurrency of `peak_run`, for a like comparison."""
+    return max(
+        r.throughput
+        for r in results
+        if r.workload == workload and r.concurrency == peak_run.concurrency
+    )
+
+
 def _grants_line(results: Sequence[Measurement]) -> str:
     """Say what a spend that draws from three grants costs beside one that draws from one."""
     one = peak(results, PGBENCH)
-    three = max(
-        (r for r in results if r.workload == PGBENCH_THREE and r.concurrency == one.concurrency),
-        key=lambda r: r.throughput,
-    )
+    three_throughput = _at_peak_of(results, PGBENCH_THREE, one)
     return (
         f"A spend drawing from three grants (a 3-credit feature, one-credit grants) runs at "
-        f"{three.throughput:,.0f}/s against {one.throughput:,.0f}/s for one drawing from one "
-        f"grant, both at {one.concurrency} clients: {three.throughput / one.throughput:.2f} of it."
+        f"{three_throughput:,.0f}/s against {one.throughput:,.0f}/s for one drawing from one "
+        f"grant, both at {one.concurrency} clients: {three_throughput / one.throughput:.2f} of it."
     )
 
 

@@ -42,6 +42,20 @@ def wrk_script(path: Path, name: str, users: int) -> Path:
     return path
 
 
+def pgbench_before_script(path: Path, users: int) -> Path:
+    """Write the spend as it was before grants (bench/sql/spend_before_grants.sql), one a call."""
+    user = "'u' || :uid"
+    path.write_text(
+        f"\\set uid random(1, {users})\n"
+        "SELECT * FROM pluct_spend_batch("
+        f"ARRAY[{user}], ARRAY['bench'], ARRAY[NULL]::text[], ARRAY[NULL]::text[], "
+        "ARRAY[gen_random_uuid()], ARRAY[now()], ARRAY[now() + interval '60 seconds'], "
+        "ARRAY[NULL]::interval[], "
+        f"ARRAY[0], ARRAY[{user}], ARRAY['vend'], ARRAY[0.000001], ARRAY[0.999999]);\n"
+    )
+    return path
+
+
 def pgbench_script(path: Path, spread: str, users: int) -> Path:
     """Write the service's spend statement, one vend per call, as a pgbench script.
 
