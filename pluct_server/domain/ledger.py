@@ -430,11 +430,8 @@ class Ledger:
         position = decode_page_token(page_token, listing, user_id)
         before_id = id_position(position)
         rows = await self._store.transactions(user_id, size + 1, before_id)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_page_token(listing, user_id, [rows[-1].id])
-        return TransactionPage(rows, token)
+        page, token = one_page(rows, size, listing, user_id, lambda entry: entry.id)
+        return TransactionPage(page, token)
 
     async def grants(self, user_id: str, page_size: int, page_token: str) -> GrantPage:
         """Return one page of a user's grants, newest first, used up and expired ones too."""

@@ -7,6 +7,7 @@ from datetime import timedelta
 import asyncpg
 
 from pluct_server.store.database import Database
+from pluct_server.store.ledger_store import opaque_grant_id
 from pluct_server.values.records import EntryType, Event
 
 # Newest first, by id (ids only grow), so a scan neither skips nor repeats an event. The entry
@@ -56,6 +57,6 @@ def _event(row: asyncpg.Record) -> Event:
         balance_after=int(row["balance_after"]),
         feature=row["feature"],
         token_id=row["token_id"],
-        grant_id=None if row["grant_id"] is None else str(row["grant_id"]),
+        grant_id=opaque_grant_id(row["grant_id"]),
         refunds=row["refunds_id"],
     )

@@ -372,7 +372,7 @@ class LedgerStore:
         if row["expired"]:
             self._expired.inc(int(row["expired"]))
         return Credited(
-            int(row["balance_after"]), _grant_id(row["grant_id"]), expired=int(row["expired"])
+            int(row["balance_after"]), opaque_grant_id(row["grant_id"]), expired=int(row["expired"])
         )
 
     async def refund(
@@ -435,7 +435,7 @@ class LedgerStore:
             user_id=row["user_id"],
             amount=int(row["amount"]),
             balance_after=int(row["balance_after"]),
-            grant_id=_grant_id(row["grant_id"]),
+            grant_id=opaque_grant_id(row["grant_id"]),
         )
 
     async def spend(
@@ -482,7 +482,7 @@ class LedgerStore:
             initial_credits=int(row["initial_credits"]),
             balance_after=None if balance is None else int(balance),
             claims=claims,
-            grant_id=_grant_id(row["grant_id"]),
+            grant_id=opaque_grant_id(row["grant_id"]),
             entry_id=row["ledger_id"],
         )
 
@@ -588,12 +588,12 @@ def _transaction(row: asyncpg.Record) -> Transaction:
                 row["draw_grant_ids"] or (), row["draw_amounts"] or (), strict=True
             )
         ),
-        grant_id=_grant_id(row["grant_id"]),
+        grant_id=opaque_grant_id(row["grant_id"]),
         refunds=row["refunds_id"],
     )
 
 
-def _grant_id(value: int | None) -> str | None:
+def opaque_grant_id(value: int | None) -> str | None:
     """Return a grant's id as callers see it: an opaque string (None before grants)."""
     return None if value is None else str(value)
 
